@@ -1,0 +1,1 @@
+"""Attestors: collect platform evidence that proves what this VM is."""

@@ -1,0 +1,1 @@
+"""Traffic capture: plan iptables/nftables redirection, apply, verify, remove."""

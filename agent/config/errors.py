@@ -1,0 +1,24 @@
+"""The one error type for bad configuration: it names the file, the key and what is allowed."""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """A configuration value that cannot be used.
+
+    ``str()`` is the operator-facing message: ``FILE: KEY: PROBLEM (allowed: ...)``.
+    The process exits with EX_CONFIG (78) on it and systemd does not restart it.
+    """
+
+    def __init__(self, file: str, key: str, problem: str, allowed: str = "") -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        self.allowed = allowed
+        text = f"{file}: {key}: {problem}"
+        if allowed:
+            text += f" (allowed: {allowed})"
+        super().__init__(text)
+
+
+EX_CONFIG = 78

@@ -1,0 +1,140 @@
+"""The agent's configuration: one frozen, typed object built once at start-up.
+
+Each concern parses its own section (``parse_*``) with a ``Section`` reader;
+this module only assembles them. Defaults follow DESIGN.md's on-disk layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.capture.config import CaptureConfig, parse_capture
+from agent.config.reader import Section
+from agent.config.source import Source, load_source
+from agent.sidecar.config import SidecarConfig, parse_sidecar
+
+DEFAULT_CONFIG = Path("/etc/mesh-agent/agent.yaml")
+ATTEST_METHODS = ("auto", "token", "gce", "aws", "azure")
+KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class RegistrarConfig:
+    url: str
+    ca_file: Path
+    timeout: float
+
+
+@dataclass(frozen=True)
+class AttestationConfig:
+    method: str
+    token_file: Path
+    gce_metadata_url: str
+    aws_metadata_url: str
+    azure_metadata_url: str
+    probe_timeout: float
+
+
+@dataclass(frozen=True)
+class RotationConfig:
+    renew_at: float
+    jitter: float
+    min_backoff: float
+    max_backoff: float
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    enabled: bool
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    source_file: str
+    registrar: RegistrarConfig
+    attestation: AttestationConfig
+    key_type: str
+    rotation: RotationConfig
+    status: StatusConfig
+    state_dir: Path
+    log_level: str
+    sidecar: SidecarConfig
+    capture: CaptureConfig
+
+
+def _registrar(s: Section) -> RegistrarConfig:
+    return RegistrarConfig(
+        url=s.url("url", schemes=("https",)),
+        ca_file=s.path("ca_file", "/etc/mesh-agent/registrar-ca.pem"),
+        timeout=s.duration("timeout", 10.0, minimum=0.5, maximum=300),
+    )
+
+
+def _attestation(s: Section) -> AttestationConfig:
+    gce = s.section("gce")
+    aws = s.section("aws")
+    azure = s.section("azure")
+    config = AttestationConfig(
+        method=s.text("method", "auto", choices=ATTEST_METHODS),
+        token_file=s.path("token_file", "/etc/mesh-agent/bootstrap-token"),
+        gce_metadata_url=gce.url(
+            "metadata_url", "http://metadata.google.internal/computeMetadata/v1",
+            schemes=("http", "https")),
+        aws_metadata_url=aws.url("metadata_url", "http://169.254.169.254",
+                                 schemes=("http", "https")),
+        azure_metadata_url=azure.url("metadata_url", "http://169.254.169.254/metadata",
+                                     schemes=("http", "https")),
+        probe_timeout=s.duration("probe_timeout", 2.0, minimum=0.1, maximum=60),
+    )
+    for sub in (gce, aws, azure):
+        sub.finish()
+    return config
+
+
+def _rotation(s: Section) -> RotationConfig:
+    config = RotationConfig(
+        renew_at=s.number("renew_at", 0.5, minimum=0.1, maximum=0.9),
+        jitter=s.number("jitter", 0.1, minimum=0.0, maximum=0.25),
+        min_backoff=s.duration("min_backoff", 1.0, minimum=0.01, maximum=60),
+        max_backoff=s.duration("max_backoff", 120.0, minimum=0.05, maximum=3600),
+    )
+    if config.min_backoff > config.max_backoff:
+        raise s.error("min_backoff", "is larger than max_backoff", "min_backoff <= max_backoff")
+    return config
+
+
+def _status(s: Section) -> StatusConfig:
+    host, port = s.host_port("listen", "127.0.0.1:15020")
+    return StatusConfig(enabled=s.flag("enabled", True), host=host, port=port)
+
+
+def build_config(source: Source) -> AgentConfig:
+    """Validate merged config data into an ``AgentConfig`` (raises ConfigError)."""
+    root = Section(source)
+    sections = {name: root.section(name) for name in (
+        "registrar", "attestation", "identity", "rotation", "status", "sidecar", "capture")}
+    config = AgentConfig(
+        source_file=source.default_file,
+        registrar=_registrar(sections["registrar"]),
+        attestation=_attestation(sections["attestation"]),
+        key_type=sections["identity"].text("key_type", "ecdsa-p256", choices=KEY_TYPES),
+        rotation=_rotation(sections["rotation"]),
+        status=_status(sections["status"]),
+        state_dir=root.path("state_dir", "/var/lib/mesh-agent"),
+        log_level=root.text("log_level", "info", choices=LOG_LEVELS),
+        sidecar=parse_sidecar(sections["sidecar"]),
+        capture=parse_capture(sections["capture"]),
+    )
+    for section in sections.values():
+        section.finish()
+    root.finish()
+    return config
+
+
+def load_config(path: Path = DEFAULT_CONFIG) -> AgentConfig:
+    """Read ``path`` and its ``.d`` drop-ins and validate them."""
+    return build_config(load_source(path, require_main=False))

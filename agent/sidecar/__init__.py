@@ -1,0 +1,1 @@
+"""The Envoy sidecar: render its bootstrap, run and supervise it."""

@@ -1,0 +1,3 @@
+"""mesh-registrar: verifies attestation evidence and signs workload certificates."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Verifiers: check attestation evidence and say what it proves."""

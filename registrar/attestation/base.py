@@ -1,0 +1,42 @@
+"""What every evidence verifier provides."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What verified evidence proves.
+
+    ``subject`` is the stable name of the attested thing (a GCE instance id,
+    an EC2 instance id, an Azure vmId, a join token's id); ``claims`` are the
+    verified facts group rules match on; ``group`` is set when the evidence
+    itself names the workload group (a join token is minted for one group).
+    """
+
+    evidence_type: str
+    subject: str
+    claims: Mapping[str, str] = field(default_factory=dict)
+    group: str | None = None
+
+
+class Verifier(Protocol):
+    """Checks one evidence type. Raises ``registrar.rejections.Rejected`` with a
+    specific reason on any failure; never logs the evidence itself."""
+
+    @property
+    def evidence_type(self) -> str: ...
+
+    @property
+    def needs_challenge(self) -> bool:
+        """True when the evidence must bind a live challenge from /v1/challenge.
+
+        The API layer consumes the challenge (single use) before calling
+        ``verify``; the verifier checks the evidence really carries it.
+        """
+        ...
+
+    async def verify(self, evidence: Mapping[str, Any], challenge: str | None) -> Verified: ...

@@ -1,0 +1,1 @@
+"""Shared fixtures live in tests/fixtures/ modules; this file only wires them."""
