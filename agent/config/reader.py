@@ -51,6 +51,10 @@ class Section:
     def has(self, name: str) -> bool:
         return name in self._data
 
+    def keys(self) -> list[str]:
+        """The keys present, for sections whose keys are names (e.g. one per service)."""
+        return [str(k) for k in self._data]
+
     def _raw(self, name: str) -> Any:
         self._read.add(name)
         return self._data.get(name)

@@ -1,16 +1,143 @@
-"""The ``sidecar:`` section of the agent config."""
+"""The ``sidecar:`` section of the agent config.
+
+Example::
+
+    sidecar:
+      enabled: true
+      envoy_path: /usr/local/bin/envoy
+      proxy_user: mesh-proxy          # or proxy_uid/proxy_gid (numeric, Istio uses 1337)
+      app_ports: [8080, 9090]         # original destination port -> 127.0.0.1:<port>
+      allowed_peers:                  # default: every workload of our trust domain
+        - spiffe://example.org/ns/shop/sa/frontend
+        - spiffe://example.org/ns/ops/*
+      outbound_services:
+        payments: {address: 10.0.0.7:8443, spiffe_id: spiffe://example.org/ns/pay/sa/api}
+      drain_time: 5s
+      restart: {min_backoff: 500ms, max_backoff: 30s, failure_threshold: 5}
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.config.reader import Section
+
+ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
+SPIFFE_PATTERN_HELP = "spiffe://TRUST-DOMAIN/PATH, or a prefix ending in /* (spiffe://td/ns/x/*)"
+
+
+@dataclass(frozen=True)
+class OutboundService:
+    """A mesh service the outbound listener originates mTLS to."""
+
+    name: str
+    address: str
+    port: int
+    spiffe_id: str
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    min_backoff: float
+    max_backoff: float
+    failure_threshold: int
+    stable_after: float
 
 
 @dataclass(frozen=True)
 class SidecarConfig:
     enabled: bool
+    envoy_path: Path = Path("/usr/local/bin/envoy")
+    proxy_user: str = "mesh-proxy"
+    proxy_uid: int | None = None
+    proxy_gid: int | None = None
+    admin_port: int = 15000
+    inbound_port: int = 15006
+    outbound_port: int = 15001
+    app_ports: tuple[int, ...] = ()
+    allowed_peers: tuple[str, ...] = ()
+    outbound_services: tuple[OutboundService, ...] = ()
+    drain_time: float = 5.0
+    ready_timeout: float = 30.0
+    concurrency: int = 2
+    envoy_log_level: str = "warning"
+    restart: RestartPolicy = RestartPolicy(0.5, 30.0, 5, 60.0)
+
+
+def _spiffe_pattern(s: Section, key: str, value: str) -> str:
+    body = value.removeprefix("spiffe://")
+    trust_domain = body.partition("/")[0]
+    if not value.startswith("spiffe://") or not trust_domain or "*" in value.removesuffix("/*"):
+        raise s.error(key, f"{value!r} is not a SPIFFE ID", SPIFFE_PATTERN_HELP)
+    return value
+
+
+def _outbound(s: Section) -> tuple[OutboundService, ...]:
+    services = []
+    for name in s.keys():  # noqa: SIM118 (Section is not a dict)
+        sub = s.section(name)
+        if not sub.has("address"):
+            raise sub.error("address", "is required", "an IP address and port, e.g. 10.0.0.7:8443")
+        host, port = sub.host_port("address", "")
+        spiffe_id = _spiffe_pattern(sub, "spiffe_id", sub.text("spiffe_id"))
+        if spiffe_id.endswith("/*"):
+            raise sub.error("spiffe_id", "must be one exact identity", "spiffe://td/ns/N/sa/SA")
+        sub.finish()
+        services.append(OutboundService(name=name, address=host, port=port, spiffe_id=spiffe_id))
+    s.finish()
+    return tuple(services)
+
+
+def _restart(s: Section) -> RestartPolicy:
+    policy = RestartPolicy(
+        min_backoff=s.duration("min_backoff", 0.5, minimum=0.01, maximum=60),
+        max_backoff=s.duration("max_backoff", 30.0, minimum=0.01, maximum=600),
+        failure_threshold=s.integer("failure_threshold", 5, minimum=1, maximum=1000),
+        stable_after=s.duration("stable_after", 60.0, minimum=1, maximum=3600),
+    )
+    if policy.min_backoff > policy.max_backoff:
+        raise s.error("min_backoff", "is larger than max_backoff", "min_backoff <= max_backoff")
+    s.finish()
+    return policy
 
 
 def parse_sidecar(s: Section) -> SidecarConfig:
-    return SidecarConfig(enabled=s.flag("enabled", False))
+    enabled = s.flag("enabled", False)
+    ports = {
+        name: s.integer(name, default, minimum=1, maximum=65535)
+        for name, default in (("admin_port", 15000), ("inbound_port", 15006),
+                              ("outbound_port", 15001))
+    }
+    if len(set(ports.values())) != len(ports):
+        raise s.error("inbound_port", "admin_port, inbound_port and outbound_port collide",
+                      "three different ports")
+    app_ports = s.port_list("app_ports")
+    for port in app_ports:
+        if port in ports.values():
+            raise s.error("app_ports", f"{port} is one of Envoy's own ports",
+                          "ports other than " + ", ".join(str(p) for p in ports.values()))
+    uid = s.integer("proxy_uid", -1, minimum=1, maximum=2**31 - 1) if s.has("proxy_uid") else None
+    gid = s.integer("proxy_gid", -1, minimum=1, maximum=2**31 - 1) if s.has("proxy_gid") else None
+    if (uid is None) != (gid is None):
+        raise s.error("proxy_uid", "proxy_uid and proxy_gid must be set together",
+                      "both numeric, or neither (then proxy_user is looked up)")
+    return SidecarConfig(
+        enabled=enabled,
+        envoy_path=s.path("envoy_path", "/usr/local/bin/envoy"),
+        proxy_user=s.text("proxy_user", "mesh-proxy"),
+        proxy_uid=uid,
+        proxy_gid=gid,
+        admin_port=ports["admin_port"],
+        inbound_port=ports["inbound_port"],
+        outbound_port=ports["outbound_port"],
+        app_ports=app_ports,
+        allowed_peers=tuple(_spiffe_pattern(s, "allowed_peers", v)
+                            for v in s.str_list("allowed_peers")),
+        outbound_services=_outbound(s.section("outbound_services")),
+        drain_time=s.duration("drain_time", 5.0, minimum=0, maximum=600),
+        ready_timeout=s.duration("ready_timeout", 30.0, minimum=1, maximum=600),
+        concurrency=s.integer("concurrency", 2, minimum=1, maximum=64),
+        envoy_log_level=s.text("envoy_log_level", "warning", choices=ENVOY_LOG_LEVELS),
+        restart=_restart(s.section("restart")),
+    )

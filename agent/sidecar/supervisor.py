@@ -1,0 +1,266 @@
+"""Runs Envoy for the agent's lifetime: start as the proxy user, watch ``/ready``,
+restart crashes with capped exponential backoff, drain and stop on shutdown.
+
+One task (``run()``) in the agent's TaskGroup. The status command reads
+``status()``; ``READY=1`` waits on ``wait_ready()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+from agent.sidecar.admin import AdminProbe
+from agent.sidecar.config import SidecarConfig
+from agent.sidecar.process import Runner, SidecarError, SubprocessRunner, envoy_argv
+from agent.sidecar.sds import ProxyIdentity
+
+LOG = logging.getLogger("agent.sidecar")
+STOP_GRACE = 5.0  # after SIGTERM, before SIGKILL
+READY_POLL = 0.05
+LIVE_POLL = 1.0
+_LEVELS = {"[critical]": logging.CRITICAL, "[error]": logging.ERROR,
+           "[warning]": logging.WARNING, "[debug]": logging.DEBUG, "[trace]": logging.DEBUG}
+
+
+class EnvoyState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    BACKOFF = "backoff"        # crashed, restarting soon
+    CRASHLOOP = "crashloop"    # failure_threshold consecutive crashes; still retrying
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class SidecarStatus:
+    state: EnvoyState
+    ready: bool
+    pid: int | None
+    restarts: int
+    consecutive_failures: int
+    last_exit: str | None
+    detail: str
+
+    def as_dict(self) -> dict[str, object]:
+        """For ``mesh-agent status`` (JSON)."""
+        return {"state": self.state.value, "ready": self.ready, "pid": self.pid,
+                "restarts": self.restarts, "consecutive_failures": self.consecutive_failures,
+                "last_exit": self.last_exit, "detail": self.detail}
+
+
+class Probe(Protocol):
+    async def ready(self) -> bool: ...
+    async def drain(self) -> bool: ...
+
+
+class SidecarNotReady(SidecarError):
+    pass
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+        return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+class EnvoySupervisor:
+    """Cheap to construct; ``run()`` does the work."""
+
+    def __init__(
+        self, config: SidecarConfig, bootstrap: Path, *, user: ProxyIdentity | None,
+        runner: Runner | None = None, probe: Probe | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        logger: logging.Logger = LOG,
+    ) -> None:
+        self._config = config
+        self._argv = envoy_argv(config, bootstrap)
+        self._user = user
+        self._runner: Runner = runner or SubprocessRunner()
+        self._probe: Probe = probe or AdminProbe(config.admin_port)
+        self._clock = clock
+        self._sleep = sleep
+        self._log = logger
+        self._access_log = logger.getChild("access")
+        self._envoy_log = logger.getChild("envoy")
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ready = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._restart_requested = False
+        self._state = EnvoyState.STOPPED
+        self._restarts = 0
+        self._failures = 0
+        self._last_exit: str | None = None
+        self._detail = ""
+        self._stderr_tail: deque[str] = deque(maxlen=5)
+
+    # -- what the agent reads -------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def status(self) -> SidecarStatus:
+        return SidecarStatus(
+            state=self._state, ready=self.ready, pid=self._proc.pid if self._proc else None,
+            restarts=self._restarts, consecutive_failures=self._failures,
+            last_exit=self._last_exit, detail=self._detail)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Until Envoy's ``/ready`` says 200; SidecarNotReady after ``timeout``
+        (default: ``sidecar.ready_timeout``)."""
+        limit = self._config.ready_timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(self._ready.wait(), limit)
+        except TimeoutError:
+            raise SidecarNotReady(
+                f"envoy not ready after {limit:g}s (state {self._state.value}"
+                + (f": {self._detail}" if self._detail else "") + ")") from None
+
+    # -- control --------------------------------------------------------------
+    async def restart(self) -> None:
+        """Stop the running Envoy so ``run()`` starts it again with the current
+        bootstrap file, without counting a failure or backing off."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        self._restart_requested = True
+        await self._terminate(proc)
+
+    async def shutdown(self) -> None:
+        """Drain (``sidecar.drain_time``), then stop Envoy; ``run()`` returns."""
+        self._stopping = True
+        self._wake.set()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            self._set_state(EnvoyState.DRAINING, "draining before stop")
+            self._ready.clear()
+            if self._config.drain_time > 0 and await self._probe.drain():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), self._config.drain_time)
+            await self._terminate(proc)
+
+    async def run(self) -> None:
+        """Supervise until ``shutdown()``; a cancelled run kills Envoy, never orphans it."""
+        try:
+            while not self._stopping:
+                started = self._clock()
+                returncode = await self._run_once()
+                if self._stopping:
+                    break
+                if self._restart_requested:
+                    self._restart_requested = False
+                    continue
+                if self._clock() - started >= self._config.restart.stable_after:
+                    self._failures = 0
+                self._failures += 1
+                self._restarts += 1
+                self._last_exit = describe_exit(returncode) if returncode is not None else None
+                await self._backoff()
+        finally:
+            proc = self._proc
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    await asyncio.shield(proc.wait())
+            self._ready.clear()
+            self._set_state(EnvoyState.STOPPED, self._detail)
+
+    # -- inside ---------------------------------------------------------------
+    def _set_state(self, state: EnvoyState, detail: str) -> None:
+        self._state = state
+        self._detail = detail
+
+    async def _run_once(self) -> int | None:
+        self._set_state(EnvoyState.STARTING, "")
+        try:
+            proc = await self._runner.start(self._argv, user=self._user)
+        except SidecarError as exc:
+            self._detail = str(exc)
+            self._log.error("cannot start envoy: %s", exc)
+            return None
+        self._proc = proc
+        self._log.info("envoy started (pid %d, uid %s)", proc.pid,
+                       self._user.uid if self._user else "unchanged")
+        pumps = [asyncio.create_task(self._pump(proc.stdout, self._access_log, access=True)),
+                 asyncio.create_task(self._pump(proc.stderr, self._envoy_log, access=False))]
+        watcher = asyncio.create_task(self._watch_ready(proc))
+        try:
+            returncode = await proc.wait()
+        finally:
+            watcher.cancel()
+            self._ready.clear()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*pumps, watcher), 2.0)
+        self._proc = None
+        if not self._stopping and not self._restart_requested:
+            tail = " | ".join(self._stderr_tail)
+            self._detail = f"envoy {describe_exit(returncode)}" + (f": {tail}" if tail else "")
+            self._log.error("%s", self._detail)
+        return returncode
+
+    async def _watch_ready(self, proc: asyncio.subprocess.Process) -> None:
+        while proc.returncode is None:
+            ready = await self._probe.ready()
+            if ready and not self._ready.is_set() and not self._stopping:
+                self._set_state(EnvoyState.READY, "")
+                self._ready.set()
+                self._log.info("envoy ready (pid %d)", proc.pid)
+            elif not ready and self._ready.is_set():
+                self._ready.clear()
+                self._set_state(EnvoyState.STARTING, "envoy /ready stopped answering 200")
+            await asyncio.sleep(LIVE_POLL if self._ready.is_set() else READY_POLL)
+
+    async def _pump(self, stream: asyncio.StreamReader | None, logger: logging.Logger,
+                    *, access: bool) -> None:
+        if stream is None:
+            return
+        while line := await stream.readline():
+            text = line.decode(errors="replace").rstrip()
+            if not text:
+                continue
+            if access:
+                logger.info("%s", text)
+                continue
+            level = next((lv for tag, lv in _LEVELS.items() if tag in text), logging.INFO)
+            if level >= logging.WARNING:
+                self._stderr_tail.append(text)
+            logger.log(level, "%s", text)
+
+    async def _backoff(self) -> None:
+        policy = self._config.restart
+        delay = min(policy.max_backoff, policy.min_backoff * 2 ** (self._failures - 1))
+        state = (EnvoyState.CRASHLOOP if self._failures >= policy.failure_threshold
+                 else EnvoyState.BACKOFF)
+        self._set_state(state, self._detail)
+        self._log.warning("envoy %s (%d consecutive failures); restarting in %.2fs",
+                          state.value, self._failures, delay)
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), STOP_GRACE)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
