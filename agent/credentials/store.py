@@ -1,0 +1,136 @@
+"""Generations of credentials on disk, with ``current`` swapped by rename.
+
+Layout (DESIGN.md)::
+
+    credentials/g00000007/{key.pem (0600), cert-chain.pem, bundle.pem}
+    credentials/current -> g00000007
+
+A generation is written in a hidden ``.gNNNNNNNN.partial`` directory, every
+file fsynced, the directory renamed into place, and only then is ``current``
+re-pointed (symlink + rename + directory fsync). So ``current`` always names a
+complete generation whose key matches its certificate, whatever moment the
+process is killed at; a crash leaves at most an unused directory that
+``prepare()`` removes on the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from cryptography import x509
+
+from agent.credentials.model import Credentials, load_pem_certs
+from agent.durable import fsync_dir, remove_stale_temps, replace_symlink, write_atomic
+from agent.identity.keys import PrivateKey, key_pem, load_key, matches
+
+log = logging.getLogger(__name__)
+
+_GEN = re.compile(r"^g(\d{8})$")
+KEEP_GENERATIONS = 2
+
+
+class StoreError(Exception):
+    """The credential directory holds something we did not write (corruption)."""
+
+
+class CredentialStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.current_link = root / "current"
+
+    def prepare(self) -> None:
+        """Create the directory and clear what an interrupted write left behind."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        remove_stale_temps(self.root)
+        for partial in self.root.glob(".g*.partial"):
+            shutil.rmtree(partial, ignore_errors=True)
+        live = self._current_name()
+        for name in self._generations():
+            if live is not None and name > live:
+                # Complete but never made current: the swap did not happen.
+                shutil.rmtree(self.root / name, ignore_errors=True)
+
+    def _generations(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if _GEN.match(p.name) and p.is_dir())
+
+    def _current_name(self) -> str | None:
+        try:
+            target = os.readlink(self.current_link)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"{self.current_link}: not a symlink ({exc.strerror})") from exc
+        if not _GEN.match(target):
+            raise StoreError(f"{self.current_link} points at {target!r}, not a generation")
+        return target
+
+    def current(self) -> Credentials | None:
+        """The live credentials, or None before the first bootstrap."""
+        name = self._current_name()
+        if name is None:
+            return None
+        return self.load(name)
+
+    def load(self, name: str) -> Credentials:
+        directory = self.root / name
+        try:
+            key = load_key((directory / "key.pem").read_bytes())
+            chain = load_pem_certs((directory / "cert-chain.pem").read_bytes())
+            bundle = load_pem_certs((directory / "bundle.pem").read_bytes())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"generation {directory} is unreadable: {exc}") from exc
+        if not chain or not matches(key, chain[0]):
+            raise StoreError(f"generation {directory}: key does not match its certificate")
+        return Credentials(name, directory, key, tuple(chain), tuple(bundle))
+
+    def commit(self, key: PrivateKey, chain_pem: bytes, bundle_pem: bytes) -> Credentials:
+        """Write a new generation and make it current. Refuses a mismatched pair."""
+        chain = load_pem_certs(chain_pem)
+        bundle = load_pem_certs(bundle_pem)
+        if not chain or not matches(key, chain[0]):
+            raise StoreError("refusing to store a certificate that does not match the key")
+        if not bundle:
+            raise StoreError("refusing to store an empty trust bundle")
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        existing = self._generations()
+        number = int(existing[-1][1:]) + 1 if existing else 1
+        name = f"g{number:08d}"
+        partial = self.root / f".{name}.partial"
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(mode=0o700)
+        write_atomic(partial / "key.pem", key_pem(key), mode=0o600)
+        write_atomic(partial / "cert-chain.pem", _pem(chain), mode=0o644)
+        write_atomic(partial / "bundle.pem", _pem(bundle), mode=0o644)
+        os.chmod(partial, 0o700)
+        os.rename(partial, self.root / name)
+        fsync_dir(self.root)
+        replace_symlink(self.current_link, name)
+        self._prune(keep_from=name)
+        log.info("credentials stored", extra={"generation": name})
+        return self.load(name)
+
+    def _prune(self, keep_from: str) -> None:
+        names = self._generations()
+        for name in names[:-KEEP_GENERATIONS]:
+            if name != keep_from:
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(self.root / name)
+
+    def wipe(self) -> None:
+        """Remove every generation (used by `mesh-agent reset`-style recovery and tests)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _pem(certs: list[x509.Certificate]) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return b"".join(c.public_bytes(Encoding.PEM) for c in certs)

@@ -1,0 +1,1 @@
+"""The long-running agent: wiring, systemd integration, logging, signals."""

@@ -1,0 +1,173 @@
+"""The agent process: builds the parts from config and runs them as tasks in
+one TaskGroup. The first unexpected failure ends the process non-zero so
+systemd restarts it; ``CannotContinue`` ends it with its own exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from agent.attest import registry
+from agent.clock import Clock, SystemClock
+from agent.config import ConfigError, load_config
+from agent.config.model import AgentConfig
+from agent.credentials import CredentialStore
+from agent.daemon import logs
+from agent.daemon.notify import Notifier
+from agent.identity.host import local_host_info
+from agent.identity.manager import CannotContinue, IdentityManager, Tuning
+from agent.registrar_client import RegistrarClient
+from agent.state.store import StateFile
+from agent.status.health import Health
+from agent.status.server import StatusServer
+
+log = logging.getLogger(__name__)
+
+
+class _Stop(Exception):
+    """Raised inside the TaskGroup to end it on SIGTERM/SIGINT."""
+
+
+def tuning_of(config: AgentConfig) -> Tuning:
+    r = config.rotation
+    return Tuning(key_type=config.key_type, renew_at=r.renew_at, jitter=r.jitter,
+                  min_backoff=r.min_backoff, max_backoff=r.max_backoff)
+
+
+def client_of(config: AgentConfig) -> RegistrarClient:
+    return RegistrarClient(config.registrar.url, config.registrar.ca_file,
+                           timeout=config.registrar.timeout)
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: AgentConfig, *,
+                 clock: Clock | None = None, notifier: Notifier | None = None) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or Notifier()
+        self.health = Health()
+        state_dir = config.state_dir
+        self.manager = IdentityManager(
+            store=CredentialStore(state_dir / "credentials"),
+            state_file=StateFile(state_dir / "state.json"),
+            client=client_of(config),
+            choose_attestor=lambda: registry.choose(self.config.attestation),
+            clock=self.clock, health=self.health, tuning=tuning_of(config),
+            host=local_host_info)
+        self.status = StatusServer(self.health, self.clock, host=config.status.host,
+                                   port=config.status.port) if config.status.enabled else None
+        self._stop = asyncio.Event()
+
+    # -- signals -------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if os.environ.get("MESH_AGENT_TEST_HOOKS") == "1":
+            # Test hook for the watchdog test: stall the event loop for good.
+            loop.add_signal_handler(signal.SIGUSR1, lambda: time.sleep(10**9))
+
+    def reload(self) -> None:
+        """SIGHUP: re-read config; a bad new config is reported and the old one kept."""
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload rejected; keeping the running configuration",
+                      extra={"error": str(exc)})
+            self.notifier.ready(self.health.summary(self.clock.now()))
+            return
+        needs_restart = [name for name in ("state_dir", "status", "sidecar", "capture")
+                         if getattr(new, name) != getattr(self.config, name)]
+        self.config = new
+        self.manager.tuning = tuning_of(new)
+        self.manager.client = client_of(new)
+        logging.getLogger().setLevel(new.log_level.upper())
+        self.manager.renew_soon()
+        log.info("configuration reloaded", extra={
+            "needs_restart": ",".join(needs_restart) or "none"})
+        self.notifier.ready(self.health.summary(self.clock.now()))
+
+    # -- tasks ---------------------------------------------------------------------
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _status_lines(self) -> None:
+        while True:
+            self.notifier.status(self.health.summary(self.clock.now()))
+            await asyncio.sleep(5)
+
+    async def _until_stopped(self) -> None:
+        await self._stop.wait()
+        raise _Stop
+
+    async def run(self) -> int:
+        self._install_signals()
+        if self.status is not None:
+            await self.status.start()
+        try:
+            return await self._run()
+        finally:
+            self.health.phase = "stopping"
+            self.notifier.stopping()
+            if self.status is not None:
+                await self.status.stop()
+            log.info("stopped")
+
+    async def _run(self) -> int:
+        self.notifier.status("obtaining credentials")
+        start = asyncio.ensure_future(self.manager.start())
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():
+            start.cancel()
+            return 0
+        stop.cancel()
+        try:
+            start.result()
+        except CannotContinue as exc:
+            log.error("cannot obtain credentials: %s", exc)
+            self.notifier.status(f"failed: {exc}")
+            return exc.exit_code
+        self.notifier.ready(self.health.summary(self.clock.now()))
+        log.info("ready", extra={"spiffe_id": self.health.credentials.spiffe_id
+                                 if self.health.credentials else None})
+        fatal: list[CannotContinue] = []
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.manager.run())
+                group.create_task(self._watchdog())
+                group.create_task(self._status_lines())
+                group.create_task(self._until_stopped())
+        except* _Stop:
+            pass
+        except* CannotContinue as group_exc:
+            fatal.extend(e for e in group_exc.exceptions if isinstance(e, CannotContinue))
+        if fatal:
+            log.error("%s", fatal[0])
+            self.notifier.status(f"failed: {fatal[0]}")
+            return fatal[0].exit_code
+        return 0
+
+
+def run_daemon(config_path: Path) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        logs.setup("info")
+        log.error("invalid configuration: %s", exc)
+        return 78
+    logs.setup(config.log_level)
+    log.info("starting", extra={"config": str(config_path), "registrar": config.registrar.url})
+    return asyncio.run(Daemon(config_path, config).run())

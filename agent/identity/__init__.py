@@ -1,0 +1,1 @@
+"""The VM's private key and the CSR that carries only its public half."""

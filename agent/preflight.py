@@ -1,0 +1,87 @@
+"""`mesh-agent check`: the preflight an operator (or cloud-init) runs before
+enabling the service. Each check says what it looked at and what to fix."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from agent.config.model import AgentConfig
+from agent.registrar_client import RegistrarClient, RegistrarError
+
+# No certificate we could have been issued predates this; a clock before it is wrong.
+EARLIEST_SANE = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _trust_anchor(config: AgentConfig) -> Result:
+    path = config.registrar.ca_file
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as exc:
+        return Result("trust anchor", False, f"{path}: {exc.strerror}")
+    except ValueError:
+        return Result("trust anchor", False, f"{path}: not PEM certificates")
+    return Result("trust anchor", True, f"{path}: {len(certs)} certificate(s)")
+
+
+def _registrar(config: AgentConfig) -> Result:
+    client = RegistrarClient(config.registrar.url, config.registrar.ca_file,
+                             timeout=min(config.registrar.timeout, 5.0))
+    try:
+        asyncio.run(client.bundle())
+    except RegistrarError as exc:
+        return Result("registrar", False, str(exc))
+    return Result("registrar", True, f"{config.registrar.url} answers over verified TLS")
+
+
+def _clock(config: AgentConfig) -> Result:
+    now = dt.datetime.now(dt.UTC)
+    if now < EARLIEST_SANE:
+        return Result("clock", False, f"system time {now:%Y-%m-%d} is before "
+                      f"{EARLIEST_SANE:%Y-%m-%d}; certificates will not verify (is NTP running?)")
+    return Result("clock", True, f"{now:%Y-%m-%dT%H:%M:%SZ}")
+
+
+def _state_dir(config: AgentConfig) -> Result:
+    path = config.state_dir
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".check-"):
+            pass
+    except OSError as exc:
+        return Result("state dir", False, f"{path}: not writable ({exc.strerror})")
+    return Result("state dir", True, f"{path} writable")
+
+
+def _evidence(config: AgentConfig) -> Result:
+    if config.attestation.method in ("token", "auto"):
+        token = config.attestation.token_file
+        if token.exists():
+            return Result("evidence", True, f"join token present at {token}")
+        creds = config.state_dir / "credentials" / "current"
+        if os.path.lexists(creds):
+            return Result("evidence", True, "no token, but credentials are on disk (renewal)")
+        if config.attestation.method == "token":
+            return Result("evidence", False, f"no join token at {token} and no credentials")
+    return Result("evidence", True, f"attestation method {config.attestation.method}")
+
+
+CHECKS: tuple[Callable[[AgentConfig], Result], ...] = (
+    _trust_anchor, _clock, _state_dir, _evidence, _registrar)
+
+
+def run_checks(config: AgentConfig) -> list[Result]:
+    return [check(config) for check in CHECKS]

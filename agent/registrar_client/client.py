@@ -1,0 +1,107 @@
+"""The registrar client: one short-lived httpx client per call, always verifying
+the registrar against the pinned trust anchor; renewals present the current
+certificate (mTLS) and need no evidence."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agent.attest.base import Evidence
+from agent.registrar_client.errors import RegistrarError, from_response, from_transport
+from agent.registrar_client.wire import Issued, WireError, decode_issued
+
+TransportFactory = Callable[[ssl.SSLContext], httpx.AsyncBaseTransport]
+MAX_RESPONSE_BYTES = 1 << 20
+
+
+class RegistrarClient:
+    """``attest``, ``renew``, ``challenge``, ``bundle``; errors are ``RegistrarError``.
+
+    ``transport_factory`` is the I/O seam: given the TLS context the client
+    would use, it returns the transport (tests can wrap or replace it).
+    """
+
+    def __init__(self, url: str, ca_file: Path, *, timeout: float,
+                 user_agent: str = "mesh-agent",
+                 transport_factory: TransportFactory | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.ca_file = ca_file
+        self._timeout = timeout
+        self._user_agent = user_agent
+        self._transport_factory = transport_factory
+
+    def _context(self, client_cert: tuple[Path, Path] | None) -> ssl.SSLContext:
+        try:
+            ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise RegistrarError(
+                "fatal", "trust_anchor_unreadable",
+                f"cannot load the registrar trust anchor {self.ca_file}: {exc}",
+                url=self.url) from None
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if client_cert is not None:
+            chain, key = client_cert
+            ctx.load_cert_chain(certfile=str(chain), keyfile=str(key))
+        return ctx
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None,
+                    client_cert: tuple[Path, Path] | None = None) -> Any:
+        ctx = self._context(client_cert)
+        transport = self._transport_factory(ctx) if self._transport_factory else None
+        url = f"{self.url}{path}"
+        try:
+            async with httpx.AsyncClient(verify=ctx, transport=transport, timeout=self._timeout,
+                                         follow_redirects=False, trust_env=False,
+                                         headers={"user-agent": self._user_agent}) as http:
+                response = await http.request(method, url, json=body)
+        except httpx.HTTPError as exc:
+            raise from_transport(exc, url, ca_file=str(self.ca_file),
+                                 mtls=client_cert is not None) from None
+        if response.status_code != 200:
+            raise from_response(response)
+        if len(response.content) > MAX_RESPONSE_BYTES:
+            raise RegistrarError("retry", "response_too_large", "answer over 1 MiB", url=url)
+        try:
+            return json.loads(response.content)
+        except ValueError:
+            raise RegistrarError("retry", "bad_response", "answer is not JSON", url=url) from None
+
+    async def challenge(self) -> str:
+        body = await self._call("POST", "/v1/challenge", {})
+        nonce = body.get("nonce") if isinstance(body, dict) else None
+        if not isinstance(nonce, str):
+            raise RegistrarError("retry", "bad_response", "challenge without nonce", url=self.url)
+        return nonce
+
+    async def attest(self, evidence: Evidence, csr_pem: bytes, *, challenge: str | None,
+                     hostname: str, addresses: Sequence[str]) -> Issued:
+        body: dict[str, Any] = {"evidence": evidence.wire(), "csr": csr_pem.decode(),
+                                "hostname": hostname, "addresses": list(addresses)}
+        if challenge is not None:
+            body["challenge"] = challenge
+        return self._decode(await self._call("POST", "/v1/attest", body))
+
+    async def renew(self, csr_pem: bytes, *, chain_file: Path, key_file: Path,
+                    hostname: str, addresses: Sequence[str]) -> Issued:
+        body = {"csr": csr_pem.decode(), "hostname": hostname, "addresses": list(addresses)}
+        return self._decode(await self._call("POST", "/v1/renew", body,
+                                             client_cert=(chain_file, key_file)))
+
+    async def bundle(self) -> bytes:
+        body = await self._call("GET", "/v1/bundle", None)
+        pem = body.get("trust_bundle") if isinstance(body, dict) else None
+        if not isinstance(pem, str):
+            raise RegistrarError("retry", "bad_response", "bundle missing", url=self.url)
+        return pem.encode()
+
+    def _decode(self, body: Any) -> Issued:
+        try:
+            return decode_issued(body)
+        except WireError as exc:
+            raise RegistrarError("retry", "bad_response", str(exc), url=self.url) from None

@@ -1,0 +1,1 @@
+"""When to renew (pure) and the loop that keeps credentials fresh."""

@@ -1,0 +1,73 @@
+"""The one retry policy for registrar calls (tenacity): it names what it retries
+on, backs off exponentially with jitter up to ``max_backoff``, honours the
+registrar's Retry-After, and is bounded by a monotonic deadline (the
+certificate's expiry) as well as by what the error says."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+from tenacity.wait import wait_base, wait_exponential_jitter
+
+from agent.attest.base import AttestError
+from agent.clock import Clock
+from agent.registrar_client.errors import RegistrarError
+
+log = logging.getLogger(__name__)
+
+
+def retryable(exc: BaseException) -> bool:
+    """Only passing faults are retried; reattest/fatal answers never are."""
+    if isinstance(exc, RegistrarError):
+        return exc.action == "retry"
+    if isinstance(exc, AttestError):
+        return exc.retryable
+    return False
+
+
+class _Wait(wait_base):
+    def __init__(self, clock: Clock, min_backoff: float, max_backoff: float,
+                 deadline: float | None) -> None:
+        self._clock = clock
+        self._deadline = deadline
+        self._exp = wait_exponential_jitter(initial=min_backoff, max=max_backoff, exp_base=2,
+                                            jitter=min_backoff)
+        self._max = max_backoff
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        wait = min(self._exp(retry_state), self._max)
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, RegistrarError) and exc.retry_after is not None:
+            # Honour the server; a little jitter so a herd told "5" doesn't return together.
+            wait = max(wait, exc.retry_after + random.uniform(0, 1))  # noqa: S311
+        if self._deadline is not None:
+            wait = min(wait, max(0.0, self._deadline - self._clock.monotonic()))
+        return wait
+
+
+def policy(*, clock: Clock, min_backoff: float, max_backoff: float, deadline: float | None,
+           on_failure: Callable[[BaseException], None]) -> AsyncRetrying:
+    """Retry ``retryable`` failures until success or ``deadline`` (monotonic seconds)."""
+
+    def stop(retry_state: RetryCallState) -> bool:
+        return deadline is not None and clock.monotonic() >= deadline
+
+    def before_sleep(retry_state: RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if exc is not None:
+            on_failure(exc)
+            log.warning("registrar call failed; retrying",
+                        extra={"error": str(exc), "attempt": retry_state.attempt_number,
+                               "retry_in_seconds": round(retry_state.upcoming_sleep, 2)})
+
+    return AsyncRetrying(
+        retry=retry_if_exception(retryable),
+        wait=_Wait(clock, min_backoff, max_backoff, deadline),
+        stop=stop,
+        sleep=clock.sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )

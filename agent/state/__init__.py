@@ -1,0 +1,1 @@
+"""The agent's persistent, versioned state (state.json)."""

@@ -1,0 +1,78 @@
+"""``state.json``: versioned JSON with a migration function, never pickles.
+
+It records what the agent learned and must remember across restarts (the
+identity, the mesh settings, the attestor that worked, the registrar's renew
+hint). Credentials themselves live in the credential store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from agent.durable import write_atomic
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+
+
+@dataclass(frozen=True)
+class AgentState:
+    spiffe_id: str | None = None
+    attestor: str | None = None
+    mesh: Mapping[str, Any] = field(default_factory=dict)
+    renew_after: str | None = None  # RFC 3339, the registrar's hint for the live cert
+    registrar_url: str | None = None
+    rotations: int = 0
+    last_success: str | None = None  # RFC 3339 wall-clock time of the last issue/renew
+
+    def updated(self, **changes: Any) -> AgentState:
+        return replace(self, **changes)
+
+
+class StateError(Exception):
+    pass
+
+
+def migrate(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Bring any older ``state.json`` up to ``SCHEMA_VERSION``."""
+    data = dict(raw)
+    version = data.pop("schema", None)
+    if not isinstance(version, int):
+        raise StateError("state.json has no schema version")
+    if version > SCHEMA_VERSION:
+        raise StateError(f"state.json schema {version} is newer than this agent ({SCHEMA_VERSION})"
+                         "; refusing to downgrade it")
+    if version == 1:
+        # v1 called the registrar hint "renew_at" and had no rotation counter.
+        data["renew_after"] = data.pop("renew_at", None)
+        data.setdefault("rotations", 0)
+        version = 2
+    known = set(AgentState.__dataclass_fields__)
+    return {k: v for k, v in data.items() if k in known}
+
+
+class StateFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> AgentState:
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return AgentState()
+        except (OSError, ValueError) as exc:
+            raise StateError(f"{self.path}: unreadable ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise StateError(f"{self.path}: not a JSON object")
+        return AgentState(**migrate(raw))
+
+    def save(self, state: AgentState) -> None:
+        body = {"schema": SCHEMA_VERSION, **asdict(state)}
+        write_atomic(self.path, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode(),
+                     mode=0o600)

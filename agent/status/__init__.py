@@ -1,0 +1,1 @@
+"""What the agent reports: health model, Prometheus metrics, local HTTP endpoint."""

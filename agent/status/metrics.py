@@ -1,0 +1,47 @@
+"""Prometheus metrics computed from ``Health`` at scrape time (no double bookkeeping)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from agent.clock import Clock
+from agent.status.health import Health
+
+
+class HealthCollector:
+    def __init__(self, health: Callable[[], Health], clock: Clock) -> None:
+        self._health = health
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        health = self._health()
+        now = self._clock.now()
+        expires = GaugeMetricFamily(
+            "mesh_agent_cert_expiry_seconds", "Seconds until the workload certificate expires")
+        remaining = health.expires_in(now)
+        if remaining is not None:
+            expires.add_metric([], remaining)
+        yield expires
+        yield CounterMetricFamily("mesh_agent_rotations", "Certificates renewed",
+                                  value=health.rotations)
+        failures = CounterMetricFamily("mesh_agent_failures",
+                                       "Failed attest/renew attempts by reason", labels=["reason"])
+        for reason, count in sorted(health.failures.items()):
+            failures.add_metric([reason], count)
+        yield failures
+        last = GaugeMetricFamily("mesh_agent_last_success_timestamp_seconds",
+                                 "Unix time of the last successful issue or renewal")
+        if health.last_success is not None:
+            last.add_metric([], health.last_success.timestamp())
+        yield last
+        yield GaugeMetricFamily("mesh_agent_ready", "1 when the agent is ready",
+                                value=1.0 if health.ready(now) else 0.0)
+
+
+def render(health: Callable[[], Health], clock: Clock) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HealthCollector(health, clock))
+    return bytes(generate_latest(registry))
