@@ -1,0 +1,158 @@
+"""EC2: the instance identity document and its ``rsa2048`` PKCS#7 signature.
+
+The document has no nonce and no expiry and any process on the instance can
+read it, so freshness comes from policy instead: the signer must be the pinned
+AWS certificate of the document's own region, the signed content must be the
+document byte for byte, the instance must be younger than ``max_instance_age``
+(``pendingTime``), and each instance ID attests once (trust on first use)
+until an operator evicts it or the policy says ``reattest: always``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from cryptography import x509
+
+from registrar.attestation import pkcs7
+from registrar.attestation.base import Verified
+from registrar.attestation.groups import GroupRules
+from registrar.rejections import Rejected
+
+SHIPPED_CERTS = Path(__file__).resolve().parent.parent / "data" / "aws"
+PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
+MAX_DOCUMENT_B64 = 8 * 1024
+
+
+class InstanceLedger(Protocol):
+    """Which instance IDs already attested (trust on first use)."""
+
+    def claim(self, subject: str) -> bool:
+        """Record ``subject``; False when it was already recorded."""
+        ...
+
+    def evict(self, subject: str) -> None: ...
+
+
+class MemoryLedger:
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def claim(self, subject: str) -> bool:
+        if subject in self._seen:
+            return False
+        self._seen.add(subject)
+        return True
+
+    def evict(self, subject: str) -> None:
+        self._seen.discard(subject)
+
+
+def load_region_certs(*dirs: Path) -> dict[str, x509.Certificate]:
+    """``<dir>/<partition>/<region>.pem`` -> {region: cert}; later dirs override earlier."""
+    certs: dict[str, x509.Certificate] = {}
+    for base in dirs:
+        for partition in PARTITIONS:
+            for path in sorted((base / partition).glob("*.pem")):
+                try:
+                    certs[path.stem] = x509.load_pem_x509_certificate(path.read_bytes())
+                except ValueError as exc:
+                    raise ValueError(f"{path}: not a PEM certificate ({exc})") from None
+    return certs
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    cert_dir: Path | None = None
+    allowed_accounts: tuple[str, ...] = ()
+    allowed_regions: tuple[str, ...] = ()
+    max_instance_age: float | None = None
+    reattest: Literal["evict", "always"] = "evict"
+    groups: GroupRules = field(default_factory=GroupRules)
+
+
+class AwsVerifier:
+    evidence_type = "aws"
+    needs_challenge = False
+
+    def __init__(self, config: AwsConfig, *, ledger: InstanceLedger | None = None,
+                 clock: Callable[[], float] = time.time,
+                 certs: Mapping[str, x509.Certificate] | None = None) -> None:
+        self._config = config
+        self._clock = clock
+        self.ledger: InstanceLedger = ledger or MemoryLedger()
+        if certs is None:
+            dirs = [SHIPPED_CERTS] + ([config.cert_dir] if config.cert_dir else [])
+            certs = load_region_certs(*dirs)
+        self._certs = dict(certs)
+
+    async def verify(self, evidence: Mapping[str, Any], challenge: str | None) -> Verified:
+        document = pkcs7.decode_b64(evidence.get("document"), "document", limit=MAX_DOCUMENT_B64)
+        signed = pkcs7.parse(pkcs7.decode_b64(evidence.get("pkcs7"), "pkcs7"))
+        if signed.content != document:
+            # SPIRE once verified one document and used another: never again.
+            raise Rejected("evidence_document_mismatch",
+                           "the PKCS#7 signs a different document than the one sent")
+        doc = _document(document)
+        region = doc["region"]
+        cert = self._certs.get(region)
+        if cert is None:
+            raise Rejected("evidence_signer_untrusted", f"no pinned AWS certificate for {region}")
+        # The key decides, not the SignerInfo's label: verify with the pinned
+        # certificate of the document's own region; the label only explains a failure.
+        if not pkcs7.signature_valid(signed, cert):
+            other = next((r for r, c in self._certs.items()
+                          if r != region and pkcs7.names(signed.signer, c)), None)
+            if other is not None:
+                raise Rejected("evidence_signer_untrusted",
+                               f"document for {region} is signed with the {other} certificate")
+            raise Rejected("evidence_signature_invalid",
+                           f"signature does not verify with the pinned {region} certificate")
+        claims = self._policy(doc)
+        group = self._config.groups.resolve("aws", claims)
+        subject = f"aws:{claims['account_id']}:{claims['instance_id']}"
+        if self._config.reattest == "evict" and not self.ledger.claim(subject):
+            raise Rejected("instance_already_attested",
+                           "this EC2 instance already attested; evict it to allow re-attestation")
+        return Verified(evidence_type="aws", subject=subject, claims=claims, group=group)
+
+    def _policy(self, doc: Mapping[str, Any]) -> dict[str, str]:
+        claims = {"account_id": doc["accountId"], "region": doc["region"],
+                  "instance_id": doc["instanceId"]}
+        for key, name in (("availabilityZone", "availability_zone"), ("imageId", "image_id"),
+                          ("instanceType", "instance_type"), ("architecture", "architecture")):
+            if isinstance(doc.get(key), str):
+                claims[name] = doc[key]
+        if self._config.allowed_accounts and claims["account_id"] not in \
+                self._config.allowed_accounts:
+            raise Rejected("evidence_not_allowed", "AWS account is not in the allow-list")
+        if self._config.allowed_regions and claims["region"] not in self._config.allowed_regions:
+            raise Rejected("evidence_not_allowed", "AWS region is not in the allow-list")
+        limit = self._config.max_instance_age
+        if limit is not None:
+            try:
+                pending = datetime.fromisoformat(str(doc.get("pendingTime"))).timestamp()
+            except ValueError:
+                raise Rejected("evidence_invalid", "document pendingTime unreadable") from None
+            if self._clock() - pending > limit:
+                raise Rejected("evidence_instance_too_old",
+                               f"EC2 instance started more than {limit:.0f} s ago")
+        return claims
+
+
+def _document(raw: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise Rejected("evidence_invalid", "identity document is not JSON") from None
+    if not isinstance(doc, dict) or not all(
+            isinstance(doc.get(k), str) and doc[k] for k in ("accountId", "region", "instanceId")):
+        raise Rejected("evidence_invalid",
+                       "identity document lacks accountId, region or instanceId")
+    return doc
