@@ -1,0 +1,180 @@
+"""Boots the test VM under qemu: direct kernel boot, virtio disk, restricted
+user networking, serial console to a file, results over a virtio-9p share.
+
+Measured on our CI-like hosts (FACTS.md): /dev/kvm exists but the host is a
+PVM guest without vmx/svm, and KVM hangs a stock Debian kernel there, so KVM
+is used only when the CPU flags show hardware virtualisation; otherwise TCG.
+About one TCG boot in 25 hits a kernel soft lockup: the serial log is
+watched, the VM killed and the boot retried once.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.vm.image import BakedImage
+
+LOCKUP = re.compile(r"soft lockup|Kernel panic|rcu: INFO: rcu_\w+ self-detected stall")
+BOOT_TIMEOUT = 240.0
+
+
+def hardware_virt() -> bool:
+    """True only where KVM can really run a stock kernel (vmx/svm, not PVM)."""
+    if not Path("/dev/kvm").exists() or Path("/sys/module/kvm_pvm").exists():
+        return False
+    flags = Path("/proc/cpuinfo").read_text()
+    return re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.MULTILINE) is not None
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A guest address:port that qemu connects to a host loopback port."""
+
+    guest_addr: str
+    guest_port: int
+    host_port: int
+
+    def netdev(self) -> str:
+        # cmd: runs one socat per guest connection (a tcp: chardev would carry
+        # a single connection only). restrict=on blocks everything else.
+        return (f"guestfwd=tcp:{self.guest_addr}:{self.guest_port}"
+                f"-cmd:socat STDIO TCP:127.0.0.1:{self.host_port}")
+
+
+class BootError(AssertionError):
+    """The VM did not power itself off in time (serial log tail attached)."""
+
+
+@dataclass
+class Boot:
+    number: int
+    seconds: float
+    attempts: int
+    serial: Path
+
+
+@dataclass
+class VM:
+    """One disk (a qcow2 overlay over the baked image), booted one or more times.
+
+    Every VM starts from a fresh overlay, so its first boot is a genuine first
+    boot; booting it again is a reboot of the same disk.
+    """
+
+    image: BakedImage
+    workdir: Path
+    seed: Path
+    forwards: tuple[Forward, ...] = ()
+    memory_mb: int = 1024
+    cpus: int = 2
+    boots: list[Boot] = field(default_factory=list)
+
+    @property
+    def share(self) -> Path:
+        return self.workdir / "share"
+
+    @property
+    def disk(self) -> Path:
+        return self.workdir / "disk.qcow2"
+
+    def prepare(self, payload: str) -> None:
+        """Fresh overlay and share; ``payload`` is the guest script run on each boot."""
+        if self.share.exists():
+            shutil.rmtree(self.share)
+        (self.share / "out").mkdir(parents=True)
+        (self.share / "payload.sh").write_text(payload)
+        self.disk.unlink(missing_ok=True)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+                        "-b", str(self.image.disk), str(self.disk)], check=True)
+
+    def command(self, serial: Path) -> list[str]:
+        kvm = hardware_virt()
+        netdev = ",".join(["user", "id=n0", "restrict=on",
+                           *(f.netdev() for f in self.forwards)])
+        return [
+            "qemu-system-x86_64",
+            "-machine", f"q35,accel={'kvm' if kvm else 'tcg'}",
+            "-cpu", "host" if kvm else "qemu64",
+            "-smp", str(self.cpus), "-m", str(self.memory_mb),
+            "-display", "none", "-monitor", "none", "-no-reboot",
+            "-serial", f"file:{serial}",
+            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
+            "-append", "root=/dev/vda rw console=ttyS0 panic=-1 mesh.vmtest=1 "
+                       "systemd.show_status=false",
+            "-drive", f"file={self.disk},if=virtio,format=qcow2,cache=unsafe",
+            "-drive", f"file={self.seed},if=virtio,format=raw,readonly=on",
+            "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
+            "-device", "virtio-rng-pci",
+            "-virtfs", f"local,path={self.share},mount_tag=vmtest,security_model=none,id=vmtest",
+        ]
+
+    def boot(self, timeout: float = BOOT_TIMEOUT) -> Boot:
+        """Boot until the payload powers the VM off; one retry after a soft lockup."""
+        number = len(self.boots) + 1
+        started = time.monotonic()
+        for attempt in (1, 2):
+            serial = self.workdir / f"serial-boot{number}-try{attempt}.log"
+            outcome = self._run_once(serial, timeout)
+            if outcome == "ok":
+                boot = Boot(number, time.monotonic() - started, attempt, serial)
+                self.boots.append(boot)
+                return boot
+            if outcome != "lockup" or attempt == 2:
+                raise BootError(f"boot {number} {outcome} (try {attempt}); serial tail:\n"
+                                + _tail(serial))
+            (self.share / f"boot-{number}.log").unlink(missing_ok=True)
+        raise AssertionError("unreachable")
+
+    def _run_once(self, serial: Path, timeout: float) -> str:
+        serial.unlink(missing_ok=True)
+        proc = subprocess.Popen(self.command(serial), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    return f"timed out after {timeout:.0f}s"
+                if serial.exists() and LOCKUP.search(serial.read_text(errors="replace")):
+                    return "lockup"
+                time.sleep(1)
+            if proc.returncode != 0:
+                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                return f"qemu exited {proc.returncode}: {out}"
+            return "ok"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+
+    def result(self, number: int) -> tuple[int, str]:
+        """(exit code, output) of the payload on boot ``number``."""
+        rc_file = self.share / f"boot-{number}.rc"
+        log = (self.share / f"boot-{number}.log")
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if not rc_file.exists():
+            raise BootError(f"boot {number}: payload left no exit code; output:\n{text}")
+        return int(rc_file.read_text().strip()), text
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    if not path.exists():
+        return "(no serial log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def make_seed(workdir: Path, user_data: str, instance_id: str) -> Path:
+    """A NoCloud seed image (label cidata) made with cloud-localds."""
+    (workdir / "user-data").write_text(user_data)
+    (workdir / "meta-data").write_text(
+        f"instance-id: {instance_id}\nlocal-hostname: vmtest\n")
+    seed = workdir / "seed.img"
+    subprocess.run(["cloud-localds", str(seed), str(workdir / "user-data"),
+                    str(workdir / "meta-data")], check=True, capture_output=True)
+    return seed
