@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -40,3 +40,17 @@ class Verifier(Protocol):
         ...
 
     async def verify(self, evidence: Mapping[str, Any], challenge: str | None) -> Verified: ...
+
+
+@runtime_checkable
+class SingleUse(Protocol):
+    """Optional second phase for evidence that may be used once (join tokens;
+    a cloud verifier may use it to record a token as replayed).
+
+    ``verify`` must then check without using the evidence up; the API layer
+    calls ``commit`` after the CSR has passed every check, so a bad CSR does not
+    burn the evidence. ``commit`` is atomic: of N parallel commits of the same
+    evidence exactly one returns, the rest raise ``Rejected``.
+    """
+
+    async def commit(self, verified: Verified) -> None: ...

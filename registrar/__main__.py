@@ -1,0 +1,5 @@
+import sys
+
+from registrar.cli import main
+
+sys.exit(main())

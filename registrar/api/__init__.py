@@ -1,0 +1,1 @@
+"""The HTTPS API of docs/api/openapi.yaml: limits, handlers, metrics."""

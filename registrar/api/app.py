@@ -1,0 +1,134 @@
+"""The aiohttp application: routes, rate limits, error bodies, decision logs, metrics.
+
+The client certificate is read from the request's own TLS object on every
+request (never cached per connection), so an evicted or revoked identity is
+refused on the next request even on a kept-alive connection.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from cryptography import x509
+
+from registrar.api.metrics import Metrics
+from registrar.api.ratelimit import RateLimiter
+from registrar.api.service import Decision, Service
+from registrar.api.wire import error_response, read_json, timestamp
+from registrar.ca.authority import Authority
+from registrar.config import RegistrarConfig
+from registrar.rejections import Rejected
+from registrar.store.challenges import ChallengeStore
+
+log = logging.getLogger("registrar.decisions")
+
+_FAMILIES = {"/v1/attest": "attest", "/v1/renew": "renew", "/v1/challenge": "challenge",
+             "/v1/bundle": "read"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def peer_certificate(request: web.Request) -> x509.Certificate | None:
+    """The verified client leaf (OpenSSL checked its chain to our roots), if any."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return None if der is None else x509.load_der_x509_certificate(der)
+
+
+def _remote(request: web.Request) -> str:
+    return request.remote or "-"
+
+
+class Api:
+    def __init__(self, *, config: RegistrarConfig, service: Service, authority: Authority,
+                 challenges: ChallengeStore, limiter: RateLimiter, metrics: Metrics) -> None:
+        self._config = config
+        self._service = service
+        self._authority = authority
+        self._challenges = challenges
+        self._limiter = limiter
+        self._metrics = metrics
+
+    def build(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard],
+                              client_max_size=self._config.limits.max_body_bytes)
+        app.router.add_post("/v1/challenge", self._challenge)
+        app.router.add_post("/v1/attest", self._attest)
+        app.router.add_post("/v1/renew", self._renew)
+        app.router.add_get("/v1/bundle", self._bundle)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics_page)
+        return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Rate limit first (cheapest), then turn every failure into an Error body."""
+        family = _FAMILIES.get(request.path)
+        try:
+            if family is not None:
+                wait = self._limiter.retry_after(family)
+                if wait is not None:
+                    raise Rejected("rate_limited", f"{family} requests over the limit",
+                                   retry_after=wait)
+            return await handler(request)
+        except Rejected as exc:
+            if exc.reason == "rate_limited" and family in ("attest", "renew"):
+                self._metrics.decision(family, exc.reason, 0.0)
+            return error_response(exc)
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("internal error handling %s", request.path)
+            return error_response(Rejected("internal", "internal error; retry later",
+                                           retry_after=1))
+
+    async def _decide(self, operation: str, request: web.Request,
+                      run: Callable[[], Awaitable[Decision]]) -> web.Response:
+        started = time.perf_counter()
+        remote = _remote(request)
+        try:
+            decision = await run()
+        except Rejected as exc:
+            self._metrics.decision(operation, exc.reason, time.perf_counter() - started)
+            log.info("%s rejected reason=%s remote=%s detail=%s", operation, exc.reason,
+                     remote, exc.message)
+            raise
+        self._metrics.decision(operation, None, time.perf_counter() - started)
+        log.info("%s ok spiffe_id=%s subject=%s remote=%s", operation, decision.spiffe_id,
+                 decision.subject, remote)
+        return web.json_response(decision.body)
+
+    async def _attest(self, request: web.Request) -> web.Response:
+        async def run() -> Decision:
+            body = await read_json(request, self._config.limits.max_body_bytes)
+            return await self._service.attest(body, _remote(request))
+        return await self._decide("attest", request, run)
+
+    async def _renew(self, request: web.Request) -> web.Response:
+        async def run() -> Decision:
+            body = await read_json(request, self._config.limits.max_body_bytes)
+            return await self._service.renew(body, peer_certificate(request), _remote(request))
+        return await self._decide("renew", request, run)
+
+    async def _challenge(self, request: web.Request) -> web.Response:
+        nonce, expires = self._challenges.issue()
+        return web.json_response({"nonce": nonce, "expires_at": timestamp(
+            dt.datetime.fromtimestamp(expires, dt.UTC))})
+
+    async def _bundle(self, request: web.Request) -> web.Response:
+        return web.json_response({"trust_domain": self._config.trust_domain,
+                                  "trust_bundle": self._authority.bundle_pem})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._metrics.render(),
+                            headers={"Content-Type": "text/plain; version=0.0.4"})

@@ -1,0 +1,145 @@
+"""The decisions: attest (evidence + CSR -> credentials) and renew (client cert + CSR).
+
+Independent of HTTP: handlers pass parsed bodies and the peer certificate in,
+and get a response body or ``Rejected`` back. One log line per decision, with
+the SPIFFE ID, subject and remote address, never evidence, tokens or keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from registrar.api.wire import host_fields, only_keys, string_field, timestamp
+from registrar.attestation.base import SingleUse, Verified, Verifier
+from registrar.ca.authority import Authority, Issued
+from registrar.ca.csr import check_csr
+from registrar.config import Group, RegistrarConfig
+from registrar.rejections import Rejected
+from registrar.store.challenges import ChallengeStore
+from registrar.store.inventory import Inventory
+
+log = logging.getLogger("registrar.decisions")
+
+_ATTEST_KEYS = {"evidence", "csr", "challenge", "hostname", "addresses"}
+_RENEW_KEYS = {"csr", "hostname", "addresses"}
+_STATE_REASONS = {"revoked": "identity_revoked", "evicted": "identity_evicted"}
+
+
+@dataclass(frozen=True)
+class Decision:
+    body: dict[str, Any]
+    spiffe_id: str
+    subject: str
+
+
+class Service:
+    def __init__(self, *, config: RegistrarConfig, authority: Authority,
+                 verifiers: Mapping[str, Verifier], challenges: ChallengeStore,
+                 inventory: Inventory) -> None:
+        self._config = config
+        self._authority = authority
+        self._verifiers = verifiers
+        self._challenges = challenges
+        self._inventory = inventory
+
+    # -- shared -----------------------------------------------------------------
+    def _group_for(self, verified: Verified) -> Group:
+        if verified.group is None:
+            raise Rejected("no_matching_group", "the evidence maps to no workload group")
+        group = self._config.groups.get(verified.group)
+        if group is None:
+            raise Rejected("no_matching_group",
+                           f"group {verified.group!r} is not in the registrar's config")
+        return group
+
+    def _credentials(self, issued: Issued, spiffe_id: str, group: Group) -> dict[str, Any]:
+        return {
+            "spiffe_id": spiffe_id,
+            "cert_chain": issued.chain_pem,
+            "trust_bundle": self._authority.bundle_pem,
+            "not_after": timestamp(issued.not_after),
+            "renew_after": timestamp(issued.renew_after),
+            "mesh": {"trust_domain": group.trust_domain, "namespace": group.namespace,
+                     "service_account": group.service_account, "group": group.name,
+                     "labels": dict(group.labels)},
+        }
+
+    # -- attest -----------------------------------------------------------------
+    async def attest(self, body: Mapping[str, Any], remote: str) -> Decision:
+        only_keys(body, _ATTEST_KEYS, {"evidence", "csr"})
+        evidence = body["evidence"]
+        if not isinstance(evidence, dict) or not isinstance(evidence.get("type"), str):
+            raise Rejected("bad_request", "'evidence' must be an object with a string 'type'")
+        hostname, addresses = host_fields(body)
+        csr = check_csr(string_field(body, "csr"))
+        verifier = self._verifiers.get(evidence["type"])
+        if verifier is None:
+            raise Rejected("unsupported_evidence",
+                           f"evidence type {evidence['type']!r} is not enabled; enabled: "
+                           + ", ".join(sorted(self._verifiers)))
+        challenge = None
+        if verifier.needs_challenge:
+            raw = body.get("challenge")
+            challenge = self._challenges.consume(raw if isinstance(raw, str) else None)
+        verified = await verifier.verify(evidence, challenge)
+        group = self._group_for(verified)
+        csr.require_identity(group.spiffe_id)
+        issued = self._authority.issue(csr.public_key, group.spiffe_id, group.cert_ttl)
+        if isinstance(verifier, SingleUse):
+            await verifier.commit(verified)  # last: only a request that will succeed spends it
+        self._inventory.record_attestation(
+            evidence_type=verified.evidence_type, subject=verified.subject,
+            spiffe_id=group.spiffe_id, group=group.name, hostname=hostname or "",
+            addresses=addresses or [], serial=issued.serial_hex,
+            not_after=issued.not_after.timestamp())
+        return Decision(self._credentials(issued, group.spiffe_id, group), group.spiffe_id,
+                        verified.subject)
+
+    # -- renew ------------------------------------------------------------------
+    def _owner_checked(self, peer: x509.Certificate | None) -> tuple[str, int, Group, str]:
+        if peer is None:
+            raise Rejected("client_cert_required",
+                           "renew needs the current certificate as the TLS client certificate")
+        now = dt.datetime.now(dt.UTC)
+        if peer.not_valid_after_utc <= now:
+            raise Rejected("identity_unknown", "client certificate has expired")
+        owner = self._inventory.owner(format(peer.serial_number, "x"))
+        if owner is None:
+            raise Rejected("identity_unknown", "client certificate was not issued by this "
+                           "registrar's inventory")
+        workload = owner.workload
+        try:
+            sans = peer.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            uris = sans.value.get_values_for_type(x509.UniformResourceIdentifier)
+        except x509.ExtensionNotFound:
+            uris = []
+        if uris != [owner.spiffe_id]:
+            raise Rejected("identity_unknown", "client certificate identity does not match "
+                           "the inventory")
+        if workload.state in _STATE_REASONS:
+            raise Rejected(_STATE_REASONS[workload.state],
+                           f"workload {workload.id} is {workload.state}; attest again")
+        group = self._config.groups.get(workload.group)
+        if group is None or group.spiffe_id != owner.spiffe_id:
+            raise Rejected("identity_unknown", f"workload {workload.id}'s group "
+                           f"{workload.group!r} no longer gives {owner.spiffe_id}; attest again")
+        return owner.spiffe_id, workload.id, group, workload.subject
+
+    async def renew(self, body: Mapping[str, Any], peer: x509.Certificate | None,
+                    remote: str) -> Decision:
+        spiffe_id, workload_id, group, subject = self._owner_checked(peer)
+        only_keys(body, _RENEW_KEYS, {"csr"})
+        hostname, addresses = host_fields(body)
+        csr = check_csr(string_field(body, "csr"))
+        csr.require_identity(spiffe_id)
+        issued = self._authority.issue(csr.public_key, spiffe_id, group.cert_ttl)
+        self._inventory.record_renewal(workload_id, hostname=hostname, addresses=addresses,
+                                       serial=issued.serial_hex, spiffe_id=spiffe_id,
+                                       not_after=issued.not_after.timestamp())
+        return Decision(self._credentials(issued, spiffe_id, group), spiffe_id, subject)

@@ -1,0 +1,99 @@
+"""Request parsing under bounds (before any authentication) and response bodies.
+
+Body size is checked against Content-Length and again while reading, the
+content type must be JSON, and parse cost is bounded by the size limit and a
+nesting cap; anything else is ``Rejected`` with the reason the OpenAPI file lists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from registrar.rejections import Rejected
+
+MAX_DEPTH = 8
+MAX_ADDRESSES = 64
+MAX_HOSTNAME = 253
+
+
+async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise Rejected("body_too_large", f"body is {length} bytes; the limit is {limit}")
+    if request.content_type != "application/json":
+        raise Rejected("unsupported_media_type",
+                       f"content type {request.content_type!r}; allowed: application/json")
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await request.content.read(limit + 1 - total):
+        total += len(chunk)
+        chunks.append(chunk)
+        if total > limit:  # chunked or lying Content-Length: stop reading at the limit
+            raise Rejected("body_too_large", f"body exceeds {limit} bytes")
+    body = b"".join(chunks)
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        raise Rejected("bad_request", "body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise Rejected("bad_request", "body must be a JSON object")
+    if _depth(value) > MAX_DEPTH:
+        raise Rejected("bad_request", f"JSON nested deeper than {MAX_DEPTH}")
+    return value
+
+
+def _depth(value: object, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def only_keys(body: Mapping[str, Any], allowed: set[str], required: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise Rejected("bad_request", f"unknown field {unknown[0]!r}; allowed: "
+                       + ", ".join(sorted(allowed)))
+    missing = sorted(required - set(body))
+    if missing:
+        raise Rejected("bad_request", f"missing field {missing[0]!r}")
+
+
+def string_field(body: Mapping[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise Rejected("bad_request", f"{name!r} must be a string")
+    return value
+
+
+def host_fields(body: Mapping[str, Any]) -> tuple[str | None, list[str] | None]:
+    hostname = body.get("hostname")
+    if hostname is not None and (not isinstance(hostname, str) or len(hostname) > MAX_HOSTNAME):
+        raise Rejected("bad_request", f"'hostname' must be a string of <= {MAX_HOSTNAME} chars")
+    addresses = body.get("addresses")
+    if addresses is not None and (
+        not isinstance(addresses, list) or len(addresses) > MAX_ADDRESSES
+        or not all(isinstance(a, str) and len(a) <= 64 for a in addresses)
+    ):
+        raise Rejected("bad_request",
+                       f"'addresses' must be a list of <= {MAX_ADDRESSES} address strings")
+    return hostname, addresses
+
+
+def timestamp(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def error_response(exc: Rejected) -> web.Response:
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    return web.json_response(exc.body(), status=exc.status, headers=headers)

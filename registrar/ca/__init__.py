@@ -1,0 +1,1 @@
+"""The mesh CA: loading its material, checking CSRs, signing workload certificates."""

@@ -1,0 +1,188 @@
+"""``mesh-registrar init``: a fresh root + intermediate, or an imported Istio plug-in CA,
+a server TLS certificate chaining to the same root, and a starter config.
+
+State directory layout (Istio's plug-in names, so an imported CA looks the same):
+
+    root-cert.pem     the trust bundle; copy it to agents as registrar-ca.pem
+    ca-cert.pem       signing intermediate        ca-key.pem   its key (0600)
+    cert-chain.pem    intermediate + root (Istio's convention)
+    root-key.pem      only for a generated root (0600); move it offline
+    server-cert.pem   the registrar's TLS cert + intermediate;  server-key.pem (0600)
+    registrar.yaml    starter config;  registrar.db  the inventory (created by serve)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from agent.durable import write_atomic
+from registrar.ca.authority import SigningKey, load_pem_certs, load_signing_key, pem, utcnow
+
+ISTIO_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
+ROOT_TTL = dt.timedelta(days=3650)
+INTERMEDIATE_TTL = dt.timedelta(days=1825)
+SERVER_TTL = dt.timedelta(days=365)
+
+
+class InitError(Exception):
+    """``init`` cannot proceed; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class InitResult:
+    state_dir: Path
+    config_path: Path
+    trust_anchor: Path
+    imported: bool
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: SigningKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _ca_cert(subject: str, *, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None,
+             issuer_key: SigningKey, ttl: dt.timedelta, path_length: int | None,
+             trust_domain: str) -> x509.Certificate:
+    now = utcnow()
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
+                      x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + ttl)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+            key_encipherment=False, data_encipherment=False, key_agreement=False,
+            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            issuer_key.public_key()), critical=False)
+    )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _server_cert(names: list[str], key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate,
+                 issuer_key: SigningKey) -> x509.Certificate:
+    sans: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    now = utcnow()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(min(now + SERVER_TTL, issuer.not_valid_after_utc))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(issuer_key, hashes.SHA256())
+    )
+
+
+def starter_config(state_dir: Path, trust_domain: str) -> str:
+    return f"""\
+# mesh-registrar configuration (written by `mesh-registrar init`).
+# Agents trust {state_dir / "root-cert.pem"} (copy it to /etc/mesh-agent/registrar-ca.pem).
+trust_domain: {trust_domain}
+listen: 127.0.0.1:8443
+state_dir: {state_dir}
+workers: 1
+challenge_ttl: 5m
+log_level: info
+limits:
+  max_body_bytes: 65536
+  max_header_bytes: 8190
+  rate:
+    attest: {{per_second: 1000, burst: 2000}}
+    renew: {{per_second: 1000, burst: 2000}}
+evidence:
+  join_token: {{}}
+groups:
+  - name: example
+    namespace: default
+    service_account: example-vm
+    cert_ttl: 24h
+    labels: {{app: example}}
+"""
+
+
+def init_state(state_dir: Path, trust_domain: str, server_names: list[str],
+               import_dir: Path | None = None) -> InitResult:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    existing = [n for n in ("ca-cert.pem", "ca-key.pem") if (state_dir / n).exists()]
+    if existing:
+        raise InitError(f"{state_dir}: a CA already exists ({', '.join(existing)}); "
+                        "refusing to overwrite it. Use a new --state-dir.")
+    if import_dir is not None:
+        missing = [n for n in ISTIO_FILES if not (import_dir / n).is_file()]
+        if missing:
+            raise InitError(f"{import_dir}: missing {', '.join(missing)} "
+                            f"(Istio plug-in layout: {', '.join(ISTIO_FILES)})")
+        try:
+            ca_cert = load_pem_certs(import_dir / "ca-cert.pem")[0]
+            ca_key = load_signing_key(import_dir / "ca-key.pem")
+            roots = load_pem_certs(import_dir / "root-cert.pem")
+            chain = load_pem_certs(import_dir / "cert-chain.pem")
+        except (ValueError, IndexError) as exc:
+            raise InitError(f"{import_dir}: cannot load the CA files: {exc}") from None
+        if ca_cert.public_key() != ca_key.public_key():
+            raise InitError(f"{import_dir}: ca-key.pem does not match ca-cert.pem")
+        key_pem = _key_pem(ca_key)
+    else:
+        root_key = _key()
+        root = _ca_cert(f"{trust_domain} mesh root", key=root_key, issuer=None,
+                        issuer_key=root_key, ttl=ROOT_TTL, path_length=1,
+                        trust_domain=trust_domain)
+        ca_key = _key()
+        ca_cert = _ca_cert(f"{trust_domain} registrar intermediate", key=ca_key, issuer=root,
+                           issuer_key=root_key, ttl=INTERMEDIATE_TTL, path_length=0,
+                           trust_domain=trust_domain)
+        roots, chain = [root], [ca_cert, root]
+        key_pem = _key_pem(ca_key)
+        write_atomic(state_dir / "root-key.pem", _key_pem(root_key), mode=0o600)
+    # Keys first: a crash part-way leaves a key without a cert, which init refuses
+    # to overwrite, rather than a cert nobody can sign with.
+    write_atomic(state_dir / "ca-key.pem", key_pem, mode=0o600)
+    write_atomic(state_dir / "root-cert.pem", pem(roots).encode(), mode=0o644)
+    write_atomic(state_dir / "cert-chain.pem", pem(chain).encode(), mode=0o644)
+    server_key = _key()
+    server = _server_cert(server_names, server_key, ca_cert, ca_key)
+    intermediates = [c for c in chain if c.issuer != c.subject and c not in roots]
+    if ca_cert not in intermediates and ca_cert.issuer != ca_cert.subject:
+        intermediates.insert(0, ca_cert)
+    write_atomic(state_dir / "server-key.pem", _key_pem(server_key), mode=0o600)
+    write_atomic(state_dir / "server-cert.pem", pem([server, *intermediates]).encode(),
+                 mode=0o644)
+    write_atomic(state_dir / "ca-cert.pem", pem([ca_cert]).encode(), mode=0o644)
+    config_path = state_dir / "registrar.yaml"
+    if not config_path.exists():
+        write_atomic(config_path, starter_config(state_dir, trust_domain).encode(), mode=0o640)
+    return InitResult(state_dir=state_dir, config_path=config_path,
+                      trust_anchor=state_dir / "root-cert.pem", imported=import_dir is not None)
+
+

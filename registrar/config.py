@@ -1,0 +1,206 @@
+"""The registrar's configuration: one frozen, typed object built once at start-up.
+
+The file is YAML (``registrar.yaml``, written by ``mesh-registrar init``), read
+with the same ``Section`` reader as the agent's config so every error names the
+file, the dotted key and the allowed values; the CLI exits 78 on it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.config.errors import ConfigError
+from agent.config.reader import Section
+from agent.config.source import load_source
+
+# DNS-label-ish names: they end up inside SPIFFE IDs and metric labels.
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$")
+EVIDENCE_TYPES = ("join_token",)
+RATE_FAMILIES = ("attest", "renew", "challenge", "read")
+
+
+@dataclass(frozen=True)
+class Group:
+    """A workload group: what verified evidence maps to, and the identity it gets."""
+
+    name: str
+    namespace: str
+    service_account: str
+    trust_domain: str
+    cert_ttl: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def spiffe_id(self) -> str:
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+
+
+@dataclass(frozen=True)
+class CaFiles:
+    """Istio's plug-in layout: the signing intermediate, its chain, the roots."""
+
+    cert: Path
+    key: Path
+    chain: Path
+    roots: Path
+
+
+@dataclass(frozen=True)
+class Rate:
+    per_second: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int
+    max_header_bytes: int
+    rates: dict[str, Rate]
+
+
+@dataclass(frozen=True)
+class RegistrarConfig:
+    source_file: str
+    trust_domain: str
+    host: str
+    port: int
+    workers: int
+    state_dir: Path
+    database: Path
+    ca: CaFiles
+    tls_cert: Path
+    tls_key: Path
+    challenge_ttl: float
+    limits: Limits
+    groups: dict[str, Group]
+    evidence: dict[str, dict[str, Any]]
+    log_level: str
+
+
+_DEFAULT_RATES = {
+    "attest": Rate(1000.0, 2000),
+    "renew": Rate(1000.0, 2000),
+    "challenge": Rate(1000.0, 2000),
+    "read": Rate(200.0, 400),
+}
+
+
+def _name(s: Section, key: str, pattern: re.Pattern[str] = _NAME) -> str:
+    value = s.text(key)
+    if not pattern.match(value):
+        raise s.error(key, f"{value!r} is not a valid name",
+                      "lowercase letters, digits, '.', '-', '_' (DNS-label style)")
+    return value
+
+
+def _groups(root: Section, trust_domain: str) -> dict[str, Group]:
+    raw = root._raw("groups")
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise root.error("groups", f"is a {type(raw).__name__}", "a list of group mappings")
+    groups: dict[str, Group] = {}
+    for index, item in enumerate(raw):
+        key = f"groups[{index}]"
+        if not isinstance(item, dict):
+            raise root.error(key, f"is a {type(item).__name__}",
+                             "a mapping with name, namespace, service_account")
+        s = Section(root._source, root.key(key), item)
+        group = Group(
+            name=_name(s, "name"),
+            namespace=_name(s, "namespace"),
+            service_account=_name(s, "service_account"),
+            trust_domain=_name(s, "trust_domain", _TRUST_DOMAIN) if s.has("trust_domain")
+            else trust_domain,
+            cert_ttl=s.duration("cert_ttl", 86400.0, minimum=1.0, maximum=90 * 86400.0),
+            labels=s.str_map("labels"),
+        )
+        s.finish()
+        if group.name in groups:
+            raise s.error("name", f"group {group.name!r} is defined twice", "unique group names")
+        groups[group.name] = group
+    return groups
+
+
+def _limits(s: Section) -> Limits:
+    rate_section = s.section("rate")
+    rates: dict[str, Rate] = {}
+    for family in RATE_FAMILIES:
+        sub = rate_section.section(family)
+        default = _DEFAULT_RATES[family]
+        rates[family] = Rate(
+            per_second=sub.number("per_second", default.per_second, minimum=0.001,
+                                  maximum=1e6),
+            burst=sub.integer("burst", default.burst, minimum=1, maximum=10_000_000),
+        )
+        sub.finish()
+    rate_section.finish()
+    limits = Limits(
+        max_body_bytes=s.integer("max_body_bytes", 64 * 1024, minimum=1024,
+                                 maximum=4 * 1024 * 1024),
+        max_header_bytes=s.integer("max_header_bytes", 8190, minimum=1024, maximum=65536),
+        rates=rates,
+    )
+    s.finish()
+    return limits
+
+
+def _evidence(s: Section) -> dict[str, dict[str, Any]]:
+    """Which verifiers are enabled, with each one's own options (parsed by its factory)."""
+    enabled: dict[str, dict[str, Any]] = {}
+    for name in EVIDENCE_TYPES:
+        if s.has(name):
+            sub = s._raw(name)
+            if sub is None:
+                sub = {}
+            if not isinstance(sub, dict):
+                raise s.error(name, f"is a {type(sub).__name__}", "a mapping (may be empty)")
+            enabled[name] = dict(sub)
+    s.finish()
+    return enabled
+
+
+def build_config(path: Path) -> RegistrarConfig:
+    """Read and validate ``path`` (plus ``<stem>.d/*.yaml`` drop-ins); raises ConfigError."""
+    source = load_source(path)
+    root = Section(source)
+    trust_domain = _name(root, "trust_domain", _TRUST_DOMAIN)
+    host, port = root.host_port("listen", "127.0.0.1:8443")
+    state_dir = root.path("state_dir")
+    ca = root.section("ca")
+    tls = root.section("tls")
+    evidence = root.section("evidence") if root.has("evidence") else None
+    config = RegistrarConfig(
+        source_file=str(path),
+        trust_domain=trust_domain,
+        host=host,
+        port=port,
+        workers=root.integer("workers", 1, minimum=1, maximum=64),
+        state_dir=state_dir,
+        database=root.path("database", str(state_dir / "registrar.db")),
+        ca=CaFiles(
+            cert=ca.path("cert", str(state_dir / "ca-cert.pem")),
+            key=ca.path("key", str(state_dir / "ca-key.pem")),
+            chain=ca.path("chain", str(state_dir / "cert-chain.pem")),
+            roots=ca.path("roots", str(state_dir / "root-cert.pem")),
+        ),
+        tls_cert=tls.path("cert", str(state_dir / "server-cert.pem")),
+        tls_key=tls.path("key", str(state_dir / "server-key.pem")),
+        challenge_ttl=root.duration("challenge_ttl", 300.0, minimum=1.0, maximum=3600.0),
+        limits=_limits(root.section("limits")),
+        groups=_groups(root, trust_domain),
+        evidence={"join_token": {}} if evidence is None else _evidence(evidence),
+        log_level=root.text("log_level", "info", choices=("debug", "info", "warning", "error")),
+    )
+    ca.finish()
+    tls.finish()
+    root.finish()
+    return config
+
+
+__all__ = ["CaFiles", "ConfigError", "Group", "Limits", "Rate", "RegistrarConfig",
+           "build_config"]

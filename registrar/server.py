@@ -1,0 +1,139 @@
+"""``mesh-registrar serve``: the TLS context, wiring, and the worker processes.
+
+With ``workers: N > 1`` the parent forks N workers that each bind the listen
+address with SO_REUSEPORT (the kernel spreads connections) and share the SQLite
+WAL inventory; the parent only supervises. Each worker exits if its parent dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from registrar.api.app import Api
+from registrar.api.metrics import Metrics
+from registrar.api.ratelimit import RateLimiter
+from registrar.api.service import Service
+from registrar.attestation.registry import VerifierDeps, build_verifiers
+from registrar.ca.authority import load_authority
+from registrar.config import RegistrarConfig
+from registrar.store.challenges import ChallengeStore
+from registrar.store.db import connect
+from registrar.store.inventory import Inventory
+from registrar.store.tokens import TokenStore
+
+log = logging.getLogger("registrar.server")
+
+
+def tls_context(config: RegistrarConfig) -> ssl.SSLContext:
+    """TLS 1.2+, client certificates optional but verified by OpenSSL against our CA,
+    and no resumption: every connection presents and verifies its chain again."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    # Roots plus our intermediates, so an agent that sends only its leaf still verifies.
+    ctx.load_verify_locations(cafile=str(config.ca.roots))
+    ctx.load_verify_locations(cafile=str(config.ca.chain))
+    ctx.options |= ssl.OP_NO_TICKET
+    ctx.num_tickets = 0
+    return ctx
+
+
+def build_app(config: RegistrarConfig) -> web.Application:
+    conn = connect(config.database)
+    tokens = TokenStore(conn)
+    authority = load_authority(config.ca)
+    challenges = ChallengeStore(conn, config.challenge_ttl)
+    verifiers = build_verifiers(VerifierDeps(config=config, tokens=tokens))
+    service = Service(config=config, authority=authority, verifiers=verifiers,
+                      challenges=challenges, inventory=Inventory(conn))
+    api = Api(config=config, service=service, authority=authority, challenges=challenges,
+              limiter=RateLimiter(config.limits.rates), metrics=Metrics(tokens.outstanding))
+    return api.build()
+
+
+async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
+    app = build_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           max_field_size=config.limits.max_header_bytes,
+                           max_line_size=config.limits.max_header_bytes)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=tls_context(config),
+                       reuse_port=reuse_port, backlog=1024)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    parent = os.getppid()
+    log.info("serving https://%s:%d pid=%d", config.host, config.port, os.getpid())
+    try:
+        while not stop.is_set():
+            if reuse_port and os.getppid() != parent:
+                break  # the supervisor died (kill -9): do not linger as an orphan
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        await runner.cleanup()
+
+
+def serve(config: RegistrarConfig) -> int:
+    # Create and migrate the database once, before workers race to do it.
+    connect(config.database).close()
+    if config.workers == 1:
+        asyncio.run(_serve(config, reuse_port=False))
+        return 0
+    children: list[int] = []
+    for _ in range(config.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                asyncio.run(_serve(config, reuse_port=True))
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children.append(pid)
+    return _supervise(children)
+
+
+def _supervise(children: list[int]) -> int:
+    """Forward SIGTERM/SIGINT to the workers; if one dies, stop all and fail."""
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    remaining = set(children)
+    while remaining:
+        pid, status = os.wait()
+        remaining.discard(pid)
+        if os.waitstatus_to_exitcode(status) != 0 and code == 0:
+            code = 1
+            forward(signal.SIGTERM, None)
+    return code
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def state_paths(config: RegistrarConfig) -> list[Path]:
+    return [config.ca.cert, config.ca.key, config.ca.chain, config.ca.roots, config.tls_cert,
+            config.tls_key]

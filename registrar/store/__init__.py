@@ -1,0 +1,1 @@
+"""The inventory: SQLite in WAL mode, shared by the CLI and every server worker."""

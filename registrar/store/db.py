@@ -1,0 +1,109 @@
+"""Opening the inventory database and migrating its schema.
+
+WAL lets several server workers and the CLI use one file at once; writers are
+serialised by SQLite itself (``busy_timeout``), and every statement that must be
+atomic is a single ``UPDATE ... WHERE`` whose rowcount decides the race.
+
+Calls are synchronous on purpose: each is well under a millisecond (WAL with
+``synchronous=NORMAL`` does not fsync on commit), cheaper than a thread hop.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: tokens, workloads, issued certificates, challenges
+    """
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        group_name TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL,
+        revoked_at REAL
+    );
+    CREATE TABLE workloads (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        subject TEXT NOT NULL,
+        evidence_type TEXT NOT NULL,
+        spiffe_id TEXT NOT NULL,
+        group_name TEXT NOT NULL,
+        hostname TEXT NOT NULL DEFAULT '',
+        addresses TEXT NOT NULL DEFAULT '[]',
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'active'
+            CHECK (state IN ('active', 'evicted', 'revoked')),
+        UNIQUE (evidence_type, subject)
+    );
+    CREATE TABLE certs (
+        serial TEXT PRIMARY KEY,
+        workload_id INTEGER NOT NULL REFERENCES workloads(id),
+        spiffe_id TEXT NOT NULL,
+        issued_at REAL NOT NULL,
+        not_after REAL NOT NULL
+    );
+    CREATE INDEX certs_workload ON certs(workload_id);
+    CREATE TABLE challenges (
+        nonce TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX challenges_expiry ON challenges(expires_at);
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer registrar; refuse rather than corrupt it."""
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE``: take the write lock up front so read-then-write cannot deadlock."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every migration newer than the stored version; returns the version."""
+    with transaction(conn):
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        current = 0 if row is None else int(row[0])
+        if current > SCHEMA_VERSION:
+            raise SchemaTooNew(f"database schema {current} is newer than this registrar's "
+                               f"{SCHEMA_VERSION}; upgrade mesh-registrar")
+        for script in MIGRATIONS[current:]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        if row is None:
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        else:
+            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+    return SCHEMA_VERSION
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating, 0600) and migrate the inventory at ``path``."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    migrate(conn)
+    return conn

@@ -1,0 +1,123 @@
+"""Registered workloads and the certificates issued to them.
+
+A workload is keyed by (evidence type, subject): attesting again with the same
+subject re-uses its row (re-attestation is a normal path) and makes it active
+again only if it was evicted; a revoked workload stays revoked.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from registrar.store.db import transaction
+
+STATES = ("active", "evicted", "revoked")
+
+
+@dataclass(frozen=True)
+class Workload:
+    id: int
+    subject: str
+    evidence_type: str
+    spiffe_id: str
+    group: str
+    hostname: str
+    addresses: tuple[str, ...]
+    first_seen: float
+    last_seen: float
+    state: str
+
+
+@dataclass(frozen=True)
+class CertOwner:
+    """The inventory's view of a presented client certificate."""
+
+    serial: str
+    spiffe_id: str
+    not_after: float
+    workload: Workload
+
+
+_COLUMNS = ("w.id, w.subject, w.evidence_type, w.spiffe_id, w.group_name, w.hostname, "
+            "w.addresses, w.first_seen, w.last_seen, w.state")
+
+
+def _workload(row: Sequence[object]) -> Workload:
+    values = list(row)
+    values[6] = tuple(json.loads(str(values[6])))
+    return Workload(*values)  # type: ignore[arg-type]
+
+
+class Inventory:
+    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = time.time) -> None:
+        self._conn = conn
+        self._clock = clock
+
+    def record_attestation(self, *, evidence_type: str, subject: str, spiffe_id: str,
+                           group: str, hostname: str, addresses: Sequence[str],
+                           serial: str, not_after: float) -> Workload:
+        """Upsert the workload and record its new certificate, in one transaction.
+
+        A revoked workload is not revived by re-attesting: that is the operator's call.
+        """
+        now = self._clock()
+        with transaction(self._conn) as conn:
+            conn.execute(
+                "INSERT INTO workloads (subject, evidence_type, spiffe_id, group_name, hostname,"
+                " addresses, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (evidence_type, subject) DO UPDATE SET spiffe_id = excluded.spiffe_id,"
+                " group_name = excluded.group_name, hostname = excluded.hostname,"
+                " addresses = excluded.addresses, last_seen = excluded.last_seen,"
+                " state = CASE WHEN state = 'revoked' THEN 'revoked' ELSE 'active' END",
+                (subject, evidence_type, spiffe_id, group, hostname, json.dumps(list(addresses)),
+                 now, now))
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM workloads w WHERE evidence_type = ? AND subject = ?",  # noqa: S608
+                (evidence_type, subject)).fetchone()
+            workload = _workload(row)
+            conn.execute("INSERT INTO certs (serial, workload_id, spiffe_id, issued_at, not_after)"
+                         " VALUES (?, ?, ?, ?, ?)",
+                         (serial, workload.id, spiffe_id, now, not_after))
+        return workload
+
+    def owner(self, serial: str) -> CertOwner | None:
+        row = self._conn.execute(
+            f"SELECT c.serial, c.spiffe_id, c.not_after, {_COLUMNS} FROM certs c "  # noqa: S608
+            "JOIN workloads w ON w.id = c.workload_id WHERE c.serial = ?", (serial,)).fetchone()
+        if row is None:
+            return None
+        return CertOwner(serial=row[0], spiffe_id=row[1], not_after=row[2],
+                         workload=_workload(row[3:]))
+
+    def record_renewal(self, workload_id: int, *, hostname: str | None,
+                       addresses: Sequence[str] | None, serial: str, spiffe_id: str,
+                       not_after: float) -> None:
+        now = self._clock()
+        with transaction(self._conn) as conn:
+            conn.execute(
+                "UPDATE workloads SET last_seen = ?, hostname = COALESCE(?, hostname),"
+                " addresses = COALESCE(?, addresses) WHERE id = ?",
+                (now, hostname, None if addresses is None else json.dumps(list(addresses)),
+                 workload_id))
+            conn.execute("INSERT INTO certs (serial, workload_id, spiffe_id, issued_at, not_after)"
+                         " VALUES (?, ?, ?, ?, ?)", (serial, workload_id, spiffe_id, now,
+                                                     not_after))
+
+    def set_state(self, workload_id: int, state: str) -> bool:
+        if state not in STATES:
+            raise ValueError(state)
+        cursor = self._conn.execute("UPDATE workloads SET state = ? WHERE id = ?",
+                                    (state, workload_id))
+        return cursor.rowcount == 1
+
+    def list(self) -> list[Workload]:
+        rows = self._conn.execute(f"SELECT {_COLUMNS} FROM workloads w ORDER BY w.id")  # noqa: S608
+        return [_workload(r) for r in rows]
+
+    def prune_certs(self, before: float) -> int:
+        """Forget certificates that expired before ``before``: they can no longer renew."""
+        return self._conn.execute("DELETE FROM certs WHERE not_after < ?", (before,)).rowcount

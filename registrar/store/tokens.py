@@ -1,0 +1,129 @@
+"""Join tokens: 256-bit random, stored only as SHA-256, expiring, single use.
+
+Spending is one ``UPDATE ... WHERE used_at IS NULL AND revoked_at IS NULL AND
+expires_at > now`` and a rowcount check, so of N parallel uses exactly one wins
+(the race SPIRE once shipped). Checking (``check``) never spends, so a request
+with a bad CSR can be refused before the token is burned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.secret import Secret
+from registrar.rejections import Rejected
+
+TOKEN_BYTES = 32
+MAX_TOKEN_CHARS = 256
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    id: str
+    group: str
+    created_at: float
+    expires_at: float
+    used_at: float | None
+    revoked_at: float | None
+
+    def state(self, now: float) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.used_at is not None:
+            return "spent"
+        if self.expires_at <= now:
+            return "expired"
+        return "valid"
+
+
+_REASON_BY_STATE = {"revoked": "token_revoked", "spent": "token_spent",
+                    "expired": "token_expired"}
+_COLUMNS = "id, group_name, created_at, expires_at, used_at, revoked_at"
+
+
+class TokenStore:
+    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = time.time) -> None:
+        self._conn = conn
+        self._clock = clock
+
+    def create(self, group: str, ttl: float) -> tuple[str, Secret]:
+        """A new token for ``group``: returns (id, token). The token is shown once."""
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        token_id = secrets.token_hex(8)
+        now = self._clock()
+        self._conn.execute(
+            "INSERT INTO tokens (id, hash, group_name, created_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?)", (token_id, token_hash(token), group, now, now + ttl))
+        return token_id, Secret(token)
+
+    def create_many(self, group: str, ttl: float, count: int) -> list[Secret]:
+        """Bulk creation in one transaction (benchmarks, fleet provisioning)."""
+        now = self._clock()
+        tokens = [secrets.token_urlsafe(TOKEN_BYTES) for _ in range(count)]
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.executemany(
+                "INSERT INTO tokens (id, hash, group_name, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(secrets.token_hex(8), token_hash(t), group, now, now + ttl) for t in tokens])
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+        return [Secret(t) for t in tokens]
+
+    def _row(self, where: str, arg: str) -> TokenRow | None:
+        row = self._conn.execute(f"SELECT {_COLUMNS} FROM tokens WHERE {where} = ?",  # noqa: S608
+                                 (arg,)).fetchone()
+        return None if row is None else TokenRow(*row)
+
+    def check(self, token: Secret) -> TokenRow:
+        """The token's row if it could be spent now; else ``Rejected`` with its reason."""
+        value = token.reveal()
+        if not value or len(value) > MAX_TOKEN_CHARS:
+            raise Rejected("token_invalid", "malformed join token")
+        row = self._row("hash", token_hash(value))
+        if row is None:
+            raise Rejected("token_invalid", "unknown join token")
+        state = row.state(self._clock())
+        if state != "valid":
+            raise Rejected(_REASON_BY_STATE[state], f"join token {row.id} is {state}")
+        return row
+
+    def spend(self, token_id: str) -> None:
+        """Spend atomically; the loser of a race gets the reason the row now has."""
+        now = self._clock()
+        cursor = self._conn.execute(
+            "UPDATE tokens SET used_at = ? WHERE id = ? AND used_at IS NULL "
+            "AND revoked_at IS NULL AND expires_at > ?", (now, token_id, now))
+        if cursor.rowcount == 1:
+            return
+        row = self._row("id", token_id)
+        state = "spent" if row is None else row.state(now)
+        raise Rejected(_REASON_BY_STATE.get(state, "token_spent"),
+                       f"join token {token_id} is {state}")
+
+    def revoke(self, token_id: str) -> bool:
+        cursor = self._conn.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (self._clock(), token_id))
+        return cursor.rowcount == 1
+
+    def list(self) -> list[TokenRow]:
+        rows = self._conn.execute(f"SELECT {_COLUMNS} FROM tokens ORDER BY created_at")  # noqa: S608
+        return [TokenRow(*r) for r in rows]
+
+    def outstanding(self) -> int:
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM tokens WHERE used_at IS NULL AND revoked_at IS NULL "
+            "AND expires_at > ?", (self._clock(),)).fetchone()
+        return int(row[0])
