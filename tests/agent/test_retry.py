@@ -1,0 +1,94 @@
+"""The retry policy: retries only passing faults, honours Retry-After, stops at
+the deadline; runs here with a clock whose sleeps take no real time."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+from agent.attest.base import AttestError
+from agent.registrar_client.errors import RegistrarError
+from agent.rotation.retry import policy
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> dt.datetime:
+        return dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=self.t)
+
+    def monotonic(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+def run(clock: FakeClock, errors: list[BaseException], *, deadline: float | None,
+        max_backoff: float = 120.0) -> tuple[int, BaseException | None]:
+    calls = 0
+    seen: list[BaseException] = []
+
+    async def go() -> None:
+        nonlocal calls
+        async for attempt in policy(clock=clock, min_backoff=1.0, max_backoff=max_backoff,
+                                    deadline=deadline, on_failure=seen.append):
+            with attempt:
+                calls += 1
+                if errors:
+                    raise errors.pop(0)
+
+    try:
+        asyncio.run(go())
+    except BaseException as exc:  # noqa: BLE001
+        return calls, exc
+    return calls, None
+
+
+def retry_error(after: float | None = None) -> RegistrarError:
+    return RegistrarError("retry", "unreachable", "down", url="https://r", retry_after=after)
+
+
+def test_passing_faults_are_retried_until_success() -> None:
+    clock = FakeClock()
+    calls, exc = run(clock, [retry_error(), retry_error(), AttestError("slow", retryable=True)],
+                     deadline=None)
+    assert exc is None and calls == 4
+    assert all(s <= 120 for s in clock.sleeps)
+
+
+@pytest.mark.parametrize("error", [
+    RegistrarError("fatal", "token_spent", "spent", url="https://r"),
+    RegistrarError("reattest", "identity_evicted", "evicted", url="https://r"),
+    AttestError("no token", retryable=False),
+])
+def test_non_retryable_errors_are_raised_at_once(error: BaseException) -> None:
+    calls, exc = run(FakeClock(), [error], deadline=None)
+    assert calls == 1 and exc is error
+
+
+def test_backoff_is_capped() -> None:
+    clock = FakeClock()
+    run(clock, [retry_error() for _ in range(12)], deadline=None, max_backoff=5.0)
+    assert max(clock.sleeps) <= 5.0
+    assert clock.sleeps[-1] >= 4.0  # it really grew to the cap
+
+
+def test_retry_after_is_honoured_beyond_the_backoff() -> None:
+    clock = FakeClock()
+    run(clock, [retry_error(after=30)], deadline=None, max_backoff=5.0)
+    assert 30 <= clock.sleeps[0] <= 31
+
+
+def test_stops_at_the_deadline() -> None:
+    clock = FakeClock()
+    errors = [retry_error() for _ in range(1000)]
+    calls, exc = run(clock, errors, deadline=300.0)
+    assert isinstance(exc, RegistrarError)
+    assert clock.t == pytest.approx(300.0)
+    assert 3 < calls < 100
