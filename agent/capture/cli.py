@@ -1,0 +1,143 @@
+"""``mesh-agent capture plan|apply|remove|status``.
+
+``remove`` and ``status`` work from ``capture.json`` alone, so the package's
+removal scripts can undo capture even when the config is gone or broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from agent.capture.backend import make_backend
+from agent.capture.controller import CaptureController, CaptureStatus
+from agent.capture.record import RecordError
+from agent.capture.runner import CaptureError
+from agent.config import EX_CONFIG, AgentConfig, ConfigError, load_config
+
+DEFAULT_CONFIG = Path("/etc/mesh-agent/agent.yaml")
+DEFAULT_STATE_DIR = Path("/var/lib/mesh-agent")
+EX_FAILED = 1
+EX_DRIFT = 3  # status: installed rules do not match the record or the plan
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``capture`` with its four subcommands; each sets ``handler`` to ``run``."""
+    capture = subparsers.add_parser("capture", help="traffic capture (iptables/nftables)")
+    actions = capture.add_subparsers(dest="capture_action", required=True)
+    helps = {
+        "plan": "print the exact rules for the current config; changes nothing",
+        "apply": "install capture from the current config, verify it, or roll back",
+        "remove": "remove what capture.json says is installed (config not needed)",
+        "status": "what is installed, by whom, and whether it matches the plan",
+    }
+    for name, text in helps.items():
+        sub = actions.add_parser(name, help=text, description=text)
+        # SUPPRESS: never overwrite a --config the top-level parser already parsed.
+        sub.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                         help=f"agent config file (default {DEFAULT_CONFIG})")
+        if name in ("remove", "status"):
+            sub.add_argument("--state-dir", type=Path, default=None,
+                             help="state directory if the config cannot be read "
+                                  f"(default {DEFAULT_STATE_DIR})")
+        sub.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """Run the parsed ``capture`` subcommand; returns the process exit code."""
+    path: Path = getattr(args, "config", None) or DEFAULT_CONFIG
+    action: str = args.capture_action
+    try:
+        config: AgentConfig | None = load_config(path)
+    except ConfigError as exc:
+        if action in ("plan", "apply"):
+            print(f"error: {exc}", file=sys.stderr)
+            return EX_CONFIG
+        print(f"warning: config unusable ({exc}); working from recorded state", file=sys.stderr)
+        config = None
+    state_dir = getattr(args, "state_dir", None) or (
+        config.state_dir if config else DEFAULT_STATE_DIR)
+    controller = CaptureController(config.capture if config else None, state_dir=state_dir,
+                                   owner=f"mesh-agent capture {action}")
+    try:
+        return asyncio.run(_ACTIONS[action](controller, out))
+    except (CaptureError, RecordError) as exc:
+        print(f"error: capture {action}: {exc}", file=sys.stderr)
+        return EX_FAILED
+
+
+async def _plan(controller: CaptureController, out: TextIO) -> int:
+    ruleset = controller.plan()
+    status = await controller.status()
+    name = status.record.backend if status.record else "iptables-nft"
+    note = "recorded" if status.record else "not yet chosen; shown as iptables-nft and nftables"
+    print(f"# backend: {name} ({note})", file=out)
+    backends = [make_backend(name, controller.runner)]
+    if status.record is None:
+        backends.append(make_backend("nftables", controller.runner))
+    for backend in backends:
+        for title, text in backend.render(ruleset).items():
+            print(f"# {title}", file=out)
+            print(text.rstrip("\n"), file=out)
+    for probe in ruleset.probes:
+        print(f"# verify: IPv{probe.family} probe {probe.address}:{probe.port} must arrive on "
+              f"port {probe.expect_port} with SO_ORIGINAL_DST intact", file=out)
+    return 0
+
+
+async def _apply(controller: CaptureController, out: TextIO) -> int:
+    record = await controller.apply()
+    if record.phase != "applied":
+        print("capture is disabled in the config; nothing of ours is installed", file=out)
+        return 0
+    rules = sum(len(v) for v in record.applied.values())
+    print(f"capture applied and verified: backend {record.backend}, {rules} rules, "
+          f"IPv{'+IPv'.join(str(f) for f in record.families)}, plan {record.plan_digest}",
+          file=out)
+    return 0
+
+
+async def _remove(controller: CaptureController, out: TextIO) -> int:
+    record = await controller.remove()
+    if record is None:
+        print("nothing recorded: capture was never applied from this state directory", file=out)
+    else:
+        print(f"capture removed ({record.backend}); ruleset back to its baseline", file=out)
+    return 0
+
+
+def describe(status: CaptureStatus) -> tuple[str, int]:
+    """The operator-facing status text and exit code."""
+    record = status.record
+    if record is None:
+        return "capture: not installed (no record)", 0
+    rules = sum(len(v) for v in status.installed.values())
+    lines = [f"capture: {record.phase}", f"backend: {record.backend} ({record.backend_source})",
+             f"by: {record.owner or '-'} at {record.updated_at or '-'}",
+             f"installed: {rules} rules in {len(status.installed)} chains"]
+    code = 0
+    if not status.matches_record:
+        lines.append("DRIFT: installed rules differ from what was recorded as applied")
+        code = EX_DRIFT
+    if status.plan_error:
+        lines.append(f"plan: cannot compare ({status.plan_error})")
+    elif status.matches_plan is None:
+        lines.append("plan: unknown (config unusable)")
+    elif status.matches_plan:
+        lines.append("plan: installed rules match the current config")
+    else:
+        lines.append("plan: installed rules do NOT match the current config (run capture apply)")
+        code = EX_DRIFT
+    return "\n".join(lines), code
+
+
+async def _status(controller: CaptureController, out: TextIO) -> int:
+    text, code = describe(await controller.status())
+    print(text, file=out)
+    return code
+
+
+_ACTIONS = {"plan": _plan, "apply": _apply, "remove": _remove, "status": _status}

@@ -1,0 +1,236 @@
+"""Capture's lifecycle in the agent: apply after Envoy is ready, remove first on
+stop, clean a crashed run's leftovers on start, and follow the Envoy-down policy.
+
+Every change is recorded in ``capture.json`` *before* it is made, so whatever
+``kill -9`` interrupts, the next start knows which backend may hold rules and
+removes them. A failed apply or verification rolls back to the baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import pwd
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.capture.backend import Backend, Snapshot, detect, make_backend
+from agent.capture.config import CaptureConfig
+from agent.capture.plan import CaptureSettings, RuleSet, plan
+from agent.capture.probe import LocalProber, Prober
+from agent.capture.record import CaptureRecord, RecordStore
+from agent.capture.runner import CaptureError, Runner, SubprocessRunner
+
+log = logging.getLogger(__name__)
+
+
+def lookup_user(name: str) -> tuple[int, int]:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise CaptureError(f"capture.proxy_user: no such user {name!r} (create it, or set "
+                           "capture.proxy_uid and capture.proxy_gid)") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def resolve(config: CaptureConfig,
+            users: Callable[[str], tuple[int, int]] = lookup_user) -> CaptureSettings:
+    """Resolve the proxy identity (numeric overrides first, then the user database)."""
+    uid, gid = config.proxy_uid, config.proxy_gid
+    if uid is None or gid is None:
+        user_uid, user_gid = users(config.proxy_user)
+        uid = user_uid if uid is None else uid
+        gid = user_gid if gid is None else gid
+    return CaptureSettings(config, uid, gid)
+
+
+def digest(snapshot: Snapshot) -> str:
+    return hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CaptureStatus:
+    record: CaptureRecord | None
+    installed: Snapshot
+    matches_record: bool
+    matches_plan: bool | None  # None: no usable config to compare with
+    plan_error: str | None = None
+
+
+class CaptureController:
+    """Owns capture for one agent. Not thread-safe; call from one event loop."""
+
+    def __init__(self, config: CaptureConfig | None, *, state_dir: Path,
+                 runner: Runner | None = None, prober: Prober | None = None,
+                 users: Callable[[str], tuple[int, int]] = lookup_user,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 owner: str = "mesh-agent daemon") -> None:
+        self._config = config
+        self._store = RecordStore(state_dir)
+        self.runner: Runner = runner or SubprocessRunner()
+        self._prober = prober or LocalProber()
+        self._users = users
+        self._sleep = sleep
+        self._owner = owner
+        self._lock = asyncio.Lock()
+        self._fail_open: asyncio.Task[None] | None = None
+        self.failed_open = False
+
+    # -- planning (no I/O beyond the user database) ----------------------------
+    def plan(self) -> RuleSet:
+        if self._config is None:
+            raise CaptureError("no capture configuration")
+        return plan(resolve(self._config, self._users))
+
+    def reconfigure(self, config: CaptureConfig) -> None:
+        """New config (SIGHUP); takes effect on the next ``apply``."""
+        self._config = config
+
+    async def _choose_backend(self, record: CaptureRecord | None) -> tuple[str, str]:
+        wanted = self._config.backend if self._config else "auto"
+        if record and wanted in ("auto", record.backend):
+            return record.backend, record.backend_source  # chosen once, never re-detected
+        if wanted != "auto":
+            return wanted, "configured"
+        return await detect(self.runner), "detected"
+
+    def _save(self, record: CaptureRecord) -> CaptureRecord:
+        stamped = CaptureRecord(**{**record.__dict__,
+                                   "updated_at": datetime.now(UTC).isoformat(timespec="seconds")})
+        self._store.save(stamped)
+        return stamped
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def apply(self) -> CaptureRecord:
+        """Install (or replace) capture from the current config, verified; or roll back."""
+        async with self._lock:
+            return await self._apply()
+
+    async def _apply(self) -> CaptureRecord:
+        config = self._config
+        if config is None or not config.enabled:
+            await self._remove()
+            record = self._store.load()
+            return record or CaptureRecord(backend="", backend_source="", phase="removed")
+        ruleset = self.plan()
+        record = self._store.load()
+        name, source = await self._choose_backend(record)
+        if record and record.backend != name and record.phase != "removed":
+            await self._remove()  # explicit backend change: undo the old one first
+            record = self._store.load()
+        backend = make_backend(name, self.runner)
+        created = record.created_tables if record and record.phase != "removed" else (
+            await backend.absent_tables((4, 6)))
+        want = backend.expected(ruleset)
+        record = self._save(CaptureRecord(
+            backend=name, backend_source=source, phase="applying",
+            families=tuple(f.family for f in ruleset.families), created_tables=created,
+            applied=want, plan_digest=digest(want), owner=f"{self._owner} (pid {os.getpid()})"))
+        try:
+            await backend.apply(ruleset)
+            await self._verify(backend, ruleset, want)
+        except BaseException as exc:
+            log.error("capture apply failed, rolling back to baseline: %s", exc)
+            await asyncio.shield(self._rollback(backend, record))
+            raise
+        record = self._save(record.with_phase("applied"))
+        log.info("capture applied with %s (%s)", name, record.plan_digest)
+        return record
+
+    async def _verify(self, backend: Backend, ruleset: RuleSet, want: Snapshot) -> None:
+        got = await backend.installed(tuple(f.family for f in ruleset.families))
+        if got != want:
+            keys = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+            raise CaptureError(f"{backend.name}: rules read back differ from the plan in {keys}")
+        if self._config is not None and self._config.probe:
+            for probe in ruleset.probes:
+                result = await self._prober.probe(probe)
+                if not result.ok:
+                    raise CaptureError(f"{backend.name}: probe failed: {result.detail}")
+                log.info("capture probe IPv%d: %s", probe.family, result.detail)
+
+    async def _rollback(self, backend: Backend, record: CaptureRecord) -> None:
+        try:
+            await backend.remove(record.created_tables)
+        except CaptureError as exc:
+            log.error("capture rollback incomplete (record kept as %r): %s", record.phase, exc)
+            return
+        self._save(record.with_phase("removed", applied={}, plan_digest=""))
+
+    async def remove(self) -> CaptureRecord | None:
+        """Remove what the record says is ours. Needs no config; keeps the backend choice."""
+        async with self._lock:
+            return await self._remove()
+
+    async def _remove(self) -> CaptureRecord | None:
+        record = self._store.load()
+        if record is None:
+            return None
+        backend = make_backend(record.backend, self.runner)
+        if record.phase != "removed" or await backend.installed():
+            record = self._save(record.with_phase("removing"))
+            await backend.remove(record.created_tables)
+            left = await backend.installed()
+            if left:
+                raise CaptureError(f"{backend.name}: still installed after removal: {sorted(left)}")
+            record = self._save(record.with_phase("removed", applied={}, plan_digest=""))
+            log.info("capture removed (%s)", backend.name)
+        return record
+
+    async def reconcile_on_start(self) -> None:
+        """Clean up whatever a crashed or killed run left; ``apply`` comes after Envoy is ready."""
+        async with self._lock:
+            record = self._store.load()
+            if record is not None and record.phase != "removed":
+                log.warning("capture: previous run left phase %r; removing before re-applying",
+                            record.phase)
+            await self._remove()
+
+    async def status(self) -> CaptureStatus:
+        record = self._store.load()
+        if record is None:
+            return CaptureStatus(None, {}, True, None)
+        installed = await make_backend(record.backend, self.runner).installed()
+        matches_plan: bool | None = None
+        error = None
+        try:
+            if self._config is not None and self._config.enabled:
+                want = make_backend(record.backend, self.runner).expected(self.plan())
+                matches_plan = installed == want
+            elif self._config is not None:
+                matches_plan = not installed
+        except CaptureError as exc:
+            error = str(exc)
+        return CaptureStatus(record, installed, installed == record.applied, matches_plan, error)
+
+    # -- Envoy-down policy ----------------------------------------------------------
+    async def proxy_down(self) -> None:
+        """Envoy stopped answering. Fail-closed keeps capture (apps get fast RSTs);
+        fail-open removes it once Envoy has stayed down for ``fail_open_after``."""
+        config = self._config
+        if config is None or config.envoy_down_policy != "fail-open" or self._fail_open:
+            return
+        self._fail_open = asyncio.create_task(self._open_after(config.fail_open_after))
+
+    async def _open_after(self, delay: float) -> None:
+        await self._sleep(delay)
+        log.warning("capture: proxy down for %gs; removing capture (fail-open)", delay)
+        await self.remove()
+        self.failed_open = True
+
+    async def proxy_up(self) -> None:
+        """Envoy is ready again: cancel a pending fail-open, re-apply if we failed open."""
+        if self._fail_open is not None:
+            self._fail_open.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fail_open
+            self._fail_open = None
+        if self.failed_open:
+            await self.apply()
+            self.failed_open = False

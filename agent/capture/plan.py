@@ -1,0 +1,186 @@
+"""The pure capture planner: settings in, a backend-neutral rule set out.
+
+Semantics follow istio-iptables in REDIRECT mode (see FACTS.md) so an
+Istio-configured Envoy works unchanged, under our own ``MESH_`` chains:
+
+* ``PREROUTING -p tcp -> MESH_INBOUND``: SSH and excluded ports RETURN,
+  captured ports jump to ``MESH_IN_REDIRECT`` (-> inbound port, 15006).
+* ``OUTPUT -p tcp -> MESH_OUTPUT``: the metadata address RETURNs first, then
+  127.0.0.6 passthrough, the proxy's loopback self-calls, proxy UID/GID
+  exemptions, loopback, excluded CIDRs/ports, and the rest jumps to
+  ``MESH_REDIRECT`` (-> outbound port, 15001).
+
+The forced exclusions come before anything the config can add, so no
+configuration can capture SSH or the metadata service.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from agent.capture.config import CaptureConfig
+
+PREFIX = "MESH_"
+INBOUND = "MESH_INBOUND"
+IN_REDIRECT = "MESH_IN_REDIRECT"
+OUTPUT = "MESH_OUTPUT"
+REDIRECT = "MESH_REDIRECT"
+CHAINS = (INBOUND, REDIRECT, IN_REDIRECT, OUTPUT)
+RETURN = "RETURN"
+TO_PORT = "REDIRECT"
+
+SSH_PORT = 22
+# Always direct: the cloud metadata service (and AWS's IPv6 IMDS endpoint),
+# so a dead proxy can never cut the VM off from its own identity.
+METADATA = {4: ("169.254.169.254/32",), 6: ("fd00:ec2::254/128",)}
+LOOPBACK = {4: "127.0.0.1/32", 6: "::1/128"}
+# Envoy sends inbound-passthrough traffic to the app from this address.
+PASSTHROUGH = {4: "127.0.0.6/32", 6: "::6/128"}
+# Probe destinations: documentation ranges, never routed anywhere real.
+PROBE_ADDRESS = {4: "192.0.2.1", 6: "2001:db8::1"}
+PROBE_PORT = 15999
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule: all set matches must hold; ``target`` is RETURN, a chain, or REDIRECT."""
+
+    chain: str
+    target: str
+    to_port: int | None = None
+    src: str | None = None
+    dst: str | None = None
+    dst_negated: bool = False
+    in_iface: str | None = None
+    out_iface: str | None = None
+    tcp: bool = False
+    dport: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    owner_negated: bool = False
+
+
+@dataclass(frozen=True)
+class Jump:
+    """A rule we add to a built-in chain (``PREROUTING``/``OUTPUT``) of the nat table."""
+
+    hook: str
+    chain: str
+
+
+@dataclass(frozen=True)
+class FamilyRules:
+    family: int  # 4 or 6
+    chains: tuple[str, ...]
+    jumps: tuple[Jump, ...]
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Where a verification connection goes to prove outbound redirection works."""
+
+    family: int
+    address: str
+    port: int
+    expect_port: int
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """The config with the proxy identity resolved to numbers (by the caller, at the edge)."""
+
+    config: CaptureConfig
+    proxy_uid: int
+    proxy_gid: int
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    families: tuple[FamilyRules, ...]
+    probes: tuple[Probe, ...] = field(default=())
+
+    def family(self, family: int) -> FamilyRules | None:
+        return next((f for f in self.families if f.family == family), None)
+
+
+def _family_of(cidr: str) -> int:
+    return ipaddress.ip_network(cidr, strict=False).version
+
+
+def _inbound(c: CaptureConfig) -> list[Rule]:
+    rules = [Rule(INBOUND, RETURN, tcp=True, dport=SSH_PORT)]
+    rules += [Rule(INBOUND, RETURN, in_iface=i) for i in c.exclude_interfaces]
+    excluded = sorted(set(c.exclude_inbound_ports) - {SSH_PORT})
+    if c.inbound_ports is None:
+        rules += [Rule(INBOUND, RETURN, tcp=True, dport=p) for p in excluded]
+        rules.append(Rule(INBOUND, IN_REDIRECT, tcp=True))
+    else:
+        skip = set(excluded) | {SSH_PORT}
+        rules += [Rule(INBOUND, IN_REDIRECT, tcp=True, dport=p)
+                  for p in sorted(set(c.inbound_ports)) if p not in skip]
+    return rules
+
+
+def _outbound(s: CaptureSettings, family: int) -> list[Rule]:
+    c = s.config
+    capture_inbound = c.inbound_ports is None or bool(
+        set(c.inbound_ports) - set(c.exclude_inbound_ports) - {SSH_PORT})
+    rules = [Rule(OUTPUT, RETURN, dst=m) for m in METADATA[family]]
+    rules += [Rule(OUTPUT, RETURN, out_iface=i) for i in c.exclude_interfaces]
+    rules.append(Rule(OUTPUT, RETURN, src=PASSTHROUGH[family], out_iface="lo"))
+    for uid, gid in ((s.proxy_uid, None), (None, s.proxy_gid)):
+        if capture_inbound:
+            # The proxy calling a local service by a non-loopback address: treat as inbound.
+            rules.append(Rule(OUTPUT, IN_REDIRECT, dst=LOOPBACK[family], dst_negated=True,
+                              out_iface="lo", tcp=True, uid=uid, gid=gid))
+        rules.append(Rule(OUTPUT, RETURN, out_iface="lo", owner_negated=True, uid=uid, gid=gid))
+        rules.append(Rule(OUTPUT, RETURN, uid=uid, gid=gid))
+    rules.append(Rule(OUTPUT, RETURN, dst=LOOPBACK[family]))
+    rules += [Rule(OUTPUT, RETURN, tcp=True, dport=p) for p in sorted(set(
+        c.exclude_outbound_ports))]
+    rules += [Rule(OUTPUT, RETURN, dst=d) for d in c.exclude_outbound_cidrs
+              if _family_of(d) == family]
+    if c.include_outbound_cidrs is None:
+        rules.append(Rule(OUTPUT, REDIRECT))
+    else:
+        rules += [Rule(OUTPUT, REDIRECT, dst=d) for d in c.include_outbound_cidrs
+                  if _family_of(d) == family]
+    return rules
+
+
+def _probe(c: CaptureConfig, family: int) -> Probe | None:
+    """A destination this plan captures, or None when the config captures nothing probe-able."""
+    if c.include_outbound_cidrs is None:
+        address = ipaddress.ip_address(PROBE_ADDRESS[family])
+    else:
+        nets = [ipaddress.ip_network(d) for d in c.include_outbound_cidrs
+                if _family_of(d) == family]
+        if not nets:
+            return None
+        net = nets[0]
+        address = net.network_address + 1 if net.num_addresses > 1 else net.network_address
+    excluded = [ipaddress.ip_network(d) for d in c.exclude_outbound_cidrs]
+    if any(address in net for net in excluded) or PROBE_PORT in c.exclude_outbound_ports:
+        return None
+    return Probe(family, str(address), PROBE_PORT, c.outbound_port)
+
+
+def _family(s: CaptureSettings, family: int) -> FamilyRules:
+    c = s.config
+    redirects = [Rule(REDIRECT, TO_PORT, tcp=True, to_port=c.outbound_port),
+                 Rule(IN_REDIRECT, TO_PORT, tcp=True, to_port=c.inbound_port)]
+    return FamilyRules(
+        family=family,
+        chains=CHAINS,
+        jumps=(Jump("PREROUTING", INBOUND), Jump("OUTPUT", OUTPUT)),
+        rules=tuple(redirects + _inbound(c) + _outbound(s, family)),
+    )
+
+
+def plan(settings: CaptureSettings) -> RuleSet:
+    """The complete rule set for ``settings``: IPv4 always, IPv6 unless disabled."""
+    families = (4, 6) if settings.config.ipv6 else (4,)
+    probes = tuple(p for p in (_probe(settings.config, f) for f in families) if p)
+    return RuleSet(tuple(_family(settings, f) for f in families), probes)
