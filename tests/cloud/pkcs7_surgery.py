@@ -1,0 +1,40 @@
+"""Hand-made malformed PKCS#7 for negative tests (what an attacker would send)."""
+
+from __future__ import annotations
+
+import base64
+
+from asn1crypto import cms
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+
+def _load(b64: str) -> cms.ContentInfo:
+    return cms.ContentInfo.load(base64.b64decode(b64))
+
+
+def _dump(info: cms.ContentInfo) -> str:
+    return base64.b64encode(info.dump(force=True)).decode()
+
+
+def truncate_signature(b64: str, cut: int = 16) -> str:
+    info = _load(b64)
+    signer = info["content"]["signer_infos"][0]
+    signer["signature"] = cms.OctetString(bytes(signer["signature"].native)[:-cut])
+    return _dump(info)
+
+
+def relabel(b64: str, named: x509.Certificate, embed: list[x509.Certificate]) -> str:
+    """Keep the signature, but make the SignerInfo name ``named`` and embed ``embed``."""
+    info = _load(b64)
+    signed = info["content"]
+    cert = asn1_x509.Certificate.load(named.public_bytes(serialization.Encoding.DER))
+    signed["signer_infos"][0]["sid"] = cms.SignerIdentifier(
+        name="issuer_and_serial_number",
+        value=cms.IssuerAndSerialNumber({"issuer": cert.issuer,
+                                         "serial_number": cert.serial_number}))
+    signed["certificates"] = cms.CertificateSet([
+        cms.CertificateChoices(name="certificate", value=asn1_x509.Certificate.load(
+            c.public_bytes(serialization.Encoding.DER))) for c in embed])
+    return _dump(info)
