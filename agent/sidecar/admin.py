@@ -1,6 +1,6 @@
 """Envoy's admin endpoint on 127.0.0.1: readiness and drain.
 
-A tiny HTTP/1.0 client on asyncio streams: the admin API is local, plain HTTP,
+A tiny HTTP/1.1 (Connection: close) client on asyncio streams: the admin API is local, plain HTTP,
 and a few calls per second at most; no pool or TLS is wanted here.
 """
 
@@ -19,7 +19,8 @@ async def admin_request(port: int, method: str, path: str,
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_connection(ADMIN_HOST, port)
         try:
-            writer.write(f"{method} {path} HTTP/1.0\r\nHost: {ADMIN_HOST}\r\n"
+            writer.write(f"{method} {path} HTTP/1.1\r\nHost: {ADMIN_HOST}\r\n"
+                         "Connection: close\r\n"
                          "Content-Length: 0\r\n\r\n".encode())
             await writer.drain()
             raw = await reader.read()
@@ -30,9 +31,23 @@ async def admin_request(port: int, method: str, path: str,
     head, _, body = raw.partition(b"\r\n\r\n")
     try:
         status = int(head.split(b" ", 2)[1])
+        if b"transfer-encoding: chunked" in head.lower():
+            body = _dechunk(body)
     except (IndexError, ValueError):
         raise OSError(f"malformed admin reply from {ADMIN_HOST}:{port}{path}") from None
     return status, body.decode(errors="replace")
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = bytearray()
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += data[:size]
+        data = data[size + 2:]
+    return bytes(out)
 
 
 class AdminProbe:

@@ -84,6 +84,7 @@ class EnvoySupervisor:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         logger: logging.Logger = LOG,
+        on_status: Callable[[SidecarStatus], None] | None = None,
     ) -> None:
         self._config = config
         self._argv = envoy_argv(config, bootstrap)
@@ -106,11 +107,12 @@ class EnvoySupervisor:
         self._last_exit: str | None = None
         self._detail = ""
         self._stderr_tail: deque[str] = deque(maxlen=5)
+        self._on_status = on_status
 
     # -- what the agent reads -------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self._ready.is_set()
+        return self._ready.is_set() and self._state is EnvoyState.READY
 
     def status(self) -> SidecarStatus:
         return SidecarStatus(
@@ -182,6 +184,11 @@ class EnvoySupervisor:
     def _set_state(self, state: EnvoyState, detail: str) -> None:
         self._state = state
         self._detail = detail
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._on_status is not None:
+            self._on_status(self.status())
 
     async def _run_once(self) -> int | None:
         self._set_state(EnvoyState.STARTING, "")

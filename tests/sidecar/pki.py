@@ -59,11 +59,17 @@ class MeshCA:
 
     def issue(self, spiffe_id: str, ttl: dt.timedelta = dt.timedelta(hours=1)) -> Leaf:
         key = ec.generate_private_key(ec.SECP256R1())
+        cert_pem, serial = self.sign(key.public_key(), spiffe_id, ttl)
+        return Leaf(spiffe_id, serial, _pem_key(key), cert_pem)
+
+    def sign(self, public_key: ec.EllipticCurvePublicKey, spiffe_id: str,
+             ttl: dt.timedelta = dt.timedelta(hours=1)) -> tuple[bytes, int]:
+        """A leaf for ``public_key`` (the agent's own key), shaped like the registrar's."""
         serial = x509.random_serial_number()
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
-            .issuer_name(self._name).public_key(key.public_key()).serial_number(serial)
+            .issuer_name(self._name).public_key(public_key).serial_number(serial)
             .not_valid_before(_now() - dt.timedelta(seconds=10))
             .not_valid_after(_now() + ttl)
             .add_extension(x509.SubjectAlternativeName(
@@ -76,7 +82,7 @@ class MeshCA:
                            critical=False)
             .sign(self._key, hashes.SHA256())
         )
-        return Leaf(spiffe_id, serial, _pem_key(key), cert.public_bytes(serialization.Encoding.PEM))
+        return cert.public_bytes(serialization.Encoding.PEM), serial
 
     def generation(self, leaf: Leaf) -> Generation:
         self._counter += 1
