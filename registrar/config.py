@@ -19,7 +19,7 @@ from agent.config.source import load_source
 # DNS-label-ish names: they end up inside SPIFFE IDs and metric labels.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$")
-EVIDENCE_TYPES = ("join_token",)
+EVIDENCE_TYPES = ("join_token", "gce", "aws", "azure")
 RATE_FAMILIES = ("attest", "renew", "challenge", "read")
 
 
@@ -153,13 +153,15 @@ def _evidence(s: Section) -> dict[str, dict[str, Any]]:
     """Which verifiers are enabled, with each one's own options (parsed by its factory)."""
     enabled: dict[str, dict[str, Any]] = {}
     for name in EVIDENCE_TYPES:
-        if s.has(name):
-            sub = s._raw(name)
-            if sub is None:
-                sub = {}
-            if not isinstance(sub, dict):
-                raise s.error(name, f"is a {type(sub).__name__}", "a mapping (may be empty)")
-            enabled[name] = dict(sub)
+        present = s.has(name)
+        sub = s._raw(name)  # read every known name, so finish() lists them as allowed
+        if not present:
+            continue
+        if sub is None:
+            sub = {}
+        if not isinstance(sub, dict):
+            raise s.error(name, f"is a {type(sub).__name__}", "a mapping (may be empty)")
+        enabled[name] = dict(sub)
     s.finish()
     return enabled
 

@@ -33,8 +33,12 @@ MAX_DOCUMENT_B64 = 8 * 1024
 class InstanceLedger(Protocol):
     """Which instance IDs already attested (trust on first use)."""
 
+    def allowed(self, subject: str) -> bool:
+        """Whether ``subject`` may attest now (never attested, or evicted since)."""
+        ...
+
     def claim(self, subject: str) -> bool:
-        """Record ``subject``; False when it was already recorded."""
+        """Atomically record ``subject``; False when another request got there first."""
         ...
 
     def evict(self, subject: str) -> None: ...
@@ -43,6 +47,9 @@ class InstanceLedger(Protocol):
 class MemoryLedger:
     def __init__(self) -> None:
         self._seen: set[str] = set()
+
+    def allowed(self, subject: str) -> bool:
+        return subject not in self._seen
 
     def claim(self, subject: str) -> bool:
         if subject in self._seen:
@@ -117,10 +124,15 @@ class AwsVerifier:
         claims = self._policy(doc)
         group = self._config.groups.resolve("aws", claims)
         subject = f"aws:{claims['account_id']}:{claims['instance_id']}"
-        if self._config.reattest == "evict" and not self.ledger.claim(subject):
-            raise Rejected("instance_already_attested",
-                           "this EC2 instance already attested; evict it to allow re-attestation")
+        if self._config.reattest == "evict" and not self.ledger.allowed(subject):
+            raise _already()
         return Verified(evidence_type="aws", subject=subject, claims=claims, group=group)
+
+    async def commit(self, verified: Verified) -> None:
+        """Spend the instance's first use once the whole request will succeed
+        (``SingleUse``), so a bad CSR does not lock an instance out."""
+        if self._config.reattest == "evict" and not self.ledger.claim(verified.subject):
+            raise _already()
 
     def _policy(self, doc: Mapping[str, Any]) -> dict[str, str]:
         claims = {"account_id": doc["accountId"], "region": doc["region"],
@@ -144,6 +156,11 @@ class AwsVerifier:
                 raise Rejected("evidence_instance_too_old",
                                f"EC2 instance started more than {limit:.0f} s ago")
         return claims
+
+
+def _already() -> Rejected:
+    return Rejected("instance_already_attested", "this EC2 instance already attested; "
+                    "`mesh-registrar workloads evict ID` allows it to attest again")
 
 
 def _document(raw: bytes) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from registrar.attestation.base import Verifier
+from registrar.attestation.cloud_options import aws_verifier, azure_verifier, gce_verifier
 from registrar.attestation.join_token import JoinTokenVerifier
 from registrar.config import RegistrarConfig
 from registrar.store.tokens import TokenStore
@@ -30,6 +31,9 @@ Factory = Callable[[Mapping[str, Any], VerifierDeps], Verifier]
 
 FACTORIES: Mapping[str, Factory] = {
     "join_token": lambda options, deps: JoinTokenVerifier(deps.tokens),
+    "gce": lambda options, deps: gce_verifier(options, deps.config),
+    "aws": lambda options, deps: aws_verifier(options, deps.config),
+    "azure": lambda options, deps: azure_verifier(options, deps.config),
 }
 
 

@@ -103,9 +103,15 @@ def test_trust_on_first_use_and_eviction(pki: CloudPki):
     d = doc()
     ev = evidence(d, pki.aws_pkcs7(d))
     first = asyncio.run(verifier.verify(ev, None))
+    second = asyncio.run(verifier.verify(ev, None))  # nothing spent until commit
+    asyncio.run(verifier.commit(first))
+    with pytest.raises(Rejected) as lost:
+        asyncio.run(verifier.commit(second))  # the parallel request loses
+    assert lost.value.reason == "instance_already_attested"
     assert reason(verifier, ev) == "instance_already_attested"
     verifier.ledger.evict(first.subject)
-    asyncio.run(verifier.verify(ev, None))
+    asyncio.run(verifier.commit(asyncio.run(verifier.verify(ev, None))))
+    assert reason(verifier, ev) == "instance_already_attested"
     always = make(pki, reattest="always")
     for _ in range(2):
         asyncio.run(always.verify(ev, None))
