@@ -83,7 +83,8 @@ async def _plan(controller: CaptureController, out: TextIO) -> int:
             print(f"# {title}", file=out)
             print(text.rstrip("\n"), file=out)
     for probe in ruleset.probes:
-        print(f"# verify: IPv{probe.family} probe {probe.address}:{probe.port} must arrive on "
+        print(f"# verify: IPv{probe.family} probe to the first non-local of "
+              f"{', '.join(probe.addresses)} port {probe.port} must arrive on "
               f"port {probe.expect_port} with SO_ORIGINAL_DST intact", file=out)
     return 0
 

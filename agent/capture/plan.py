@@ -82,7 +82,7 @@ class Probe:
     """Where a verification connection goes to prove outbound redirection works."""
 
     family: int
-    address: str
+    addresses: tuple[str, ...]  # candidates; the prober skips this host's own addresses
     port: int
     expect_port: int
 
@@ -152,19 +152,25 @@ def _outbound(s: CaptureSettings, family: int) -> list[Rule]:
 
 def _probe(c: CaptureConfig, family: int) -> Probe | None:
     """A destination this plan captures, or None when the config captures nothing probe-able."""
+    if PROBE_PORT in c.exclude_outbound_ports:
+        return None
+    never = [ipaddress.ip_network(d) for d in (*c.exclude_outbound_cidrs, *METADATA[family],
+                                                LOOPBACK[family])]
     if c.include_outbound_cidrs is None:
-        address = ipaddress.ip_address(PROBE_ADDRESS[family])
+        candidates = [ipaddress.ip_address(PROBE_ADDRESS[family])]
     else:
         nets = [ipaddress.ip_network(d) for d in c.include_outbound_cidrs
                 if _family_of(d) == family]
-        if not nets:
-            return None
-        net = nets[0]
-        address = net.network_address + 1 if net.num_addresses > 1 else net.network_address
-    excluded = [ipaddress.ip_network(d) for d in c.exclude_outbound_cidrs]
-    if any(address in net for net in excluded) or PROBE_PORT in c.exclude_outbound_ports:
-        return None
-    return Probe(family, str(address), PROBE_PORT, c.outbound_port)
+        candidates = []
+        for n in nets:
+            if n.num_addresses <= 2:
+                candidates.append(n.network_address)
+            else:  # first, last and middle host: one of them is not this VM's own address
+                candidates += [n.network_address + 1, n.broadcast_address - 1,
+                               n.network_address + n.num_addresses // 2]
+    usable = tuple(dict.fromkeys(
+        str(a) for a in candidates if not any(a in net for net in never)))[:6]
+    return Probe(family, usable, PROBE_PORT, c.outbound_port) if usable else None
 
 
 def _family(s: CaptureSettings, family: int) -> FamilyRules:

@@ -70,33 +70,50 @@ def _listen(family: int, port: int) -> socket.socket | None:
     return sock
 
 
+def _is_local(af: socket.AddressFamily, address: str) -> bool:
+    """Traffic to this host's own addresses leaves on lo and is, like in Istio, not captured."""
+    with socket.socket(af, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError:
+            return False
+        return True
+
+
 def probe_once(probe: Probe, timeout: float = 2.0) -> ProbeResult:
     """Blocking: one probe connection, judged as described in the module docstring."""
-    listener = _listen(probe.family, probe.expect_port)
     af = socket.AF_INET if probe.family == 4 else socket.AF_INET6
+    remote = [a for a in probe.addresses if not _is_local(af, a)]
+    if not remote:
+        return ProbeResult(True, f"skipped: every IPv{probe.family} probe candidate is local")
+    return _probe_address(af, probe, remote[0], timeout)
+
+
+def _probe_address(af: socket.AddressFamily, probe: Probe, address: str,
+                   timeout: float) -> ProbeResult:
+    listener = _listen(probe.family, probe.expect_port)
     try:
         with socket.socket(af, socket.SOCK_STREAM) as client:
             client.settimeout(timeout)
             try:
-                client.connect((probe.address, probe.port))
+                client.connect((address, probe.port))
             except OSError as exc:
                 if exc.errno in NO_ROUTE:
                     # No route for this family: no app can send such traffic either.
                     return ProbeResult(True, f"skipped: no IPv{probe.family} route ({exc})")
-                return ProbeResult(False, f"connect to {probe.address}:{probe.port} was not "
+                return ProbeResult(False, f"connect to {address}:{probe.port} was not "
                                           f"redirected to port {probe.expect_port}: {exc}")
             if listener is None:
-                return ProbeResult(True, f"handshake to {probe.address}:{probe.port} answered "
+                return ProbeResult(True, f"handshake to {address}:{probe.port} answered "
                                          f"by the proxy on port {probe.expect_port}")
             listener.settimeout(timeout)
             conn, _ = listener.accept()
             with conn:
                 host, port = original_dst(conn)
             seen = f"{host}:{port}"
-            if (ipaddress.ip_address(host), port) != (ipaddress.ip_address(probe.address),
-                                                      probe.port):
+            if (ipaddress.ip_address(host), port) != (ipaddress.ip_address(address), probe.port):
                 return ProbeResult(False, f"SO_ORIGINAL_DST is {seen}, dialled "
-                                          f"{probe.address}:{probe.port}", seen)
+                                          f"{address}:{probe.port}", seen)
             return ProbeResult(True, f"redirected to port {probe.expect_port}, "
                                      f"SO_ORIGINAL_DST {seen}", seen)
     except OSError as exc:
@@ -122,8 +139,8 @@ class SubprocessProber:
 
     async def probe(self, probe: Probe) -> ProbeResult:
         result = await self._runner.run([
-            self._python, "-m", "agent.capture.probe", str(probe.family), probe.address,
-            str(probe.port), str(probe.expect_port)], timeout=15)
+            self._python, "-m", "agent.capture.probe", str(probe.family),
+            ",".join(probe.addresses), str(probe.port), str(probe.expect_port)], timeout=30)
         try:
             return ProbeResult(**json.loads(result.stdout))
         except (ValueError, TypeError):
@@ -132,8 +149,8 @@ class SubprocessProber:
 
 
 def main(argv: Sequence[str]) -> int:
-    family, address, port, expect = argv
-    result = probe_once(Probe(int(family), address, int(port), int(expect)))
+    family, addresses, port, expect = argv
+    result = probe_once(Probe(int(family), tuple(addresses.split(",")), int(port), int(expect)))
     print(json.dumps(asdict(result)))
     return 0 if result.ok else 1
 
