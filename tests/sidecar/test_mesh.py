@@ -7,7 +7,7 @@ originates mTLS to the VM's app, client traffic redirected to 15001 by uid.
 
 from __future__ import annotations
 
-import datetime as dt
+import asyncio
 import os
 import signal
 import socket
@@ -20,17 +20,22 @@ from pathlib import Path
 
 import pytest
 
+from agent.registrar_client.client import RegistrarClient
 from agent.sidecar.config import OutboundService, SidecarConfig
 from agent.sidecar.install import ConfigRejected, install_bootstrap
 from agent.sidecar.process import EnvoyNotFound, SubprocessRunner
 from agent.sidecar.render import render_bootstrap
-from agent.sidecar.settings import MeshSettings
 from agent.sidecar.supervisor import EnvoyState
+from tests.fixtures.registrar import Group, RegistrarProcess
 from tests.sidecar.apps import EchoApp, TlsClient, http_get
 from tests.sidecar.conftest import redirect_inbound, redirect_outbound
 from tests.sidecar.netns import HostPair, call_in
 from tests.sidecar.node import PROXY, Node
 from tests.sidecar.pki import MeshCA
+
+TD = "example.org"
+VM_ID = f"spiffe://{TD}/ns/shop/sa/vm-app"
+PEER_ID = f"spiffe://{TD}/ns/shop/sa/frontend"
 
 pytestmark = pytest.mark.netns
 
@@ -38,6 +43,8 @@ pytestmark = pytest.mark.netns
 @dataclass
 class Mesh:
     hosts: HostPair
+    registrar: RegistrarProcess
+    client: RegistrarClient
     vm: Node
     peer: Node
     apps: list[EchoApp]
@@ -46,36 +53,46 @@ class Mesh:
     def app(self) -> EchoApp:
         return self.apps[0]
 
-    def peer_client(self, tmp: Path, spiffe_id: str, ca: MeshCA | None = None) -> TlsClient:
-        """A raw TLS client on the peer host holding ``spiffe_id`` from ``ca``."""
-        ca = ca or self.vm.ca
+    def registrar_client(self, tmp: Path, group: str) -> TlsClient:
+        """A raw TLS client on the peer host with an identity the registrar issued."""
+        from agent.credentials import CredentialStore
+        from tests.sidecar.identity import RegistrarIdentity
+
+        store = CredentialStore(tmp)
+        identity = RegistrarIdentity(self.client, self.registrar.create_token(group), store, group)
+        creds, _ = asyncio.run(identity.refresh())
+        return TlsClient(creds.chain_path, creds.key_path, self.registrar.ca_file)
+
+    def foreign_client(self, tmp: Path, spiffe_id: str) -> TlsClient:
+        """The right name from the wrong CA."""
+        ca = MeshCA(TD)
         leaf = ca.issue(spiffe_id)
         tmp.mkdir(exist_ok=True)
         (tmp / "c.pem").write_bytes(leaf.cert_pem)
         (tmp / "k.pem").write_bytes(leaf.key_pem)
-        (tmp / "b.pem").write_bytes(self.vm.ca.bundle_pem)
-        return TlsClient(tmp / "c.pem", tmp / "k.pem", tmp / "b.pem")
+        return TlsClient(tmp / "c.pem", tmp / "k.pem", self.registrar.ca_file)
 
     def through_mesh(self, path: str) -> tuple[int, str]:
         return call_in(self.hosts.peer.name, lambda: http_get(self.hosts.vm.address, 8080, path))
 
 
-def _mesh_settings(ca: MeshCA, ns: str, sa: str) -> MeshSettings:
-    return MeshSettings(spiffe_id=ca.spiffe(ns, sa), trust_domain=ca.trust_domain,
-                        namespace=ns, service_account=sa, group=f"{ns}-{sa}")
-
-
 @pytest.fixture
-def mesh(hosts: HostPair, mesh_ca: MeshCA, envoy_path: Path,
+def mesh(hosts: HostPair, registrar_factory: Callable[..., RegistrarProcess], envoy_path: Path,
          state_dirs: Callable[[str], Path]) -> Iterator[Mesh]:
-    vm_mesh = _mesh_settings(mesh_ca, "shop", "vm-app")
-    peer_mesh = _mesh_settings(mesh_ca, "shop", "frontend")
+    registrar = registrar_factory(trust_domain=TD, groups={
+        "vm": Group("shop", "vm-app", 30.0, {"app": "vm-app"}),
+        "frontend": ("shop", "frontend", 3600),
+        "intruder": ("shop", "intruder", 3600),
+    })
+    client = RegistrarClient(registrar.url, registrar.ca_file, timeout=10)
     common = {"enabled": True, "envoy_path": envoy_path, "drain_time": 0.0,
               "proxy_uid": PROXY.uid, "proxy_gid": PROXY.gid}
-    vm = Node("vm", hosts.vm.name, state_dirs("vm"), mesh_ca, vm_mesh, SidecarConfig(
-        app_ports=(8080, 9090), allowed_peers=(peer_mesh.spiffe_id,), **common))  # type: ignore[arg-type]
-    peer = Node("peer", hosts.peer.name, state_dirs("peer"), mesh_ca, peer_mesh, SidecarConfig(
-        outbound_services=(OutboundService("vm-app", hosts.vm.address, 8080, vm_mesh.spiffe_id),),
+    vm = Node("vm", hosts.vm.name, state_dirs("vm"), client, registrar.create_token("vm"),
+              SidecarConfig(app_ports=(8080, 9090), allowed_peers=(PEER_ID,),
+                            **common))  # type: ignore[arg-type]
+    peer = Node("peer", hosts.peer.name, state_dirs("peer"), client,
+                registrar.create_token("frontend"), SidecarConfig(
+        outbound_services=(OutboundService("vm-app", hosts.vm.address, 8080, VM_ID),),
         **common))  # type: ignore[arg-type]
     apps = [EchoApp(hosts.vm.name, 8080), EchoApp(hosts.vm.name, 9090)]
     redirect_inbound(hosts, "8080,9090")
@@ -85,7 +102,9 @@ def mesh(hosts: HostPair, mesh_ca: MeshCA, envoy_path: Path,
             app.start()
         vm.start()
         peer.start()
-        yield Mesh(hosts, vm, peer, apps)
+        assert vm.mesh is not None and vm.mesh.spiffe_id == VM_ID
+        assert peer.mesh is not None and peer.mesh.spiffe_id == PEER_ID
+        yield Mesh(hosts, registrar, client, vm, peer, apps)
     finally:
         for node in (peer, vm):
             node.stop()
@@ -102,15 +121,15 @@ def test_peer_reaches_vm_app_over_mtls_and_vm_logs_peer_identity(mesh: Mesh) -> 
     # Envoy reaches the app from 127.0.0.6, which capture exempts (Istio's contract).
     assert mesh.app.seen[0].client == "127.0.0.6"
     deadline = time.monotonic() + 5
-    while not any("inbound" in ln and mesh.peer.mesh.spiffe_id in ln
+    while not any("inbound" in ln and PEER_ID in ln
                   for ln in mesh.vm.access.lines) and time.monotonic() < deadline:
         time.sleep(0.05)
     inbound = [ln for ln in mesh.vm.access.lines if ln.startswith("[") and " inbound " in ln]
-    assert any(f"peer={mesh.peer.mesh.spiffe_id}" in ln and "cluster=inbound|8080" in ln
+    assert any(f"peer={PEER_ID}" in ln and "cluster=inbound|8080" in ln
                for ln in inbound), mesh.vm.access.lines
     # And the peer's Envoy saw the VM's identity on its side.
     deadline = time.monotonic() + 5
-    while not any(f"peer={mesh.vm.mesh.spiffe_id}" in ln for ln in mesh.peer.access.lines):
+    while not any(f"peer={VM_ID}" in ln for ln in mesh.peer.access.lines):
         assert time.monotonic() < deadline, mesh.peer.access.lines
         time.sleep(0.05)
 
@@ -143,10 +162,9 @@ def _refused(client: TlsClient, host: str) -> str:
 
 def test_disallowed_identity_and_plaintext_are_refused(mesh: Mesh, tmp_path: Path) -> None:
     vm = mesh.hosts.vm.address
-    allowed = mesh.peer_client(tmp_path / "ok", mesh.peer.mesh.spiffe_id)
-    intruder = mesh.peer_client(tmp_path / "evil", mesh.vm.ca.spiffe("shop", "intruder"))
-    stranger = mesh.peer_client(tmp_path / "other", "spiffe://example.org/ns/shop/sa/frontend",
-                                ca=MeshCA("example.org"))  # right name, wrong CA
+    allowed = mesh.registrar_client(tmp_path / "ok", "frontend")
+    intruder = mesh.registrar_client(tmp_path / "evil", "intruder")  # same CA, not allowed
+    stranger = mesh.foreign_client(tmp_path / "other", PEER_ID)  # allowed name, wrong CA
 
     # Control: the same path works for the allowed identity.
     _, data = call_in(mesh.hosts.peer.name,
@@ -184,7 +202,7 @@ async def _stats(node: Node) -> dict[str, int]:
 
 
 def test_rotation_under_load_zero_failures_new_cert_served(mesh: Mesh, tmp_path: Path) -> None:
-    checker = mesh.peer_client(tmp_path / "chk", mesh.peer.mesh.spiffe_id)
+    checker = mesh.registrar_client(tmp_path / "chk", "frontend")
     stop = threading.Event()
     results = {"ok": 0, "failed": 0}
     errors: list[str] = []
@@ -208,7 +226,7 @@ def test_rotation_under_load_zero_failures_new_cert_served(mesh: Mesh, tmp_path:
     pickups = []
     try:
         for _ in range(20):
-            creds = mesh.vm.rotate(ttl=dt.timedelta(seconds=30))
+            creds = mesh.vm.rotate()  # renewal over mTLS; the group's TTL is 30 s
             swapped = time.monotonic()
             while call_in(mesh.hosts.peer.name, served_serial) != creds.leaf.serial_number:
                 assert time.monotonic() - swapped < 10, "envoy did not pick up the new cert"
