@@ -33,6 +33,9 @@ from agent.status.health import Health
 log = logging.getLogger(__name__)
 
 EXIT_NO_CREDENTIALS = 79
+EXIT_CONFIG = 78
+# Failures that only an edit of the agent's config can fix.
+CONFIG_REASONS = frozenset({"registrar_untrusted", "trust_anchor_unreadable"})
 
 
 class CannotContinue(Exception):
@@ -107,9 +110,17 @@ class IdentityManager:
         if not await attestor.detect():
             raise CannotContinue(self._no_evidence_message(attestor))
         self._health.phase = "attesting"
-        async for attempt in self._policy(deadline=None):
-            with attempt:
-                key, issued = await self._attest_once(attestor)
+        try:
+            async for attempt in self._policy(deadline=None):
+                with attempt:
+                    key, issued = await self._attest_once(attestor)
+        except RegistrarError as exc:
+            self._failed(exc)
+            code = EXIT_CONFIG if exc.reason in CONFIG_REASONS else EXIT_NO_CREDENTIALS
+            raise CannotContinue(f"attestation refused: {exc}", exit_code=code) from None
+        except AttestError as exc:
+            self._failed(exc)
+            raise CannotContinue(f"cannot collect evidence: {exc}") from None
         creds = self._install(key, issued, renewal=False)
         attestor.spent()
         for hook in self.on_rotated:
@@ -189,10 +200,7 @@ class IdentityManager:
         attestor = await self.attestor()
         if await attestor.detect():
             log.warning("re-attesting", extra={"attestor": attestor.name, "cause": cause.reason})
-            try:
-                await self.attest()
-            except RegistrarError as exc:
-                raise CannotContinue(f"re-attestation failed: {exc}") from None
+            await self.attest()
             return
         creds = self._health.credentials
         if creds is not None and creds.valid_at(self._clock.now()):
