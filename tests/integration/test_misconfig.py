@@ -72,7 +72,7 @@ def test_sighup_with_a_bad_config_keeps_running(registrar_factory: Any,
     import signal
     import time
 
-    reg, agent = bootstrapped(registrar_factory, agent_factory)
+    _, agent = bootstrapped(registrar_factory, agent_factory)
     agent.start()
     agent.wait_ready()
     agent.config["rotation"]["jitter"] = 9
