@@ -20,7 +20,8 @@ from tests.fakes.cloud_pki import CloudPki
 
 class FakeEc2:
     def __init__(self, pki: CloudPki, *, document: bytes | None = None,
-                 region: str = "us-east-1", drop_put_replies: bool = False) -> None:
+                 region: str = "us-east-1", drop_put_replies: bool = False,
+                 uses_per_token: int | None = None) -> None:
         self.pki = pki
         self.region = region
         self.document = document or pki.aws_document(region=region)
@@ -28,6 +29,10 @@ class FakeEc2:
         self.drop_put_replies = drop_put_replies
         self.tokens: dict[str, float] = {}
         self.unauthorized = 0
+        self.puts = 0
+        # A token that goes stale after N uses stands in for one whose TTL ran out.
+        self.uses_per_token = uses_per_token
+        self._uses: dict[str, int] = {}
 
     def expire_tokens(self) -> None:
         self.tokens.clear()
@@ -49,6 +54,7 @@ class FakeEc2:
             raise web.HTTPBadRequest() from None
         if not 1 <= ttl <= 21600:
             raise web.HTTPBadRequest()
+        self.puts += 1
         if self.drop_put_replies:
             await asyncio.sleep(3600)
         token = base64.urlsafe_b64encode(secrets.token_bytes(42)).decode()
@@ -60,6 +66,9 @@ class FakeEc2:
         if self.tokens.get(token, 0.0) < time.monotonic():
             self.unauthorized += 1
             raise web.HTTPUnauthorized()
+        self._uses[token] = self._uses.get(token, 0) + 1
+        if self.uses_per_token is not None and self._uses[token] >= self.uses_per_token:
+            self.tokens.pop(token)
 
     async def _document(self, request: web.Request) -> web.Response:
         self._authorize(request)

@@ -17,7 +17,7 @@ def serving(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> Ite
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     bound: list[int] = []
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
 
     async def start() -> None:
         await runner.setup()
