@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-import ssl
 import sys
 from pathlib import Path
 
@@ -29,23 +28,9 @@ from registrar.store.challenges import ChallengeStore
 from registrar.store.db import connect
 from registrar.store.inventory import Inventory
 from registrar.store.tokens import TokenStore
+from registrar.tlsctx import tls_context
 
 log = logging.getLogger("registrar.server")
-
-
-def tls_context(config: RegistrarConfig) -> ssl.SSLContext:
-    """TLS 1.2+, client certificates optional but verified by OpenSSL against our CA,
-    and no resumption: every connection presents and verifies its chain again."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(config.tls_cert, config.tls_key)
-    ctx.verify_mode = ssl.CERT_OPTIONAL
-    # Roots plus our intermediates, so an agent that sends only its leaf still verifies.
-    ctx.load_verify_locations(cafile=str(config.ca.roots))
-    ctx.load_verify_locations(cafile=str(config.ca.chain))
-    ctx.options |= ssl.OP_NO_TICKET
-    ctx.num_tickets = 0
-    return ctx
 
 
 def build_app(config: RegistrarConfig) -> web.Application:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -23,7 +23,8 @@ def csr_pem(key: CertificateIssuerPrivateKeyTypes, *, uris: tuple[str, ...] = ()
     if ca is not None:
         builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None),
                                         critical=True)
-    return builder.sign(key, hashes.SHA256()).public_bytes(
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(key, algorithm).public_bytes(
         serialization.Encoding.PEM).decode()
 
 

@@ -1,0 +1,77 @@
+"""Rate limiting (429 + Retry-After), multi-worker single use, and what the log never holds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.fixtures.registrar import RegistrarProcess
+from tests.registrar import calls, spec
+from tests.registrar.csrs import csr_pem, ec_key, key_pem
+
+
+def test_empty_bucket_gives_429_with_retry_after(
+        registrar_factory: Callable[..., RegistrarProcess]) -> None:
+    reg = registrar_factory(config={"limits": {"rate": {
+        "attest": {"per_second": 0.2, "burst": 2}}}})
+    with calls.client(reg) as c:
+        statuses = []
+        for _ in range(4):
+            response = c.post("/v1/attest", json={})
+            spec.check(response)
+            statuses.append(response.status_code)
+        assert statuses[:2] == [400, 400] and statuses[2:] == [429, 429]
+        assert response.json()["reason"] == "rate_limited"
+        assert response.json()["action"] == "retry"
+        assert 1 <= int(response.headers["Retry-After"]) <= 5
+        assert response.json()["retry_after"] == int(response.headers["Retry-After"])
+        # Other endpoint families have their own buckets.
+        assert calls.get(c, "/v1/bundle")[0] == 200
+    metrics = httpx.get(f"{reg.url}/metrics", verify=calls.tls(reg)).text
+    assert 'registrar_requests_total{operation="attest",reason="rate_limited",result="rejected"}' \
+        in metrics
+
+
+def test_single_use_holds_across_worker_processes(
+        registrar_factory: Callable[..., RegistrarProcess]) -> None:
+    reg = registrar_factory(workers=2)
+    token = reg.create_token("default")
+    csrs = [csr_pem(ec_key()) for _ in range(50)]
+
+    async def race() -> list[int]:
+        async def one(csr: str) -> int:
+            # A new connection each: SO_REUSEPORT spreads them over both workers.
+            async with httpx.AsyncClient(base_url=reg.url, verify=calls.tls(reg),
+                                         timeout=60) as c:
+                return (await c.post("/v1/attest", json=calls.attest_body(token, csr))
+                        ).status_code
+        return await asyncio.gather(*(one(csr) for csr in csrs))
+
+    assert sorted(asyncio.run(race())) == [200] + [401] * 49
+    assert reg.log_text().count("serving ") == 2
+
+
+def test_tokens_and_keys_never_reach_the_log(
+        registrar_factory: Callable[..., RegistrarProcess], tmp_path: Path) -> None:
+    reg = registrar_factory()
+    key = ec_key()
+    good, spent, revoked = (reg.create_token("default") for _ in range(3))
+    csr = csr_pem(key)
+    with calls.client(reg) as c:
+        assert calls.post(c, "/v1/attest", json=calls.attest_body(good, csr))[0] == 200
+        assert calls.post(c, "/v1/attest", json=calls.attest_body(good, csr))[0] == 401
+        assert calls.post(c, "/v1/attest", json=calls.attest_body(spent + "x", csr))[0] == 401
+        assert calls.post(c, "/v1/attest", json={"evidence": {"type": "join_token",
+                                                              "token": revoked}})[0] == 400
+    reg.stop()
+    log = reg.log_text()
+    assert "attest ok" in log and "token_spent" in log and "token_invalid" in log
+    secrets = [good, spent, revoked, csr.splitlines()[1],
+               key_pem(key).decode().splitlines()[1],
+               (reg.state_dir / "ca-key.pem").read_text().splitlines()[1],
+               (reg.state_dir / "server-key.pem").read_text().splitlines()[1]]
+    for secret in secrets:
+        assert secret not in log

@@ -1,0 +1,91 @@
+"""Pure parts, table-driven: CSR policy, token buckets, token and challenge stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from agent.secret import Secret
+from registrar.api.ratelimit import TokenBucket
+from registrar.ca.csr import check_csr
+from registrar.config import Rate
+from registrar.rejections import Rejected
+from registrar.store.challenges import ChallengeStore
+from registrar.store.db import connect
+from registrar.store.tokens import TokenStore
+from tests.registrar.csrs import bad_signature_pem, csr_pem, ec_key
+
+ID = "spiffe://td/ns/a/sa/b"
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    (lambda: csr_pem(ec_key()), None),
+    (lambda: csr_pem(ec_key(ec.SECP384R1())), None),
+    (lambda: csr_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)), None),
+    (lambda: csr_pem(ec_key(), uris=(ID,)), None),
+    (lambda: csr_pem(ec_key(), ca=False), None),
+    (lambda: csr_pem(ec_key(ec.SECP521R1())), "csr_key_unsupported"),
+    (lambda: csr_pem(ed25519.Ed25519PrivateKey.generate()), "csr_key_unsupported"),
+    (lambda: csr_pem(ec_key(), ca=True), "csr_ca_requested"),
+    (lambda: bad_signature_pem(ec_key()), "csr_signature_invalid"),
+    (lambda: csr_pem(ec_key(), uris=(ID, "spiffe://td/ns/a/sa/c")), "csr_identity_mismatch"),
+    (lambda: "not a csr", "csr_invalid"),
+    (lambda: "x" * 20_000, "csr_invalid"),
+])
+def test_csr_policy(make: object, reason: str | None) -> None:
+    try:
+        check_csr(make()).require_identity(ID)  # type: ignore[operator]
+    except Rejected as exc:
+        assert exc.reason == reason
+    else:
+        assert reason is None
+
+
+def test_token_bucket_refills_at_rate() -> None:
+    now = [0.0]
+    bucket = TokenBucket(Rate(per_second=2.0, burst=3), clock=lambda: now[0])
+    assert [bucket.take() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take() == pytest.approx(0.5)
+    now[0] = 0.5
+    assert bucket.take() == 0.0
+    now[0] = 100.0
+    assert [bucket.take() for _ in range(4)][-1] > 0  # capped at burst
+
+
+def test_token_store_states_and_single_spend(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = TokenStore(connect(tmp_path / "db"), clock=lambda: now[0])
+    _, token = store.create("g", ttl=60)
+    assert token.reveal() not in repr(token) and len(token.reveal()) >= 43
+    row = store.check(token)
+    store.spend(row.id)
+    with pytest.raises(Rejected) as spent:
+        store.spend(row.id)
+    assert spent.value.reason == "token_spent"
+    _, other = store.create("g", ttl=60)
+    now[0] += 61
+    with pytest.raises(Rejected) as expired:
+        store.check(other)
+    assert expired.value.reason == "token_expired"
+    with pytest.raises(Rejected) as invalid:
+        store.check(Secret("nope"))
+    assert invalid.value.reason == "token_invalid"
+    # Only the hash is stored.
+    raw = (tmp_path / "db").read_bytes()
+    assert token.reveal().encode() not in raw and other.reveal().encode() not in raw
+
+
+def test_challenge_is_single_use_and_expires(tmp_path: Path) -> None:
+    now = [0.0]
+    store = ChallengeStore(connect(tmp_path / "db"), ttl=10, clock=lambda: now[0])
+    nonce, expires = store.issue()
+    assert expires == 10 and store.consume(nonce) == nonce
+    with pytest.raises(Rejected):
+        store.consume(nonce)
+    late, _ = store.issue()
+    now[0] = 11
+    with pytest.raises(Rejected) as exc:
+        store.consume(late)
+    assert exc.value.reason == "challenge_invalid"
