@@ -191,7 +191,10 @@ class EnvoySupervisor:
             self._on_status(self.status())
 
     async def _run_once(self) -> int | None:
-        self._set_state(EnvoyState.STARTING, "")
+        # A crash loop stays visible while we keep retrying; only READY ends it.
+        if self._state is not EnvoyState.CRASHLOOP:
+            self._set_state(EnvoyState.STARTING, "")
+        self._stderr_tail.clear()
         try:
             proc = await self._runner.start(self._argv, user=self._user)
         except SidecarError as exc:

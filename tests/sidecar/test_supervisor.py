@@ -1,0 +1,218 @@
+"""Supervisor behaviour with real processes behind the injected runner (crash
+loops, a missing binary, drain order) and zero-wait sleeps; plus a real Envoy
+accepting the drain call in its own namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from agent.sidecar.admin import AdminProbe
+from agent.sidecar.config import RestartPolicy, SidecarConfig
+from agent.sidecar.process import SubprocessRunner
+from agent.sidecar.sds import ProxyIdentity
+from agent.sidecar.supervisor import (
+    EnvoyState,
+    EnvoySupervisor,
+    SidecarNotReady,
+    SidecarStatus,
+)
+
+CONFIG = SidecarConfig(enabled=True, envoy_path=Path("/usr/local/bin/envoy"), drain_time=0.2,
+                       restart=RestartPolicy(0.5, 4.0, 3, 60.0))
+
+
+class ScriptRunner:
+    """Runs ``sh -c script`` in place of Envoy: a real child, real pipes, real exit codes."""
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self.starts: list[list[str]] = []
+
+    async def start(self, argv: Sequence[str], *,
+                    user: ProxyIdentity | None) -> asyncio.subprocess.Process:
+        self.starts.append(list(argv))
+        return await asyncio.create_subprocess_exec(
+            "sh", "-c", self.script, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+
+
+class FakeProbe:
+    def __init__(self, ready: bool) -> None:
+        self.is_ready = ready
+        self.drains = 0
+
+    async def ready(self) -> bool:
+        return self.is_ready
+
+    async def drain(self) -> bool:
+        self.drains += 1
+        return True
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(0)
+
+
+async def _until(predicate: object, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+
+def test_repeated_crashes_back_off_and_become_a_visible_crashloop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    runner = ScriptRunner('echo "[t][1][critical][main] bad listener" >&2; exit 3')
+    sleeps = Sleeps()
+    seen: list[SidecarStatus] = []
+
+    async def scenario() -> SidecarStatus:
+        sup = EnvoySupervisor(CONFIG, Path("/b.yaml"), user=None, runner=runner,
+                              probe=FakeProbe(ready=False), sleep=sleeps, on_status=seen.append)
+        task = asyncio.create_task(sup.run())
+        await _until(lambda: sup.status().consecutive_failures >= 5)
+        status = sup.status()
+        with pytest.raises(SidecarNotReady, match="crashloop"):
+            await sup.wait_ready(0.05)
+        await sup.shutdown()
+        await asyncio.wait_for(task, 5)
+        assert sup.status().state is EnvoyState.STOPPED
+        return status
+
+    with caplog.at_level(logging.INFO, logger="agent.sidecar"):
+        status = asyncio.run(scenario())
+    assert status.state is EnvoyState.CRASHLOOP and not status.ready
+    assert status.last_exit == "exit status 3"
+    assert "bad listener" in status.detail
+    assert sleeps.delays[:5] == [0.5, 1.0, 2.0, 4.0, 4.0]  # doubling, capped at max_backoff
+    assert {s.state for s in seen} >= {EnvoyState.STARTING, EnvoyState.BACKOFF,
+                                      EnvoyState.CRASHLOOP}
+    assert status.as_dict()["state"] == "crashloop"
+    assert "bad listener" in caplog.text  # Envoy's stderr reached the agent's log
+
+
+def test_stable_run_resets_the_failure_count() -> None:
+    runner = ScriptRunner("exit 1")
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 40.0  # every run "lasts" 40 s; stable_after is 60 s
+        return now[0]
+
+    async def scenario() -> SidecarStatus:
+        sup = EnvoySupervisor(CONFIG, Path("/b.yaml"), user=None, runner=runner,
+                              probe=FakeProbe(False), sleep=Sleeps(), clock=clock)
+        task = asyncio.create_task(sup.run())
+        await _until(lambda: sup.status().restarts >= 3)
+        await sup.shutdown()
+        await task
+        return sup.status()
+
+    # each run is under stable_after, so every crash counts
+    status = asyncio.run(scenario())
+    assert status.consecutive_failures == status.restarts >= 3
+
+    def long_clock() -> float:
+        now[0] += 100.0
+        return now[0]
+
+    async def stable() -> int:
+        sup = EnvoySupervisor(CONFIG, Path("/b.yaml"), user=None, runner=ScriptRunner("exit 1"),
+                              probe=FakeProbe(False), sleep=Sleeps(), clock=long_clock)
+        task = asyncio.create_task(sup.run())
+        await _until(lambda: sup.status().restarts >= 3)
+        await sup.shutdown()
+        await task
+        return sup.status().consecutive_failures
+
+    assert asyncio.run(stable()) == 1
+
+
+def test_missing_envoy_binary_is_a_clear_error_not_a_hang() -> None:
+    config = SidecarConfig(enabled=True, envoy_path=Path("/nonexistent/bin/envoy"),
+                           restart=RestartPolicy(0.01, 0.01, 2, 60.0))
+
+    async def scenario() -> SidecarStatus:
+        sup = EnvoySupervisor(config, Path("/b.yaml"), user=None, runner=SubprocessRunner(),
+                              probe=FakeProbe(False), sleep=Sleeps())
+        task = asyncio.create_task(sup.run())
+        await _until(lambda: sup.status().state is EnvoyState.CRASHLOOP)
+        with pytest.raises(SidecarNotReady, match="/nonexistent/bin/envoy"):
+            await sup.wait_ready(0.05)
+        status = sup.status()
+        await sup.shutdown()
+        await task
+        return status
+
+    status = asyncio.run(scenario())
+    assert "envoy binary not found or not executable: /nonexistent/bin/envoy" in status.detail
+    assert status.pid is None
+
+
+def test_shutdown_drains_then_terminates_and_a_cancelled_run_never_orphans() -> None:
+    probe = FakeProbe(ready=True)
+    states: list[EnvoyState] = []
+
+    async def scenario() -> tuple[int, int | None]:
+        runner = ScriptRunner("exec sleep 60")
+        sup = EnvoySupervisor(CONFIG, Path("/b.yaml"), user=None, runner=runner, probe=probe,
+                              on_status=lambda s: states.append(s.state))
+        task = asyncio.create_task(sup.run())
+        await sup.wait_ready(5)
+        assert sup.ready
+        pid = sup.status().pid
+        assert pid is not None
+        await sup.shutdown()
+        await asyncio.wait_for(task, 5)
+        assert len(runner.starts) == 1  # no restart after a requested stop
+
+        sup2 = EnvoySupervisor(CONFIG, Path("/b.yaml"), user=None, runner=runner, probe=probe)
+        task2 = asyncio.create_task(sup2.run())
+        await sup2.wait_ready(5)
+        pid2 = sup2.status().pid
+        task2.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task2
+        return pid, pid2
+
+    pid, pid2 = asyncio.run(scenario())
+    assert probe.drains == 1
+    assert states.index(EnvoyState.DRAINING) < states.index(EnvoyState.STOPPED)
+    for p in (pid, pid2):
+        assert not Path(f"/proc/{p}").exists() or "zombie" in Path(
+            f"/proc/{p}/status").read_text()
+
+
+def test_real_envoy_accepts_graceful_drain(hosts: object, envoy_path: Path,
+                                           tmp_path: Path) -> None:
+    """The admin calls the supervisor relies on, against a real Envoy (admin only config)."""
+    from tests.sidecar.netns import NetnsLoop
+
+    bootstrap = tmp_path / "b.yaml"
+    bootstrap.write_text("admin: {address: {socket_address: {address: 127.0.0.1, "
+                         "port_value: 15000}}}\n")
+    config = SidecarConfig(enabled=True, envoy_path=envoy_path, drain_time=0.3)
+    loop = NetnsLoop(hosts.vm.name)  # type: ignore[attr-defined]
+    try:
+        async def scenario() -> tuple[bool, EnvoyState]:
+            probe = AdminProbe(15000)
+            sup = EnvoySupervisor(config, bootstrap, user=None, probe=probe)
+            task = asyncio.create_task(sup.run())
+            await sup.wait_ready(20)
+            drained = await probe.drain()
+            await sup.shutdown()
+            await task
+            return drained, sup.status().state
+        drained, state = loop.run(scenario())
+    finally:
+        loop.close()
+    assert drained and state is EnvoyState.STOPPED
