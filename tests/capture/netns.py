@@ -77,8 +77,10 @@ def make(with_peer: bool) -> Topology:
         vm = ["ip", "-n", topo.vm]
         sh(*vm, "link", "set", "lo", "up")
         if topo.peer is None:
-            # A default route so probe addresses route (into a dummy) like on a real VM.
-            sh(*vm, "link", "add", "d0", "type", "dummy")
+            # A default route so probe addresses route (into a veth whose other end is
+            # in the same namespace; no dummy module on every kernel) like on a real VM.
+            sh(*vm, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+            sh(*vm, "link", "set", "d1", "up")
             sh(*vm, "link", "set", "d0", "up")
             sh(*vm, "addr", "add", "10.78.0.1/24", "dev", "d0")
             sh(*vm, "-6", "addr", "add", "fd78::1/64", "dev", "d0", "nodad")

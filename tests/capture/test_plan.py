@@ -1,0 +1,177 @@
+"""Must-show 5: the planner's rule text, IPv6, and the exclusions no config can undo.
+
+Golden files hold the exact transaction text (``UPDATE_GOLDEN=1`` rewrites
+them; review the diff). Table tests pin each semantic separately.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.capture.config import CaptureConfig
+from agent.capture.iptables import NatState, parse_nat, render_apply, render_remove, render_rule
+from agent.capture.nftables import render_apply as render_nft
+from agent.capture.plan import (
+    IN_REDIRECT,
+    INBOUND,
+    OUTPUT,
+    REDIRECT,
+    CaptureSettings,
+    RuleSet,
+    plan,
+)
+
+GOLDEN = Path(__file__).with_name("golden")
+EMPTY = NatState(True, (), (), 0, 0, ())
+CUSTOM = CaptureConfig(
+    enabled=True, inbound_ports=(22, 8080, 15090), exclude_inbound_ports=(15090,),
+    include_outbound_cidrs=("10.0.0.0/8", "fd00::/8"), exclude_outbound_cidrs=("10.1.0.0/16",),
+    exclude_outbound_ports=(5432,), exclude_interfaces=("docker0",))
+
+
+def planned(config: CaptureConfig, uid: int = 1337, gid: int = 1338) -> RuleSet:
+    return plan(CaptureSettings(config, uid, gid))
+
+
+def lines(config: CaptureConfig, family: int) -> list[str]:
+    fam = planned(config).family(family)
+    assert fam is not None
+    return [render_rule(r) for r in fam.rules]
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{path} differs (UPDATE_GOLDEN=1 to accept)"
+
+
+@pytest.mark.parametrize(("name", "config", "family"), [
+    ("default-ipv4.rules", CaptureConfig(enabled=True), 4),
+    ("default-ipv6.rules", CaptureConfig(enabled=True), 6),
+    ("custom-ipv4.rules", CUSTOM, 4),
+    ("custom-ipv6.rules", CUSTOM, 6),
+])
+def test_iptables_golden(name: str, config: CaptureConfig, family: int) -> None:
+    fam = planned(config).family(family)
+    assert fam is not None
+    check_golden(name, render_apply(fam, EMPTY))
+
+
+@pytest.mark.parametrize(("name", "config"), [
+    ("default.nft", CaptureConfig(enabled=True)), ("custom.nft", CUSTOM)])
+def test_nftables_golden(name: str, config: CaptureConfig) -> None:
+    check_golden(name, render_nft(planned(config)))
+
+
+# Configs that try hard to capture SSH and the metadata service.
+HOSTILE = [
+    CaptureConfig(enabled=True, exclude_inbound_ports=()),
+    CaptureConfig(enabled=True, inbound_ports=(22, 80), exclude_inbound_ports=()),
+    CaptureConfig(enabled=True, include_outbound_cidrs=("169.254.0.0/16", "fd00:ec2::/32")),
+    CaptureConfig(enabled=True, include_outbound_cidrs=("169.254.169.254/32",)),
+]
+
+
+@pytest.mark.parametrize("config", HOSTILE)
+@pytest.mark.parametrize("family", [4, 6])
+def test_forced_exclusions_come_first(config: CaptureConfig, family: int) -> None:
+    fam = planned(config).family(family)
+    assert fam is not None
+    inbound = [r for r in fam.rules if r.chain == INBOUND]
+    assert (inbound[0].dport, inbound[0].target) == (22, "RETURN")
+    assert not any(r.dport == 22 and r.target == IN_REDIRECT for r in fam.rules)
+    output = [r for r in fam.rules if r.chain == OUTPUT]
+    metadata = "169.254.169.254/32" if family == 4 else "fd00:ec2::254/128"
+    assert (output[0].dst, output[0].target, output[0].dst_negated) == (metadata, "RETURN", False)
+
+
+@pytest.mark.parametrize(("config", "family", "want"), [
+    # Istio's loopback handling, in its order, for the proxy uid then gid.
+    (CaptureConfig(enabled=True), 4, [
+        "-A MESH_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN",
+        "-A MESH_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m owner --uid-owner 1337 "
+        "-j MESH_IN_REDIRECT",
+        "-A MESH_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN",
+        "-A MESH_OUTPUT -m owner --uid-owner 1337 -j RETURN"]),
+    (CaptureConfig(enabled=True), 6, [
+        "-A MESH_OUTPUT -s ::6/128 -o lo -j RETURN",
+        "-A MESH_OUTPUT -m owner --gid-owner 1338 -j RETURN",
+        "-A MESH_OUTPUT -d ::1/128 -j RETURN"]),
+    # Exclusions and inclusions are split by address family.
+    (CUSTOM, 4, ["-A MESH_OUTPUT -d 10.1.0.0/16 -j RETURN",
+                 "-A MESH_OUTPUT -d 10.0.0.0/8 -j MESH_REDIRECT",
+                 "-A MESH_OUTPUT -p tcp -m tcp --dport 5432 -j RETURN",
+                 "-A MESH_INBOUND -i docker0 -j RETURN", "-A MESH_OUTPUT -o docker0 -j RETURN",
+                 "-A MESH_INBOUND -p tcp -m tcp --dport 8080 -j MESH_IN_REDIRECT"]),
+    (CUSTOM, 6, ["-A MESH_OUTPUT -d fd00::/8 -j MESH_REDIRECT"]),
+])
+def test_rule_text(config: CaptureConfig, family: int, want: list[str]) -> None:
+    got = lines(config, family)
+    for line in want:
+        assert line in got
+    if family == 6:
+        assert not any("10." in line or "127.0.0" in line for line in got)
+    else:
+        assert not any("fd00" in line or "::" in line for line in got)
+
+
+def test_inbound_list_never_redirects_excluded_or_ssh() -> None:
+    got = lines(CUSTOM, 4)
+    assert "-A MESH_INBOUND -p tcp -m tcp --dport 15090 -j MESH_IN_REDIRECT" not in got
+    assert "-A MESH_INBOUND -p tcp -j MESH_IN_REDIRECT" not in got  # no catch-all with a list
+
+
+def test_proxy_self_call_rule_only_when_inbound_is_captured() -> None:
+    nothing_in = CaptureConfig(enabled=True, inbound_ports=(22,))
+    assert not any("MESH_IN_REDIRECT" in line and "owner" in line
+                   for line in lines(nothing_in, 4))
+
+
+def test_ipv6_off_plans_ipv4_only() -> None:
+    rs = planned(CaptureConfig(enabled=True, ipv6=False))
+    assert [f.family for f in rs.families] == [4]
+    assert [p.family for p in rs.probes] == [4]
+
+
+def test_ports_chains_and_jumps() -> None:
+    fam = planned(CaptureConfig(enabled=True, outbound_port=16001, inbound_port=16006)).family(4)
+    assert fam is not None
+    assert fam.chains == (INBOUND, REDIRECT, IN_REDIRECT, OUTPUT)
+    got = [render_rule(r) for r in fam.rules]
+    assert "-A MESH_REDIRECT -p tcp -j REDIRECT --to-ports 16001" in got
+    assert "-A MESH_IN_REDIRECT -p tcp -j REDIRECT --to-ports 16006" in got
+    assert all(c.startswith("MESH_") for c in fam.chains)
+
+
+def test_probe_avoids_excluded_and_metadata_addresses() -> None:
+    rs = planned(CaptureConfig(enabled=True, include_outbound_cidrs=(
+        "169.254.169.254/32", "10.0.0.0/30"), exclude_outbound_cidrs=("10.0.0.1/32",)))
+    probe = next(p for p in rs.probes if p.family == 4)
+    assert probe.addresses == ("10.0.0.2",)
+    assert not any(p.family == 6 for p in rs.probes)  # nothing IPv6 is captured
+
+
+def test_apply_replaces_leftovers_in_one_transaction() -> None:
+    """An older run's chains and jumps are torn down inside the new transaction."""
+    live = parse_nat("\n".join([
+        "*nat", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":DOCKER - [0:0]",
+        ":MESH_OUTPUT - [0:0]", ":MESH_OLD - [0:0]",
+        "-A OUTPUT -m addrtype --dst-type LOCAL -j DOCKER",
+        "-A OUTPUT -p tcp -j MESH_OUTPUT", "-A OUTPUT -p tcp -j MESH_OUTPUT",
+        "-A MESH_OUTPUT -j MESH_OLD", "-A MESH_OLD -j RETURN", "COMMIT"]))
+    assert (live.chains, live.foreign_rules, live.foreign_chains) == (
+        ("MESH_OUTPUT", "MESH_OLD"), 1, 1)
+    fam = planned(CaptureConfig(enabled=True)).family(4)
+    assert fam is not None
+    text = render_apply(fam, live).splitlines()
+    assert text.count("-D OUTPUT -p tcp -j MESH_OUTPUT") == 2
+    assert text.index("-F MESH_OLD") < text.index("-X MESH_OLD")
+    assert not any("DOCKER" in line for line in text)
+    removal = render_remove(live)
+    assert removal is not None
+    assert "-X MESH_OUTPUT" in removal and "DOCKER" not in removal
+    assert render_remove(EMPTY) is None
