@@ -71,17 +71,11 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 async def _plan(controller: CaptureController, out: TextIO) -> int:
     ruleset = controller.plan()
-    status = await controller.status()
-    name = status.record.backend if status.record else "iptables-nft"
-    note = "recorded" if status.record else "not yet chosen; shown as iptables-nft and nftables"
-    print(f"# backend: {name} ({note})", file=out)
-    backends = [make_backend(name, controller.runner)]
-    if status.record is None:
-        backends.append(make_backend("nftables", controller.runner))
-    for backend in backends:
-        for title, text in backend.render(ruleset).items():
-            print(f"# {title}", file=out)
-            print(text.rstrip("\n"), file=out)
+    name, source = await controller.choose_backend()
+    print(f"# backend: {name} ({source}; detection only reads rules)", file=out)
+    for title, text in make_backend(name, controller.runner).render(ruleset).items():
+        print(f"# {title}", file=out)
+        print(text.rstrip("\n"), file=out)
     for probe in ruleset.probes:
         print(f"# verify: IPv{probe.family} probe to the first non-local of "
               f"{', '.join(probe.addresses)} port {probe.port} must arrive on "

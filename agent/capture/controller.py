@@ -92,6 +92,12 @@ class CaptureController:
         """New config (SIGHUP); takes effect on the next ``apply``."""
         self._config = config
 
+    async def choose_backend(self) -> tuple[str, str]:
+        """(backend, "recorded"|"configured"|"detected") that ``apply`` would use now."""
+        record = self._store.load()
+        name, source = await self._choose_backend(record)
+        return name, "recorded" if record and record.backend == name else source
+
     async def _choose_backend(self, record: CaptureRecord | None) -> tuple[str, str]:
         wanted = self._config.backend if self._config else "auto"
         if record and wanted in ("auto", record.backend):

@@ -1,0 +1,63 @@
+"""``mesh-agent capture plan|apply|status|remove`` end to end, run inside a netns."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.capture.netns import Topology, ruleset
+
+AGENT = str(Path(sys.executable).with_name("mesh-agent"))
+
+
+def config_text(state: Path, extra: str = "") -> str:
+    return (f"registrar:\n  url: https://registrar.test:8443\nstate_dir: {state}\n"
+            "capture:\n  enabled: true\n  backend: iptables-nft\n  proxy_uid: 1337\n"
+            f"  proxy_gid: 1337\n{extra}")
+
+
+def cli(topo: Topology, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*topo.ns(topo.vm), AGENT, "capture", *args], capture_output=True,
+                          text=True, check=False, timeout=60)
+
+
+@pytest.mark.netns
+def test_cli_plan_apply_status_remove(vm_ns: Topology, tmp_path: Path) -> None:
+    conf, state = tmp_path / "agent.yaml", tmp_path / "state"
+    conf.write_text(config_text(state))
+    baseline = ruleset(vm_ns.vm)
+
+    plan = cli(vm_ns, "plan", "--config", str(conf))
+    assert plan.returncode == 0, plan.stderr
+    assert "-A MESH_REDIRECT -p tcp -j REDIRECT --to-ports 15001" in plan.stdout
+    assert "-A MESH_INBOUND -p tcp -m tcp --dport 22 -j RETURN" in plan.stdout
+    assert "# backend: iptables-nft (configured" in plan.stdout
+    assert ruleset(vm_ns.vm) == baseline  # plan changes nothing
+
+    applied = cli(vm_ns, "apply", "--config", str(conf))
+    assert applied.returncode == 0, applied.stderr
+    assert "applied and verified: backend iptables-nft" in applied.stdout
+    assert (state / "capture.json").stat().st_mode & 0o777 == 0o600
+
+    status = cli(vm_ns, "status", "--config", str(conf))
+    assert status.returncode == 0, status.stdout
+    for text in ("capture: applied", "backend: iptables-nft (configured)",
+                 "by: mesh-agent capture apply (pid", "match the current config"):
+        assert text in status.stdout
+
+    conf.write_text(config_text(state, "  exclude_outbound_ports: [5432]\n"))
+    drift = cli(vm_ns, "status", "--config", str(conf))
+    assert drift.returncode == 3
+    assert "do NOT match the current config" in drift.stdout
+
+    conf.write_text("capture: [this is: not valid\n")
+    assert cli(vm_ns, "plan", "--config", str(conf)).returncode == 78
+    removed = cli(vm_ns, "remove", "--config", str(conf), "--state-dir", str(state))
+    assert removed.returncode == 0, removed.stderr
+    assert "config unusable" in removed.stderr
+    assert ruleset(vm_ns.vm) == baseline
+    after = cli(vm_ns, "status", "--config", str(conf), "--state-dir", str(state))
+    assert "capture: removed" in after.stdout and "installed: 0 rules" in after.stdout
