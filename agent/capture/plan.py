@@ -109,6 +109,12 @@ def _family_of(cidr: str) -> int:
     return ipaddress.ip_network(cidr, strict=False).version
 
 
+def _cidrs(cidrs: tuple[str, ...], family: int) -> list[str]:
+    """Canonical text (what iptables-save/nft print back), this family only."""
+    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+    return [str(n) for n in nets if n.version == family]
+
+
 def _inbound(c: CaptureConfig) -> list[Rule]:
     rules = [Rule(INBOUND, RETURN, tcp=True, dport=SSH_PORT)]
     rules += [Rule(INBOUND, RETURN, in_iface=i) for i in c.exclude_interfaces]
@@ -140,13 +146,12 @@ def _outbound(s: CaptureSettings, family: int) -> list[Rule]:
     rules.append(Rule(OUTPUT, RETURN, dst=LOOPBACK[family]))
     rules += [Rule(OUTPUT, RETURN, tcp=True, dport=p) for p in sorted(set(
         c.exclude_outbound_ports))]
-    rules += [Rule(OUTPUT, RETURN, dst=d) for d in c.exclude_outbound_cidrs
-              if _family_of(d) == family]
+    rules += [Rule(OUTPUT, RETURN, dst=d) for d in _cidrs(c.exclude_outbound_cidrs, family)]
     if c.include_outbound_cidrs is None:
         rules.append(Rule(OUTPUT, REDIRECT))
     else:
-        rules += [Rule(OUTPUT, REDIRECT, dst=d) for d in c.include_outbound_cidrs
-                  if _family_of(d) == family]
+        rules += [Rule(OUTPUT, REDIRECT, dst=d)
+                  for d in _cidrs(c.include_outbound_cidrs, family)]
     return rules
 
 
@@ -154,13 +159,12 @@ def _probe(c: CaptureConfig, family: int) -> Probe | None:
     """A destination this plan captures, or None when the config captures nothing probe-able."""
     if PROBE_PORT in c.exclude_outbound_ports:
         return None
-    never = [ipaddress.ip_network(d) for d in (*c.exclude_outbound_cidrs, *METADATA[family],
-                                                LOOPBACK[family])]
+    never = [ipaddress.ip_network(d, strict=False) for d in (
+        *c.exclude_outbound_cidrs, *METADATA[family], LOOPBACK[family])]
     if c.include_outbound_cidrs is None:
         candidates = [ipaddress.ip_address(PROBE_ADDRESS[family])]
     else:
-        nets = [ipaddress.ip_network(d) for d in c.include_outbound_cidrs
-                if _family_of(d) == family]
+        nets = [ipaddress.ip_network(d) for d in _cidrs(c.include_outbound_cidrs, family)]
         candidates = []
         for n in nets:
             if n.num_addresses <= 2:

@@ -175,3 +175,11 @@ def test_apply_replaces_leftovers_in_one_transaction() -> None:
     assert removal is not None
     assert "-X MESH_OUTPUT" in removal and "DOCKER" not in removal
     assert render_remove(EMPTY) is None
+
+
+def test_cidrs_are_canonical_like_the_read_back() -> None:
+    """Un-normalised CIDRs would make every read-back verification fail."""
+    config = CaptureConfig(enabled=True, exclude_outbound_cidrs=("fd00:0::/32", "10.1.2.3/8"))
+    got = lines(config, 6) + lines(config, 4)
+    assert "-A MESH_OUTPUT -d fd00::/32 -j RETURN" in got
+    assert "-A MESH_OUTPUT -d 10.0.0.0/8 -j RETURN" in got
