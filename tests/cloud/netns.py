@@ -10,12 +10,17 @@ Names carry the pid and a counter; ``close`` always removes everything.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from tests.fixtures.agent import AgentProcess
+from tests.fixtures.registrar import RegistrarProcess, free_port
 
 METADATA = "169.254.169.254"
 REPO = Path(__file__).resolve().parents[2]
@@ -100,3 +105,35 @@ def make_vm() -> CloudVm:
         vm.close()
         raise
     return vm
+
+
+class VmAgent(AgentProcess):
+    """A real ``mesh-agent run`` inside a VM namespace, with no join token; its
+    status endpoint listens on the VM's veth address so the host can read it."""
+
+    vm_ip = ""
+
+    @classmethod
+    def inside(cls, vm: CloudVm, base_dir: Path, registrar: RegistrarProcess, *,
+               method: str = "auto") -> VmAgent:
+        port = free_port()
+        agent = cls(base_dir, registrar, prefix=vm.prefix, extra={
+            "attestation": {"method": method, "probe_timeout": "1s"},
+            "status": {"listen": f"{vm.vm_ip}:{port}"}})
+        agent.vm_ip = vm.vm_ip
+        agent.status_port = port
+        return agent
+
+    def get(self, path: str) -> tuple[int, Any]:
+        import urllib.error
+        import urllib.request
+        url = f"http://{self.vm_ip}:{self.status_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                body, status = response.read(), response.status
+        except urllib.error.HTTPError as exc:
+            body, status = exc.read(), exc.code
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body.decode()

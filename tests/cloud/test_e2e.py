@@ -16,14 +16,13 @@ from typing import Any
 import pytest
 
 from agent.attest import detect
-from tests.cloud.netns import CloudVm, make_vm
+from tests.cloud.netns import CloudVm, VmAgent, make_vm
 from tests.cloud.test_netns_detect import PROBE
 from tests.fakes.azure_metadata import SUBSCRIPTION
 from tests.fakes.cloud_pki import CloudPki
 from tests.fakes.gce_metadata import FakeGce
 from tests.fakes.serve import serving
-from tests.fixtures.agent import AgentProcess
-from tests.fixtures.registrar import RegistrarProcess, free_port
+from tests.fixtures.registrar import RegistrarProcess
 
 pytestmark = pytest.mark.netns
 
@@ -31,26 +30,6 @@ SHORT_TTL = 12  # with the registrar's 10 s backdating, renewal is due ~1 s afte
 # A JWT (base64url JSON header '{"...' then payload) or any long base64 blob
 # (documents, PKCS#7) must never reach a log line.
 LEAKS = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ|[A-Za-z0-9+/]{160,}")
-
-
-class VmAgent(AgentProcess):
-    """The agent inside the VM namespace; its status endpoint on the VM's address."""
-
-    vm_ip = ""
-
-    def get(self, path: str) -> tuple[int, Any]:
-        import urllib.error
-        import urllib.request
-        url = f"http://{self.vm_ip}:{self.status_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                body, status = response.read(), response.status
-        except urllib.error.HTTPError as exc:
-            body, status = exc.read(), exc.code
-        try:
-            return status, json.loads(body)
-        except ValueError:
-            return status, body.decode()
 
 
 @pytest.fixture
@@ -76,7 +55,7 @@ def evidence_options(cloud: str, pki: CloudPki, jwks: str) -> dict[str, Any]:
             "groups": [{"group": "web", "match": {"subscription_id": SUBSCRIPTION}}]}
 
 
-def wait_for(predicate: Any, timeout: float, what: str, agent: AgentProcess) -> None:
+def wait_for(predicate: Any, timeout: float, what: str, agent: VmAgent) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -97,11 +76,7 @@ def test_platform_only_bootstrap_renew_reattest(cloud: str, vm: CloudVm, pki: Cl
                                                         google + "/oauth2/v3/certs")}})
         # auto, unless the host's own DMI names a cloud (then that would win).
         method = "auto" if detect.classify_dmi(detect.read_dmi(Path("/"))) is None else cloud
-        agent = VmAgent(tmp_path / "agent", reg, prefix=vm.prefix, extra={
-            "attestation": {"method": method, "probe_timeout": "1s"},
-            "status": {"listen": f"{vm.vm_ip}:{free_port()}"}})
-        agent.vm_ip = vm.vm_ip
-        agent.status_port = int(agent.config["status"]["listen"].rsplit(":", 1)[1])
+        agent = VmAgent.inside(vm, tmp_path / "agent", reg, method=method)
         assert not agent.token_file.exists()
         agent.start()
         try:
