@@ -1,12 +1,19 @@
 """The local status endpoint (127.0.0.1 by default): /healthz, /ready, /metrics,
-/status (JSON). It only reads ``Health``; it never touches keys."""
+/status (JSON). It only reads ``Health``; it never touches keys.
+
+Served by the standard library's ``http.server`` on one background thread:
+the agent's memory budget (issue 2: <= 35 MiB RSS) has no room for a second
+HTTP stack, and four read-only GET routes need none. Handlers only read
+``Health`` fields, which the event loop replaces whole, never mutates in place.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-
-from aiohttp import web
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from agent.clock import Clock
 from agent.status.health import Health
@@ -15,48 +22,71 @@ from agent.status.metrics import render
 log = logging.getLogger(__name__)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], health: Health, clock: Clock) -> None:
+        self.health = health
+        self.clock = clock
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "mesh-agent"
+    sys_version = ""
+    timeout = 5
+
+    def do_GET(self) -> None:
+        health, clock = self.server.health, self.server.clock
+        now = clock.now()
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            self._json(200, {"status": "ok"})
+        elif path == "/ready":
+            ready = health.ready(now)
+            self._json(200 if ready else 503, {
+                "ready": ready, "phase": health.phase, "summary": health.summary(now)})
+        elif path == "/metrics":
+            self._send(200, render(lambda: health, clock), "text/plain; version=0.0.4")
+        elif path == "/status":
+            self._json(200, health.as_dict(now))
+        else:
+            self._json(404, {"error": "not found"})
+
+    def _json(self, code: int, body: dict[str, Any]) -> None:
+        self._send(code, json.dumps(body, indent=2).encode(), "application/json")
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # scrapes every few seconds would drown the journal
+
+
 class StatusServer:
     def __init__(self, health: Health, clock: Clock, *, host: str, port: int) -> None:
         self._health = health
         self._clock = clock
-        self._host = host
-        self._port = port
-        self._runner: web.AppRunner | None = None
-
-    def _app(self) -> web.Application:
-        app = web.Application(client_max_size=1024)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/ready", self._ready)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/status", self._status)
-        return app
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def _ready(self, request: web.Request) -> web.Response:
-        now = self._clock.now()
-        ready = self._health.ready(now)
-        return web.json_response(
-            {"ready": ready, "phase": self._health.phase, "summary": self._health.summary(now)},
-            status=200 if ready else 503)
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body = render(lambda: self._health, self._clock)
-        return web.Response(body=body, content_type="text/plain", charset="utf-8")
-
-    async def _status(self, request: web.Request) -> web.Response:
-        return web.Response(text=json.dumps(self._health.as_dict(self._clock.now()), indent=2),
-                            content_type="application/json")
+        self._address = (host, port)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
-        await site.start()
-        log.info("status endpoint listening", extra={"address": f"{self._host}:{self._port}"})
+        self._server = _Server(self._address, self._health, self._clock)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name="status-endpoint", daemon=True)
+        self._thread.start()
+        log.info("status endpoint listening",
+                 extra={"address": f"{self._address[0]}:{self._address[1]}"})
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
