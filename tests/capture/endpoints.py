@@ -2,8 +2,9 @@
 
 ``serve TAG:FAMILY:ADDR:PORT ...`` answers every connection with one line
 ``TAG orig=<SO_ORIGINAL_DST or ->`` and prints ``ready`` once all listen.
-``connect UID GID ADDR:PORT ...`` drops to UID/GID (like a preexec setuid),
-dials each target and prints one JSON list of the answers (or errors).
+``connect UID GID ADDR:PORT[|PAYLOAD] ...`` drops to UID/GID (like a preexec
+setuid), dials each target, sends PAYLOAD if given, and prints one JSON list of
+the answers (or errors).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def connect(uid: int, gid: int, targets: list[str]) -> None:
     os.setuid(uid)
     answers = []
     for target in targets:
+        target, _, payload = target.partition("|")  # "host:port|bytes to send first"
         host, port = _split(target)
         af = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
@@ -65,7 +67,9 @@ def connect(uid: int, gid: int, targets: list[str]) -> None:
             with socket.socket(af, socket.SOCK_STREAM) as sock:
                 sock.settimeout(3)
                 sock.connect((host, port))
-                answers.append(sock.recv(200).decode().strip())
+                if payload:
+                    sock.sendall(payload.encode())
+                answers.append(sock.recv(200).decode(errors="replace").strip())
         except OSError as exc:
             answers.append(f"error {exc}")
     print(json.dumps(answers))
