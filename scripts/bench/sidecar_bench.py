@@ -28,9 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-import agent.config  # noqa: E402,F401  (loads before agent.sidecar.config)
 import psutil  # noqa: E402
 
+import agent.config  # noqa: E402,F401  (loads before agent.sidecar.config)
 from agent.sidecar.config import OutboundService, SidecarConfig  # noqa: E402
 from agent.sidecar.install import install_bootstrap  # noqa: E402
 from agent.sidecar.process import SubprocessRunner  # noqa: E402
@@ -204,7 +204,7 @@ def main() -> None:
 
         async def start_apps() -> None:
             await asyncio.start_server(serve, "127.0.0.1", APP_PORT)
-            await asyncio.start_server(serve, "0.0.0.0", DIRECT_PORT)  # noqa: S104
+            await asyncio.start_server(serve, "0.0.0.0", DIRECT_PORT)
         vm_loop.run(start_apps())
 
         floors = reports["vm"]["floors_s"] + reports["peer"]["floors_s"]
