@@ -45,6 +45,8 @@ class Service:
         self._config = config
         self._authority = authority
         self._verifiers = verifiers
+        # Decided once: a runtime Protocol check per request is measurable under load.
+        self._single_use = {name for name, v in verifiers.items() if isinstance(v, SingleUse)}
         self._challenges = challenges
         self._inventory = inventory
 
@@ -91,7 +93,8 @@ class Service:
         group = self._group_for(verified)
         csr.require_identity(group.spiffe_id)
         issued = self._authority.issue(csr.public_key, group.spiffe_id, group.cert_ttl)
-        if isinstance(verifier, SingleUse):
+        if verified.evidence_type in self._single_use:
+            assert isinstance(verifier, SingleUse)
             await verifier.commit(verified)  # last: only a request that will succeed spends it
         self._inventory.record_attestation(
             evidence_type=verified.evidence_type, subject=verified.subject,

@@ -66,18 +66,16 @@ class Inventory:
         """
         now = self._clock()
         with transaction(self._conn) as conn:
-            conn.execute(
-                "INSERT INTO workloads (subject, evidence_type, spiffe_id, group_name, hostname,"
+            row = conn.execute(
+                "INSERT INTO workloads (subject, evidence_type, spiffe_id, group_name, hostname,"  # noqa: S608
                 " addresses, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (evidence_type, subject) DO UPDATE SET spiffe_id = excluded.spiffe_id,"
                 " group_name = excluded.group_name, hostname = excluded.hostname,"
                 " addresses = excluded.addresses, last_seen = excluded.last_seen,"
-                " state = CASE WHEN state = 'revoked' THEN 'revoked' ELSE 'active' END",
+                " state = CASE WHEN state = 'revoked' THEN 'revoked' ELSE 'active' END "
+                f"RETURNING {_COLUMNS.replace('w.', '')}",
                 (subject, evidence_type, spiffe_id, group, hostname, json.dumps(list(addresses)),
-                 now, now))
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM workloads w WHERE evidence_type = ? AND subject = ?",  # noqa: S608
-                (evidence_type, subject)).fetchone()
+                 now, now)).fetchone()
             workload = _workload(row)
             conn.execute("INSERT INTO certs (serial, workload_id, spiffe_id, issued_at, not_after)"
                          " VALUES (?, ?, ?, ?, ?)",
