@@ -131,3 +131,20 @@ def test_shipped_certs_cover_all_partitions_and_pin_real_keys(pki: CloudPki):
     d = doc()
     verifier = AwsVerifier(AwsConfig(groups=RULES), clock=lambda: NOW)
     assert reason(verifier, evidence(d, pki.aws_pkcs7(d))) == "evidence_signature_invalid"
+
+
+def test_ber_indefinite_length_pkcs7_like_openssl_streaming(pki: CloudPki, tmp_path):
+    """IMDS-style PKCS#7 is often BER (indefinite lengths, chunked content,
+    'MIAGCSqGSIb3DQEHAqCA...'); it must verify, and still be compared byte for byte."""
+    import subprocess
+    d = doc()
+    (tmp_path / "doc").write_bytes(d)
+    der = subprocess.run(
+        ["openssl", "cms", "-sign", "-binary", "-nodetach", "-stream", "-outform", "DER",
+         "-md", "sha256", "-nocerts", "-signer", str(pki.root / "aws/aws/us-east-1.pem"),
+         "-inkey", str(pki.root / "aws/keys/us-east-1.pem"), "-in", str(tmp_path / "doc")],
+        capture_output=True, check=True).stdout
+    assert der[:2] == b"\x30\x80"  # indefinite length
+    ber = base64.encodebytes(der).decode()
+    assert asyncio.run(make(pki).verify(evidence(d, ber), None)).group == "billing"
+    assert reason(make(pki), evidence(d + b"\n", ber)) == "evidence_document_mismatch"
