@@ -79,8 +79,13 @@ def _run(config: RegistrarConfig, *, reuse_port: bool) -> None:
 
 
 def serve(config: RegistrarConfig) -> int:
-    # Create and migrate the database once, before workers race to do it.
-    connect(config.database).close()
+    # Create and migrate the database once, before workers race to do it, and build
+    # the verifiers once so a bad evidence option exits 78 here, not in every worker.
+    conn = connect(config.database)
+    try:
+        build_verifiers(VerifierDeps(config=config, tokens=TokenStore(conn)))
+    finally:
+        conn.close()
     if config.workers == 1:
         _run(config, reuse_port=False)
         return 0

@@ -3,7 +3,12 @@
 Adding a verifier (GCE, AWS, Azure) is one entry in ``FACTORIES``: a function
 that takes that verifier's config mapping (``evidence.<type>`` in
 registrar.yaml) and the shared ``VerifierDeps`` and returns a ``Verifier``,
-plus its name in ``registrar.config.EVIDENCE_TYPES``.
+plus its name in ``registrar.config.EVIDENCE_TYPES`` (a test keeps the two
+equal). A factory reports bad options by raising ``ConfigError`` (best: from an
+``agent.config.reader.Section``) or ``ValueError``, which becomes a ConfigError
+naming ``evidence.<type>``; either way ``serve`` exits 78 before listening.
+Factories must be cheap and do no network I/O: ``serve`` builds them once to
+validate before forking workers, then each worker builds its own.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.config.errors import ConfigError
 from registrar.attestation.base import Verifier
 from registrar.attestation.cloud_options import aws_verifier, azure_verifier, gce_verifier
 from registrar.attestation.join_token import JoinTokenVerifier
@@ -40,5 +46,10 @@ FACTORIES: Mapping[str, Factory] = {
 def build_verifiers(deps: VerifierDeps) -> dict[str, Verifier]:
     """One verifier per enabled ``evidence`` entry; unknown types never reach here
     (the config parser only accepts names in EVIDENCE_TYPES)."""
-    return {name: FACTORIES[name](options, deps)
-            for name, options in deps.config.evidence.items()}
+    verifiers: dict[str, Verifier] = {}
+    for name, options in deps.config.evidence.items():
+        try:
+            verifiers[name] = FACTORIES[name](options, deps)
+        except ValueError as exc:
+            raise ConfigError(deps.config.source_file, f"evidence.{name}", str(exc)) from None
+    return verifiers

@@ -21,3 +21,9 @@ def test_every_reason_status_is_declared_for_attest_or_renew() -> None:
     declared = set(paths["/v1/attest"]["post"]["responses"]) | set(
         paths["/v1/renew"]["post"]["responses"])
     assert {str(r.status) for r in REASONS.values()} <= declared
+
+
+def test_every_configurable_evidence_type_has_a_verifier_factory() -> None:
+    from registrar.attestation.registry import FACTORIES
+    from registrar.config import EVIDENCE_TYPES
+    assert set(EVIDENCE_TYPES) == set(FACTORIES)
