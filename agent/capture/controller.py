@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import pwd
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +51,28 @@ def resolve(config: CaptureConfig,
     return CaptureSettings(config, uid, gid)
 
 
+@contextlib.asynccontextmanager
+async def _state_lock(state_dir: Path, timeout: float = 30.0) -> AsyncIterator[None]:
+    """One capture change at a time across processes (the daemon and ``capture apply``)."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / "capture.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if loop.time() > deadline:
+                    raise CaptureError(f"{state_dir / 'capture.lock'}: another mesh-agent "
+                                       f"process has held it for {timeout:g}s") from None
+                await asyncio.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def digest(snapshot: Snapshot) -> str:
     return hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -73,6 +96,7 @@ class CaptureController:
                  owner: str = "mesh-agent daemon") -> None:
         self._config = config
         self._store = RecordStore(state_dir)
+        self._state_dir = state_dir
         self.runner: Runner = runner or SubprocessRunner()
         self._prober = prober or LocalProber()
         self._users = users
@@ -115,7 +139,7 @@ class CaptureController:
     # -- lifecycle ---------------------------------------------------------------
     async def apply(self) -> CaptureRecord:
         """Install (or replace) capture from the current config, verified; or roll back."""
-        async with self._lock:
+        async with self._lock, _state_lock(self._state_dir):
             return await self._apply()
 
     async def _apply(self) -> CaptureRecord:
@@ -171,7 +195,7 @@ class CaptureController:
 
     async def remove(self) -> CaptureRecord | None:
         """Remove what the record says is ours. Needs no config; keeps the backend choice."""
-        async with self._lock:
+        async with self._lock, _state_lock(self._state_dir):
             return await self._remove()
 
     async def _remove(self) -> CaptureRecord | None:
@@ -191,7 +215,7 @@ class CaptureController:
 
     async def reconcile_on_start(self) -> None:
         """Clean up whatever a crashed or killed run left; ``apply`` comes after Envoy is ready."""
-        async with self._lock:
+        async with self._lock, _state_lock(self._state_dir):
             record = self._store.load()
             if record is not None and record.phase != "removed":
                 log.warning("capture: previous run left phase %r; removing before re-applying",

@@ -314,3 +314,21 @@ def test_record_is_versioned_and_private(tmp_path: Path) -> None:
     (tmp_path / "capture.json").write_text("{")
     with pytest.raises(RecordError, match=str(tmp_path / "capture.json")):
         store.load()
+
+
+def test_changes_are_serialised_across_processes(tmp_path: Path) -> None:
+    """``capture apply`` from a shell must wait while the daemon changes rules."""
+    import fcntl
+
+    ctl = CaptureController(None, state_dir=tmp_path, runner=SubprocessRunner())
+
+    async def run() -> None:
+        fd = os.open(tmp_path / "capture.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process's change in progress
+        task = asyncio.create_task(ctl.remove())
+        await asyncio.sleep(0.3)
+        assert not task.done()
+        os.close(fd)
+        assert await asyncio.wait_for(task, 5) is None  # then it proceeds (nothing recorded)
+
+    asyncio.run(run())
