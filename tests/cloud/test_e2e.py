@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from agent.attest import detect
 from tests.cloud.netns import CloudVm, VmAgent, make_vm
@@ -117,3 +118,29 @@ def test_platform_only_bootstrap_renew_reattest(cloud: str, vm: CloudVm, pki: Cl
             assert LEAKS.search("".join(value.split())), key
             for line in value.splitlines():  # EC2 wraps its PKCS#7 at 76 columns
                 assert line not in logs
+
+
+def test_cert_expired_while_off_comes_back_by_itself(vm: CloudVm, pki: CloudPki,
+                                                     tmp_path: Path,
+                                                     registrar_factory: Any) -> None:
+    """GCE evidence is fresh on every call, so a VM that was off past its
+    certificate's expiry re-attests on boot with no operator."""
+    vm.serve_metadata("gce", pki.root)
+    with serving(FakeGce(pki).app()) as google:
+        reg = registrar_factory(host=vm.host_ip, groups={"web": ("prod", "web-vm", 1)},
+                                config={"evidence": {"gce": evidence_options(
+                                    "gce", pki, google + "/oauth2/v3/certs")}})
+        agent = VmAgent.inside(vm, tmp_path / "agent", reg, method="gce")
+        agent.start()
+        try:
+            agent.wait_ready(timeout=45)
+            agent.kill()  # powered off with a certificate that expires in ~1 s
+            time.sleep(2.5)
+            chain = (agent.credentials / "current" / "cert-chain.pem").read_bytes()
+            leaf = x509.load_pem_x509_certificates(chain)[0]
+            assert leaf.not_valid_after_utc.timestamp() < time.time()
+            agent.start()
+            agent.wait_ready(timeout=45)
+        finally:
+            agent.kill()
+    assert reg.log_text().count("attest ok") >= 2, reg.log_text()[-2000:]
