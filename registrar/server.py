@@ -20,6 +20,7 @@ from aiohttp import web
 
 from registrar.api.app import Api
 from registrar.api.metrics import Metrics
+from registrar.api.protocol import listen
 from registrar.api.ratelimit import RateLimiter
 from registrar.api.service import Service
 from registrar.attestation.registry import VerifierDeps, build_verifiers
@@ -49,13 +50,11 @@ def build_app(config: RegistrarConfig) -> web.Application:
 
 async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
     app = build_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           max_field_size=config.limits.max_header_bytes,
-                           max_line_size=config.limits.max_header_bytes)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=tls_context(config),
-                       reuse_port=reuse_port, backlog=1024)
-    await site.start()
+    listener = await listen(runner, host=config.host, port=config.port,
+                            ssl_context=tls_context(config), reuse_port=reuse_port,
+                            max_header_bytes=config.limits.max_header_bytes)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -69,6 +68,7 @@ async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
     finally:
+        listener.close()
         await runner.cleanup()
 
 

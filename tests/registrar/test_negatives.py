@@ -93,10 +93,20 @@ def test_token_for_a_group_removed_from_config_is_refused(
     assert (status, body["reason"]) == (403, "no_matching_group")
 
 
-def test_oversized_headers_are_refused_before_the_app(registrar: RegistrarProcess) -> None:
+@pytest.mark.parametrize("shape", ["one_huge_header", "too_many_headers", "huge_request_line"])
+def test_unparseable_requests_get_a_json_error_that_echoes_nothing(
+        registrar: RegistrarProcess, shape: str) -> None:
+    token = registrar.create_token("web", "10m")
+    headers = {"x-big": token + "a" * 20_000} if shape == "one_huge_header" else (
+        {f"x-{i}": token for i in range(200)} if shape == "too_many_headers" else {})
+    path = "/v1/attest" + ("?" + token + "a" * 20_000 if shape == "huge_request_line" else "")
     with calls.client(registrar) as c:
-        response = c.post("/v1/attest", headers={"x-big": "a" * 20_000}, json={})
-    assert response.status_code in (400, 431)
+        response = c.post(path, headers=headers, json={})
+    assert response.status_code == 400
+    body = response.json()
+    assert (body["reason"], body["action"]) == ("bad_request", "fatal")
+    assert set(body) == {"reason", "action", "message"}
+    assert token not in response.text and token not in registrar.log_text()
     assert calls.healthy(registrar)
 
 
