@@ -117,11 +117,13 @@ class GceVerifier:
             raise Rejected("evidence_audience_invalid",
                            "GCE token audience is not this attestation's challenge")
         exp, iat = claims.get("exp"), claims.get("iat")
-        if not isinstance(exp, int | float) or not isinstance(iat, int | float):
-            raise Rejected("evidence_invalid", "GCE token lacks numeric exp and iat")
+        nbf = claims.get("nbf", iat)
+        if not (isinstance(exp, int | float) and isinstance(iat, int | float)
+                and isinstance(nbf, int | float)):
+            raise Rejected("evidence_invalid", "GCE token lacks numeric exp and iat (or nbf)")
         if now > exp + leeway:
             raise Rejected("evidence_expired", "GCE token expired")
-        if iat > now + leeway or claims.get("nbf", iat) > now + leeway:
+        if iat > now + leeway or nbf > now + leeway:
             raise Rejected("evidence_invalid", "GCE token is not valid yet (check clocks)")
         if exp - iat > self._config.max_token_lifetime:
             raise Rejected("evidence_invalid", "GCE token lifetime is longer than Google's")

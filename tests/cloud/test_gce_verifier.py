@@ -89,6 +89,8 @@ def test_hs256_signed_with_public_key_rejected(pki: CloudPki, fake_gce: tuple[Fa
     ({"exp": int(NOW) - 61, "iat": int(NOW) - 3000}, "evidence_expired"),
     ({"iat": int(NOW) + 61, "exp": int(NOW) + 3000}, "evidence_invalid"),
     ({"nbf": int(NOW) + 120}, "evidence_invalid"),
+    ({"nbf": "soon"}, "evidence_invalid"),
+    ({"exp": None}, "evidence_invalid"),
     ({"exp": int(NOW) + 7 * 86400}, "evidence_invalid"),
     ({"google": None}, "evidence_invalid"),
 ])
