@@ -94,5 +94,11 @@ class SubprocessRunner:
                 group=user.gid if drop and user else None,
                 extra_groups=[] if drop else None,
             )
-        except (FileNotFoundError, PermissionError) as exc:
+        except FileNotFoundError as exc:
             raise EnvoyNotFound(Path(argv[0])) from exc
+        except PermissionError as exc:
+            if not os.access(argv[0], os.X_OK):
+                raise EnvoyNotFound(Path(argv[0])) from exc
+            raise SidecarError(
+                f"cannot start envoy as uid {user.uid if user else os.geteuid()}: {exc.strerror} "
+                "(the agent needs CAP_SETUID and CAP_SETGID to drop to the proxy user)") from exc

@@ -16,8 +16,9 @@ from agent.sidecar.config import SidecarConfig
 from agent.sidecar.install import install_bootstrap
 from agent.sidecar.process import SubprocessRunner
 from agent.sidecar.render import render_bootstrap
-from agent.sidecar.sds import Generation, ProxyIdentity, SdsMirror
-from agent.sidecar.settings import EnvoyPaths, MeshSettings, mesh_settings
+from agent.sidecar.sds import ProxyIdentity
+from agent.sidecar.service import Sidecar
+from agent.sidecar.settings import MeshSettings, mesh_settings
 from agent.sidecar.supervisor import EnvoySupervisor
 from tests.sidecar.identity import RegistrarIdentity
 from tests.sidecar.netns import NetnsLoop
@@ -50,11 +51,13 @@ class Node:
     envoy_log: LineCollector = field(default_factory=LineCollector)
 
     def __post_init__(self) -> None:
-        self.paths = EnvoyPaths.under(self.state_dir)
         self.store = CredentialStore(self.state_dir / "credentials")
         self.identity = RegistrarIdentity(self.client, self.token, self.store, self.name)
-        self.mirror = SdsMirror(self.paths, PROXY)
         self.logger = logging.getLogger(f"test.sidecar.{self.name}.{id(self)}")
+        # The daemon's facade, exactly as the lead wires it (proxy given, not looked up:
+        # uid 1337 has no passwd entry here).
+        self.sidecar = Sidecar(self.config, self.state_dir, proxy=PROXY, logger=self.logger)
+        self.paths = self.sidecar.paths
         self.logger.getChild("access").addHandler(self.access)
         self.logger.getChild("envoy").addHandler(self.envoy_log)
         self.logger.setLevel(logging.DEBUG)
@@ -64,7 +67,7 @@ class Node:
         """Attest (first time) or renew over mTLS, store a generation, mirror it for Envoy."""
         creds, issued = asyncio.run(self.identity.refresh())
         self.mesh = mesh_settings(issued.spiffe_id, issued.mesh)
-        self.mirror.publish(Generation.read(self.store.current_link))
+        self.sidecar.publish(self.store.current_link)
         return creds
 
     async def _install(self, config: SidecarConfig) -> bool:
@@ -74,16 +77,17 @@ class Node:
 
     def start(self) -> None:
         self.store.prepare()
-        self.mirror.prepare()
+        self.sidecar.prepare()
         self.rotate()
+        assert self.mesh is not None
         self.loop = NetnsLoop(self.netns)
-        self.loop.run(self._install(self.config))
+        self.loop.run(self.sidecar.configure(self.mesh))
         self.supervisor = self.loop.run(self._make_supervisor())
         self.run_future = self.loop.spawn(self.supervisor.run())
         self.loop.run(self.supervisor.wait_ready(30))
 
     async def _make_supervisor(self) -> EnvoySupervisor:
-        return EnvoySupervisor(self.config, self.paths.bootstrap, user=PROXY, logger=self.logger)
+        return self.sidecar.supervisor
 
     def reconfigure(self, **changes: object) -> bool:
         """Render + validate + install a changed config (raises ConfigRejected)."""

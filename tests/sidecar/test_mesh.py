@@ -8,6 +8,7 @@ originates mTLS to the VM's app, client traffic redirected to 15001 by uid.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
@@ -283,3 +284,15 @@ def test_missing_binary_or_invalid_config_keeps_old_config_live(mesh: Mesh) -> N
     loop.run(vm.supervisor.restart())
     loop.run(vm.supervisor.wait_ready(30))
     assert mesh.through_mesh("/restarted") == (200, "app:8080:/restarted")
+
+    # New mesh settings through the daemon's facade: installed, Envoy restarted once.
+    assert vm.mesh is not None
+    pid = vm.supervisor.status().pid
+    relabelled = dataclasses.replace(vm.mesh, labels={"version": "v2"})
+    assert loop.run(vm.sidecar.configure(relabelled)) is True
+    loop.run(vm.supervisor.wait_ready(30))
+    assert vm.supervisor.status().pid != pid
+    assert "version: v2" in vm.paths.bootstrap.read_text()
+    assert loop.run(vm.sidecar.configure(relabelled)) is False  # unchanged: no restart
+    assert mesh.through_mesh("/relabelled") == (200, "app:8080:/relabelled")
+    assert vm.supervisor.status().restarts == 0  # requested restarts are not failures

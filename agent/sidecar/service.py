@@ -1,0 +1,92 @@
+"""The sidecar as the daemon sees it: one object that owns Envoy's files and its
+supervisor. The pure parts (render, SDS documents) and the I/O parts (mirror,
+validate+install, process) stay in their own modules; this only sequences them.
+
+Order in the daemon::
+
+    sidecar = Sidecar(config.sidecar, config.state_dir)
+    sidecar.prepare()                       # proxy user, dirs, SDS documents
+    sidecar.publish(store.current_link)     # after every CredentialStore.commit()
+    await sidecar.configure(mesh)           # render, validate, install (raises)
+    tg.create_task(sidecar.supervisor.run())
+    await sidecar.supervisor.wait_ready()   # before capture and READY=1
+    ...
+    await sidecar.supervisor.shutdown()     # SIGTERM: after capture is removed
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.sidecar.config import SidecarConfig
+from agent.sidecar.install import install_bootstrap
+from agent.sidecar.process import Runner, SubprocessRunner, resolve_proxy
+from agent.sidecar.render import render_bootstrap
+from agent.sidecar.sds import Chown, Generation, ProxyIdentity, SdsMirror, os_chown
+from agent.sidecar.settings import EnvoyPaths, MeshSettings
+from agent.sidecar.supervisor import LOG, EnvoySupervisor, Probe, SidecarStatus
+
+
+class Sidecar:
+    """Cheap to construct; ``prepare()`` does the first I/O."""
+
+    def __init__(
+        self, config: SidecarConfig, state_dir: Path, *,
+        runner: Runner | None = None, probe: Probe | None = None, chown: Chown = os_chown,
+        proxy: ProxyIdentity | None = None, logger: logging.Logger = LOG,
+        on_status: Callable[[SidecarStatus], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.paths = EnvoyPaths.under(state_dir)
+        self._runner: Runner = runner or SubprocessRunner()
+        self._probe = probe
+        self._chown = chown
+        self._proxy = proxy
+        self._logger = logger
+        self._on_status = on_status
+        self._mirror: SdsMirror | None = None
+        self._supervisor: EnvoySupervisor | None = None
+
+    @property
+    def proxy(self) -> ProxyIdentity:
+        if self._proxy is None:
+            raise RuntimeError("Sidecar.prepare() first")
+        return self._proxy
+
+    @property
+    def supervisor(self) -> EnvoySupervisor:
+        if self._supervisor is None:
+            self._supervisor = EnvoySupervisor(
+                self.config, self.paths.bootstrap, user=self.proxy, runner=self._runner,
+                probe=self._probe, logger=self._logger, on_status=self._on_status)
+        return self._supervisor
+
+    def prepare(self) -> None:
+        """Resolve the proxy user (ProxyUserMissing), create ``envoy/`` and the SDS files."""
+        if self._proxy is None:
+            self._proxy = resolve_proxy(self.config)
+        self._mirror = SdsMirror(self.paths, self._proxy, chown=self._chown)
+        self._mirror.prepare()
+
+    def publish(self, generation_dir: Path) -> str:
+        """Mirror a credential generation (``credentials/current`` or ``credentials/gNNN``)
+        for Envoy and make it live; Envoy picks it up without a restart."""
+        if self._mirror is None:
+            raise RuntimeError("Sidecar.prepare() first")
+        generation = Generation.read(generation_dir)
+        self._mirror.publish(generation)
+        self._logger.info("certificate generation %s handed to envoy", generation.name)
+        return generation.name
+
+    async def configure(self, mesh: MeshSettings) -> bool:
+        """Render, validate and install the bootstrap for ``mesh``; restart a running
+        Envoy when the file changed (e.g. new mesh settings after a renewal).
+        Raises ConfigRejected/EnvoyNotFound with the old file kept live."""
+        changed = await install_bootstrap(
+            self.config, render_bootstrap(self.config, mesh, self.paths), self.paths,
+            runner=self._runner, user=self.proxy, chown=self._chown)
+        if changed and self._supervisor is not None and self._supervisor.status().pid:
+            await self._supervisor.restart()
+        return changed
