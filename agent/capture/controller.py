@@ -17,7 +17,7 @@ import logging
 import os
 import pwd
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,9 +40,19 @@ def lookup_user(name: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
+def ipv6_available() -> bool:
+    """False on kernels booted with ipv6.disable=1, where ip6tables/ip6 nat cannot work."""
+    return Path("/proc/net/if_inet6").exists()
+
+
 def resolve(config: CaptureConfig,
-            users: Callable[[str], tuple[int, int]] = lookup_user) -> CaptureSettings:
-    """Resolve the proxy identity (numeric overrides first, then the user database)."""
+            users: Callable[[str], tuple[int, int]] = lookup_user,
+            has_ipv6: Callable[[], bool] = ipv6_available) -> CaptureSettings:
+    """Resolve the proxy identity (numeric overrides first, then the user database)
+    and drop IPv6 when the kernel has none (nothing can bypass what does not exist)."""
+    if config.ipv6 and not has_ipv6():
+        log.warning("capture: kernel has no IPv6; capturing IPv4 only")
+        config = replace(config, ipv6=False)
     uid, gid = config.proxy_uid, config.proxy_gid
     if uid is None or gid is None:
         user_uid, user_gid = users(config.proxy_user)
@@ -92,6 +102,7 @@ class CaptureController:
     def __init__(self, config: CaptureConfig | None, *, state_dir: Path,
                  runner: Runner | None = None, prober: Prober | None = None,
                  users: Callable[[str], tuple[int, int]] = lookup_user,
+                 has_ipv6: Callable[[], bool] = ipv6_available,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  owner: str = "mesh-agent daemon") -> None:
         self._config = config
@@ -100,6 +111,7 @@ class CaptureController:
         self.runner: Runner = runner or SubprocessRunner()
         self._prober = prober or LocalProber()
         self._users = users
+        self._has_ipv6 = has_ipv6
         self._sleep = sleep
         self._owner = owner
         self._lock = asyncio.Lock()
@@ -110,7 +122,7 @@ class CaptureController:
     def plan(self) -> RuleSet:
         if self._config is None:
             raise CaptureError("no capture configuration")
-        return plan(resolve(self._config, self._users))
+        return plan(resolve(self._config, self._users, self._has_ipv6))
 
     def reconfigure(self, config: CaptureConfig) -> None:
         """New config (SIGHUP); takes effect on the next ``apply``."""
@@ -221,6 +233,16 @@ class CaptureController:
                 log.warning("capture: previous run left phase %r; removing before re-applying",
                             record.phase)
             await self._remove()
+
+    async def repair_drift(self) -> bool:
+        """Re-apply if our live rules no longer match the record (e.g. a firewalld
+        reload flushed them). For a periodic check in the daemon; True if repaired."""
+        status = await self.status()
+        if status.record is None or status.record.phase != "applied" or status.matches_record:
+            return False
+        log.warning("capture: live rules drifted from what was applied; re-applying")
+        await self.apply()
+        return True
 
     async def status(self) -> CaptureStatus:
         record = self._store.load()
