@@ -148,3 +148,28 @@ def test_ber_indefinite_length_pkcs7_like_openssl_streaming(pki: CloudPki, tmp_p
     ber = base64.encodebytes(der).decode()
     assert asyncio.run(make(pki).verify(evidence(d, ber), None)).group == "billing"
     assert reason(make(pki), evidence(d + b"\n", ber)) == "evidence_document_mismatch"
+
+
+def test_malformed_input_is_always_a_rejection_never_a_crash(pki: CloudPki):
+    """Parse cost before authentication is bounded and every malformed shape maps
+    to a reason (a stray exception would be a 500 and a retry storm)."""
+    import os
+    d = doc()
+    raw = base64.b64decode(pki.aws_pkcs7(d))
+    shapes = [raw[:cut] for cut in range(0, len(raw), 37)]
+    shapes += [bytes(b ^ 0xFF if i == pos else b for i, b in enumerate(raw))
+               for pos in range(0, len(raw), 53)]
+    shapes += [os.urandom(n) for n in (1, 16, 700)]
+    verifier = make(pki, reattest="always")
+    for shape in shapes:
+        ev = evidence(d, base64.b64encode(shape).decode())
+        try:
+            asyncio.run(verifier.verify(ev, None))
+        except Rejected:
+            continue
+        # A flipped byte in an unsigned part (e.g. a certificate list) may still verify.
+    for bad in ({"document": "!!", "pkcs7": "AA=="}, {"pkcs7": "AA=="},
+                {"document": "A" * 20000, "pkcs7": "AA=="}, {"document": 3, "pkcs7": []}):
+        with pytest.raises(Rejected) as caught:
+            asyncio.run(verifier.verify(bad, None))
+        assert caught.value.reason == "evidence_invalid"

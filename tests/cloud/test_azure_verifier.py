@@ -79,3 +79,16 @@ def test_subscription_allow_list_expiry_and_group(pki: CloudPki):
     assert reason(make(pki), old) == "evidence_expired"
     stranger = pki.azure_signature(pki.azure_content(NONCE, subscription_id="another-sub"))
     assert reason(make(pki), stranger) == "no_matching_group"
+
+
+def test_malformed_input_is_always_a_rejection_never_a_crash(pki: CloudPki):
+    raw = base64.b64decode(pki.azure_signature(pki.azure_content(NONCE)))
+    shapes = [raw[:cut] for cut in range(0, len(raw), 61)]
+    shapes += [bytes(b ^ 0x55 if i == pos else b for i, b in enumerate(raw))
+               for pos in range(0, len(raw), 47)]
+    verifier = make(pki)
+    for shape in shapes:
+        try:
+            asyncio.run(verifier.verify({"document": base64.b64encode(shape).decode()}, NONCE))
+        except Rejected:
+            continue
