@@ -86,7 +86,10 @@ def make_vm() -> CloudVm:
     pid = os.getpid()
     name = f"mcloud-{pid}-{n}"
     host_if = f"mcl{pid % 100000}h{n}"[:15]
-    octet = (pid + 37 * n) % 250
+    # A /30 on the host side: skip subnets another run (another pid) already uses.
+    used = sh("ip", "-4", "-o", "addr", "show")
+    octet = next(o for o in ((pid + 37 * n + i) % 250 for i in range(250))
+                 if f"10.213.{o}.1/" not in used)
     vm = CloudVm(name=name, host_ip=f"10.213.{octet}.1", vm_ip=f"10.213.{octet}.2")
     try:
         sh("ip", "netns", "add", name)
