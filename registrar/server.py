@@ -13,13 +13,14 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import uvloop
 from aiohttp import web
 
 from registrar.api.app import Api
-from registrar.api.metrics import Metrics
+from registrar.api.metrics import Metrics, enable_multiprocess
 from registrar.api.protocol import listen
 from registrar.api.ratelimit import RateLimiter
 from registrar.api.service import Service
@@ -84,11 +85,16 @@ def serve(config: RegistrarConfig) -> int:
     conn = connect(config.database)
     try:
         build_verifiers(VerifierDeps(config=config, tokens=TokenStore(conn)))
+        # Certificates expired for a day can never renew again: keep the table small.
+        pruned = Inventory(conn).prune_certs(time.time() - 86400)
+        if pruned:
+            log.info("forgot %d certificates that expired over a day ago", pruned)
     finally:
         conn.close()
     if config.workers == 1:
         _run(config, reuse_port=False)
         return 0
+    enable_multiprocess(config.state_dir / "metrics")
     children: list[int] = []
     for _ in range(config.workers):
         pid = os.fork()

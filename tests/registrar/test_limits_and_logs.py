@@ -75,3 +75,30 @@ def test_tokens_and_keys_never_reach_the_log(
                (reg.state_dir / "server-key.pem").read_text().splitlines()[1]]
     for secret in secrets:
         assert secret not in log
+
+
+def _metric(text: str, line_start: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(line_start))
+
+
+def test_metrics_count_decisions_across_workers(
+        registrar_factory: Callable[..., RegistrarProcess]) -> None:
+    reg = registrar_factory(workers=2)
+    tokens = [reg.create_token("default") for _ in range(6)]
+    for token in tokens[:4]:
+        with calls.client(reg) as c:  # a new connection each: both workers serve some
+            assert calls.post(c, "/v1/attest", json=calls.attest_body(
+                token, csr_pem(ec_key())))[0] == 200
+    with calls.client(reg) as c:
+        assert calls.post(c, "/v1/attest", json=calls.attest_body(
+            tokens[0], csr_pem(ec_key())))[0] == 401
+    for _ in range(4):  # whichever worker answers, the sums are the same
+        with calls.client(reg) as c:
+            text = calls.get(c, "/metrics")[1]
+        assert _metric(text, 'registrar_requests_total{operation="attest",reason="",'
+                             'result="ok"}') == 4
+        assert _metric(text, 'registrar_requests_total{operation="attest",'
+                             'reason="token_spent",result="rejected"}') == 1
+        assert _metric(text, 'registrar_request_seconds_count{operation="attest"}') == 5
+        assert _metric(text, "registrar_tokens_outstanding") == 2
