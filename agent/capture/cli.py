@@ -64,7 +64,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                                    owner=f"mesh-agent capture {action}")
     try:
         return asyncio.run(_ACTIONS[action](controller, out))
-    except (CaptureError, RecordError) as exc:
+    except (CaptureError, RecordError, OSError) as exc:
+        # OSError: e.g. the state directory is not readable by a non-root caller.
         print(f"error: capture {action}: {exc}", file=sys.stderr)
         return EX_FAILED
 

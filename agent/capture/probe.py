@@ -91,7 +91,10 @@ def probe_once(probe: Probe, timeout: float = 2.0) -> ProbeResult:
 
 def _probe_address(af: socket.AddressFamily, probe: Probe, address: str,
                    timeout: float) -> ProbeResult:
-    listener = _listen(probe.family, probe.expect_port)
+    try:
+        listener = _listen(probe.family, probe.expect_port)
+    except OSError as exc:
+        return ProbeResult(False, f"cannot listen on port {probe.expect_port}: {exc}")
     try:
         with socket.socket(af, socket.SOCK_STREAM) as client:
             client.settimeout(timeout)
