@@ -77,3 +77,22 @@ def test_errors_name_file_key_and_allowed(tmp_path: Path, sidecar: dict[str, Any
     assert info.value.file == str(tmp_path / "agent.yaml")
     assert info.value.key == key
     assert allowed in info.value.allowed, info.value
+
+
+def test_proxy_identity_numeric_or_looked_up() -> None:
+    import pwd
+
+    from agent.sidecar.process import ProxyUserMissing, resolve_proxy
+
+    def getpwnam(name: str) -> pwd.struct_passwd:
+        if name != "mesh-proxy":
+            raise KeyError(name)
+        return pwd.struct_passwd(("mesh-proxy", "x", 998, 997, "", "/", "/usr/sbin/nologin"))
+
+    config = SidecarConfig(enabled=True)
+    proxy = resolve_proxy(config, getpwnam=getpwnam)
+    assert (proxy.uid, proxy.gid) == (998, 997)
+    numeric = SidecarConfig(enabled=True, proxy_uid=1337, proxy_gid=1337)
+    assert resolve_proxy(numeric, getpwnam=getpwnam).uid == 1337
+    with pytest.raises(ProxyUserMissing, match="'nobody-here'.*proxy_uid"):
+        resolve_proxy(SidecarConfig(enabled=True, proxy_user="nobody-here"), getpwnam=getpwnam)
