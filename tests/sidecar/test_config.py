@@ -94,5 +94,5 @@ def test_proxy_identity_numeric_or_looked_up() -> None:
     assert (proxy.uid, proxy.gid) == (998, 997)
     numeric = SidecarConfig(enabled=True, proxy_uid=1337, proxy_gid=1337)
     assert resolve_proxy(numeric, getpwnam=getpwnam).uid == 1337
-    with pytest.raises(ProxyUserMissing, match="'nobody-here'.*proxy_uid"):
+    with pytest.raises(ProxyUserMissing, match=r"'nobody-here'.*proxy_uid"):
         resolve_proxy(SidecarConfig(enabled=True, proxy_user="nobody-here"), getpwnam=getpwnam)
