@@ -113,7 +113,7 @@ def main() -> int:
     load_before = f"{os.getloadavg()[0]:.2f}"
     base = Path(tempfile.mkdtemp(prefix="registrar-bench-"))
     reg = RegistrarProcess(base, groups={"bench": ("bench", "vm", 3600)}, workers=args.workers,
-                           config={"log_level": "warning", "limits": {"rate": {
+                           config={"log_level": "info", "limits": {"rate": {
                                "attest": {"per_second": 5000, "burst": 5000}}}})
     reg.init()
     t0 = time.perf_counter()
