@@ -126,6 +126,11 @@ def test_shipped_certs_cover_all_partitions_and_pin_real_keys(pki: CloudPki):
     shipped = load_region_certs(SHIPPED_CERTS)
     assert {"us-east-1", "cn-north-1", "us-gov-west-1"} <= set(shipped)
     assert len(shipped) >= 30
+    # The us-east-1 RSA-2048 certificate's DER SHA-256, as other projects pin it.
+    from cryptography.hazmat.primitives import hashes
+    assert shipped["us-east-1"].fingerprint(hashes.SHA256()).hex() == \
+        "70923c22dd074172d0e5d27ea1ca865412525fccd8bc2cd0ff40660e275f0b30"
+    assert all(c.public_key().key_size == 2048 for c in shipped.values())
     # Without the test override, the real AWS us-east-1 cert is pinned and a test
     # signature must not pass.
     d = doc()
