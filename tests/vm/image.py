@@ -2,8 +2,9 @@
 with a freshly built .deb baked in, written out as an ext4 image.
 
 The rootfs is cached under ``cache_dir()`` keyed by a hash of the recipe (the
-package list, the hooks and this harness's guest files), so a change to any
-of them builds a new one and nothing stale is ever reused. Building it takes
+package list and the hooks), so a change to either builds a new one and
+nothing stale is ever reused; the harness's own guest files (guest/) are
+copied in at bake time, so editing them costs seconds, not a rebuild. Building it takes
 about a minute; baking a .deb into it (overlay + ``dpkg -i`` in a chroot +
 ``mkfs.ext4 -d``) a few seconds.
 """
@@ -59,10 +60,24 @@ def cache_dir() -> Path:
 
 
 def recipe_key() -> str:
-    guest = {p.name: p.read_text() for p in sorted(GUEST_DIR.rglob("*")) if p.is_file()}
     blob = json.dumps({"suite": SUITE, "mirror": MIRROR, "packages": PACKAGES,
-                       "customize": CUSTOMIZE, "guest": guest}, sort_keys=True)
+                       "customize": CUSTOMIZE}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _guest_key() -> str:
+    guest = {str(p.relative_to(GUEST_DIR)): p.read_text()
+             for p in sorted(GUEST_DIR.rglob("*")) if p.is_file()}
+    return hashlib.sha256(json.dumps(guest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _prune(pattern: str, keep: Path, newest: int) -> None:
+    """Drop stale cache entries (each is hundreds of MB): all but ``keep`` and
+    the ``newest`` most recently used others."""
+    others = sorted((p for p in cache_dir().glob(pattern) if p != keep and p.is_dir()),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in others[newest:]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextmanager
@@ -91,10 +106,10 @@ def rootfs() -> Path:
                  f"--customize-hook={_hook_file()} \"$1\"",
                  SUITE, str(building), MIRROR],
                 check=True, capture_output=True, text=True, timeout=900)
-            _install_guest_files(building)
             building.rename(target)
         finally:
             shutil.rmtree(building, ignore_errors=True)
+        _prune("rootfs-" + "?" * 16, target, newest=1)
     return target
 
 
@@ -116,8 +131,11 @@ def _install_guest_files(root: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
         dest.chmod(0o755 if rel.parts[0] == "usr" else 0o644)
-    subprocess.run(["chroot", str(root), "systemctl", "enable", "mesh-vmtest.service"],
-                   check=True, capture_output=True)
+    wants = root / "etc/systemd/system/cloud-init.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "mesh-vmtest.service"
+    if not link.is_symlink():
+        link.symlink_to("/etc/systemd/system/mesh-vmtest.service")
 
 
 @dataclass(frozen=True)
@@ -139,12 +157,13 @@ def bake(debs: tuple[Path, ...], files: Mapping[str, bytes] | None = None) -> Ba
     """
     base = rootfs()
     key = hashlib.sha256(json.dumps(
-        [recipe_key(), [_file_hash(d) for d in debs],
+        [recipe_key(), _guest_key(), [_file_hash(d) for d in debs],
          sorted((k, hashlib.sha256(v).hexdigest()) for k, v in (files or {}).items())],
     ).encode()).hexdigest()[:16]
     out = cache_dir() / f"baked-{key}"
     with _locked(cache_dir() / f"baked-{key}.lock"):
         if (out / "disk.raw").exists():
+            out.touch()
             return _baked(out)
         work = Path(tempfile.mkdtemp(prefix="bake-", dir=cache_dir()))
         try:
@@ -153,6 +172,7 @@ def bake(debs: tuple[Path, ...], files: Mapping[str, bytes] | None = None) -> Ba
         finally:
             _umount_all(work)
             shutil.rmtree(work, ignore_errors=True)
+        _prune("baked-" + "?" * 16, out, newest=2)
     return _baked(out)
 
 
@@ -167,6 +187,7 @@ def _bake_into(base: Path, work: Path, debs: tuple[Path, ...], files: Mapping[st
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
                     f"lowerdir={base},upperdir={upper},workdir={scratch}", str(merged)],
                    check=True, capture_output=True)
+    _install_guest_files(merged)
     for guest_path, content in files.items():
         dest = merged / guest_path.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,104 @@
+# Guest side of tests/vm/test_agent_lifecycle.py (run by mesh-vmtest.service
+# as root after cloud-init, once per boot). It only records facts into $OUT;
+# the host-side tests judge them, so one failure does not hide the others.
+set -u
+OUT=${MESH_VMTEST_OUT}/boot${MESH_VMTEST_BOOT}
+mkdir -p "$OUT"
+UNIT=mesh-agent.service
+
+rules() { mesh-vmtest-rules; }
+
+wait_active() {  # up to $1 s for the unit to be active with a (new) main PID
+  i=0
+  while [ "$i" -lt "$1" ]; do
+    [ "$(systemctl is-active $UNIT)" = active ] && return 0
+    sleep 1; i=$((i + 1))
+  done
+  return 1
+}
+
+props() {
+  systemctl show $UNIT -p ActiveState,SubState,Type,StatusText,MainPID,NRestarts,Result,User,WatchdogUSec \
+    > "$OUT/$1.props"
+}
+
+creds() {  # identity facts: the live generation, its files' modes and owners
+  cur=/var/lib/mesh-agent/credentials/current
+  readlink "$cur" > "$OUT/$1.generation" 2>&1
+  cp "$cur/cert-chain.pem" "$OUT/$1.cert-chain.pem" 2>/dev/null
+  cp "$cur/bundle.pem" "$OUT/$1.bundle.pem" 2>/dev/null
+  sha256sum "$cur/key.pem" | cut -d' ' -f1 > "$OUT/$1.key-hash" 2>&1
+  find /var/lib/mesh-agent -name key.pem -printf '%m %u %g %p\n' > "$OUT/$1.key-modes"
+  stat -c '%a %U %G %n' /var/lib/mesh-agent /var/lib/mesh-agent/credentials > "$OUT/$1.dir-modes" 2>&1
+}
+
+case "$MESH_VMTEST_BOOT" in
+1)
+  cp /var/tmp/baseline.rules "$OUT/baseline.rules"
+  wait_active 120
+  props started
+  systemctl status $UNIT --no-pager -l > "$OUT/started.status" 2>&1
+  creds started
+  ls -la /etc/mesh-agent > "$OUT/etc-listing" 2>&1
+  [ -e /etc/mesh-agent/bootstrap-token ] && echo present > "$OUT/token" || echo absent > "$OUT/token"
+  rules > "$OUT/started.rules"
+  mesh-agent status --json > "$OUT/status.json" 2>&1
+  journalctl -u $UNIT -o json --no-pager > "$OUT/agent-journal.json"
+
+  systemctl stop $UNIT
+  props stopped
+  rules > "$OUT/stopped.rules"
+  systemctl start $UNIT
+  wait_active 60
+  props restarted
+  creds restarted
+  rules > "$OUT/restarted.rules"
+
+  # kill -9: systemd restarts it (on-failure); ExecStopPost ran in between.
+  systemctl kill -s KILL $UNIT
+  sleep 1
+  wait_active 60
+  props killed
+  journalctl -u $UNIT -o json --no-pager > "$OUT/agent-journal-2.json"
+  journalctl -o export --no-pager > "$OUT/journal.export"
+  ;;
+2)
+  wait_active 120
+  props started
+  creds started
+  journalctl -b -u $UNIT -o json --no-pager > "$OUT/agent-journal.json"
+  [ -e /etc/mesh-agent/bootstrap-token ] && echo present > "$OUT/token" || echo absent > "$OUT/token"
+
+  # Watchdog: the test hook stalls the event loop; systemd must kill and
+  # restart the agent within 2 x WatchdogSec.
+  before=$(systemctl show -p MainPID --value $UNIT)
+  t0=$(date +%s.%N)
+  systemctl kill -s USR1 --kill-who=main $UNIT
+  i=0
+  while [ "$i" -lt 200 ]; do
+    pid=$(systemctl show -p MainPID --value $UNIT)
+    if [ "$pid" != "$before" ] && [ "$pid" != 0 ] && [ "$(systemctl is-active $UNIT)" = active ]; then
+      break
+    fi
+    sleep 0.5; i=$((i + 1))
+  done
+  t1=$(date +%s.%N)
+  echo "$before $pid $t0 $t1" > "$OUT/watchdog"
+  props after-watchdog
+  journalctl -b -u $UNIT --no-pager > "$OUT/watchdog.journal" 2>&1
+
+  # Purge: nothing of ours may be left.
+  rules > "$OUT/before-purge.rules"
+  DEBIAN_FRONTEND=noninteractive apt-get purge -y mesh-agent > "$OUT/purge.log" 2>&1
+  echo $? > "$OUT/purge.rc"
+  rules > "$OUT/purged.rules"
+  for p in /etc/mesh-agent /var/lib/mesh-agent /run/mesh-agent /usr/lib/mesh-agent \
+           /usr/bin/mesh-agent /usr/lib/systemd/system/mesh-agent.service \
+           /etc/systemd/system/multi-user.target.wants/mesh-agent.service; do
+    [ -e "$p" ] || [ -L "$p" ] && echo "$p"
+  done > "$OUT/purge-leftovers"
+  systemctl show $UNIT -p LoadState > "$OUT/purged.props"
+  pgrep -a -u mesh-agent > "$OUT/purge-processes" || true
+  ;;
+esac
+exit 0
