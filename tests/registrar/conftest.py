@@ -1,12 +1,11 @@
-"""Registrar tests: a real server process over real TLS (tests/fixtures/registrar.py)."""
+"""Registrar tests: a real server process over real TLS (tests/fixtures/registrar.py;
+``registrar_factory`` is wired in tests/conftest.py)."""
 
 from collections.abc import Iterator
 
 import pytest
 
-from tests.fixtures.registrar import Group, RegistrarProcess, registrar_factory
-
-__all__ = ["registrar_factory"]
+from tests.fixtures.registrar import Group, RegistrarProcess
 
 GROUPS = {
     "web": Group("default", "web-vm", 3600, {"app": "web"}),

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.registrar import RegistrarProcess
-from tests.registrar import calls
+from tests.registrar import calls, spec
 from tests.registrar.csrs import bad_signature_pem, csr_pem, ec_key, rsa_1024_pem
 
 Case = Callable[[RegistrarProcess], dict[str, Any]]
@@ -103,7 +103,7 @@ def test_unparseable_requests_get_a_json_error_that_echoes_nothing(
     with calls.client(registrar) as c:
         response = c.post(path, headers=headers, json={})
     assert response.status_code == 400
-    body = response.json()
+    body = spec.check(response)
     assert (body["reason"], body["action"]) == ("bad_request", "fatal")
     assert set(body) == {"reason", "action", "message"}
     assert token not in response.text and token not in registrar.log_text()
