@@ -22,6 +22,8 @@ log = logging.getLogger("registrar.http")
 
 # Idle keep-alive connections are cheap but not free; agents renew rarely.
 KEEPALIVE_SECONDS = 75.0
+# A peer that opens TCP and never finishes the TLS handshake is dropped after this.
+HANDSHAKE_SECONDS = 10.0
 
 
 class JsonErrorHandler(RequestHandler):
@@ -55,4 +57,5 @@ async def listen(runner: web.AppRunner, *, host: str, port: int, ssl_context: ss
                                "access_log": None}
     return await loop.create_server(
         lambda: JsonErrorHandler(manager, loop=loop, **options), host, port,
-        ssl=ssl_context, reuse_port=reuse_port, backlog=1024)
+        ssl=ssl_context, ssl_handshake_timeout=HANDSHAKE_SECONDS, reuse_port=reuse_port,
+        backlog=1024)
