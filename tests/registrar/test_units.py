@@ -89,3 +89,17 @@ def test_challenge_is_single_use_and_expires(tmp_path: Path) -> None:
     with pytest.raises(Rejected) as exc:
         store.consume(late)
     assert exc.value.reason == "challenge_invalid"
+
+
+def test_schema_is_versioned_and_a_newer_database_is_refused(tmp_path: Path) -> None:
+    from registrar.store.db import SCHEMA_VERSION, SchemaTooNew
+    conn = connect(tmp_path / "db")
+    assert conn.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+    connect(tmp_path / "db").close()  # reopening migrates nothing and keeps data
+    conn = connect(tmp_path / "db")
+    conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    conn.close()
+    with pytest.raises(SchemaTooNew):
+        connect(tmp_path / "db")
