@@ -132,7 +132,25 @@ def build_config(source: Source) -> AgentConfig:
     for section in sections.values():
         section.finish()
     root.finish()
+    _check_dataplane(config, sections["capture"])
     return config
+
+
+def _check_dataplane(config: AgentConfig, capture: Section) -> None:
+    """Capture redirects to Envoy's ports and exempts Envoy's user: they must agree."""
+    sidecar, cap = config.sidecar, config.capture
+    if not (sidecar.enabled and cap.enabled):
+        return
+    for key, ours, theirs in (
+        ("inbound_port", cap.inbound_port, sidecar.inbound_port),
+        ("outbound_port", cap.outbound_port, sidecar.outbound_port),
+        ("proxy_user", cap.proxy_user, sidecar.proxy_user),
+        ("proxy_uid", cap.proxy_uid, sidecar.proxy_uid),
+        ("proxy_gid", cap.proxy_gid, sidecar.proxy_gid),
+    ):
+        if ours != theirs:
+            raise capture.error(key, f"{ours!r} differs from sidecar.{key} {theirs!r}",
+                                f"the same value as sidecar.{key}")
 
 
 def load_config(path: Path = DEFAULT_CONFIG) -> AgentConfig:

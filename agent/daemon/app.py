@@ -17,6 +17,7 @@ from agent.config import ConfigError, load_config
 from agent.config.model import AgentConfig
 from agent.credentials import CredentialStore
 from agent.daemon import logs
+from agent.daemon.dataplane import DataPlane, DataPlaneConfigError
 from agent.daemon.notify import Notifier
 from agent.identity.host import local_host_info
 from agent.identity.manager import CannotContinue, IdentityManager, Tuning
@@ -59,6 +60,9 @@ class Daemon:
             choose_attestor=lambda: registry.choose(self.config.attestation),
             clock=self.clock, health=self.health, tuning=tuning_of(config),
             host=local_host_info)
+        self.dataplane = DataPlane(config, self.health)
+        self.manager.on_rotated.append(
+            lambda creds: self.dataplane.rotated(creds, self.manager.state))
         self.status = StatusServer(self.health, self.clock, host=config.status.host,
                                    port=config.status.port) if config.status.enabled else None
         self._stop = asyncio.Event()
@@ -110,7 +114,16 @@ class Daemon:
 
     async def _until_stopped(self) -> None:
         await self._stop.wait()
+        self.health.phase = "stopping"
+        self.notifier.stopping()
+        await self.dataplane.shut_down()
         raise _Stop
+
+    async def _bring_up(self) -> None:
+        await self.dataplane.bring_up()
+        self.notifier.ready(self.health.summary(self.clock.now()))
+        log.info("ready", extra={"spiffe_id": self.health.credentials.spiffe_id
+                                 if self.health.credentials else None})
 
     async def run(self) -> int:
         self._install_signals()
@@ -121,11 +134,19 @@ class Daemon:
         finally:
             self.health.phase = "stopping"
             self.notifier.stopping()
+            # Whatever ended us, a dead proxy must not keep capturing traffic.
+            await self.dataplane.remove_capture()
             if self.status is not None:
                 await self.status.stop()
             log.info("stopped")
 
     async def _run(self) -> int:
+        try:
+            await self.dataplane.prepare()
+        except DataPlaneConfigError as exc:
+            log.error("cannot start the sidecar: %s", exc)
+            self.notifier.status(f"failed: {exc}")
+            return 78
         self.notifier.status("obtaining credentials")
         start = asyncio.ensure_future(self.manager.start())
         stop = asyncio.ensure_future(self._stop.wait())
@@ -140,12 +161,18 @@ class Daemon:
             log.error("cannot obtain credentials: %s", exc)
             self.notifier.status(f"failed: {exc}")
             return exc.exit_code
-        self.notifier.ready(self.health.summary(self.clock.now()))
-        log.info("ready", extra={"spiffe_id": self.health.credentials.spiffe_id
-                                 if self.health.credentials else None})
+        try:
+            await self.dataplane.configure(start.result(), self.manager.state)
+        except DataPlaneConfigError as exc:
+            log.error("cannot start the sidecar: %s", exc)
+            self.notifier.status(f"failed: {exc}")
+            return 78
         fatal: list[CannotContinue] = []
         try:
             async with asyncio.TaskGroup() as group:
+                group.create_task(self.dataplane.run_envoy())
+                group.create_task(self._bring_up())
+                group.create_task(self.dataplane.watch())
                 group.create_task(self.manager.run())
                 group.create_task(self._watchdog())
                 group.create_task(self._status_lines())

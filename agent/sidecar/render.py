@@ -43,14 +43,19 @@ def allowed_peers(config: SidecarConfig, mesh: MeshSettings) -> tuple[str, ...]:
     return config.allowed_peers or (f"spiffe://{mesh.trust_domain}/*",)
 
 
-def _access_log(fmt: str) -> list[dict[str, Any]]:
-    return [{
+def _access_log(fmt: str, *, refused_only: bool = False) -> list[dict[str, Any]]:
+    log: dict[str, Any] = {
         "name": "envoy.access_loggers.stdout",
         "typed_config": {
             "@type": _EXT + "access_loggers.stream.v3.StdoutAccessLog",
             "log_format": {"text_format_source": {"inline_string": fmt}},
         },
-    }]
+    }
+    if refused_only:
+        # A listener's own log sees every connection; the tcp_proxy already logs
+        # the accepted ones, so here only those no filter chain took (flag NR).
+        log["filter"] = {"response_flag_filter": {"flags": ["NR"]}}
+    return [log]
 
 
 def _tcp_proxy(stat_prefix: str, cluster: str, log_format: str) -> list[dict[str, Any]]:
@@ -116,7 +121,7 @@ def _inbound(config: SidecarConfig, mesh: MeshSettings, paths: EnvoyPaths) -> di
         "filter_chains": chains,
         # Connections that match no chain (plaintext, unknown port) are closed;
         # this line is how an operator sees that they were refused.
-        "access_log": _access_log(INBOUND_LOG),
+        "access_log": _access_log(INBOUND_LOG, refused_only=True),
     }
 
 

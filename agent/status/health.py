@@ -21,6 +21,8 @@ class Health:
     last_error: str | None = None
     # Other readiness conditions (the sidecar, capture) register here: name -> ok.
     conditions: dict[str, bool] = field(default_factory=dict)
+    # Per-part detail for `mesh-agent status` (e.g. the sidecar's state, restarts).
+    details: dict[str, object] = field(default_factory=dict)
 
     def cert_valid(self, now: dt.datetime) -> bool:
         return self.credentials is not None and self.credentials.valid_at(now)
@@ -67,4 +69,5 @@ class Health:
             "last_success": self.last_success.isoformat() if self.last_success else None,
             "last_error": self.last_error,
             "conditions": dict(self.conditions),
+            **{name: detail for name, detail in self.details.items()},
         }

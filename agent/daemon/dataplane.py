@@ -1,0 +1,159 @@
+"""The data plane's order, in one place: Envoy up and ready before capture goes
+on; capture off before Envoy stops; capture follows Envoy's health (the
+configured Envoy-down policy); every new credential generation handed to Envoy.
+
+Either part may be disabled; leftovers of a crashed run are cleaned at start
+even when capture is now disabled, so a config change can never strand rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import stat
+from pathlib import Path
+
+from agent.capture.controller import CaptureController
+from agent.capture.runner import CaptureError
+from agent.config.model import AgentConfig
+from agent.credentials import Credentials
+from agent.sidecar import (
+    ConfigRejected,
+    EnvoyNotFound,
+    ProxyUserMissing,
+    Sidecar,
+    SidecarError,
+    mesh_settings,
+)
+from agent.state.store import AgentState
+from agent.status.health import Health
+
+log = logging.getLogger(__name__)
+
+DRIFT_CHECK_SECONDS = 30.0
+PROXY_WATCH_SECONDS = 0.5
+
+
+class DataPlaneConfigError(Exception):
+    """Envoy or capture cannot start with this configuration (exit 78)."""
+
+
+def _traversable(state_dir: Path) -> None:
+    """Envoy (the proxy user) reads its files under ``state_dir/envoy``: the state
+    directory must let it pass (search permission only; listing stays private,
+    and keys live in 0700/0600 places below it)."""
+    state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(state_dir.stat().st_mode)
+    if not mode & stat.S_IXOTH:
+        state_dir.chmod(mode | stat.S_IXOTH)
+
+
+class DataPlane:
+    def __init__(self, config: AgentConfig, health: Health) -> None:
+        self._health = health
+        self.sidecar = (Sidecar(config.sidecar, config.state_dir, on_status=self._on_status)
+                        if config.sidecar.enabled else None)
+        self.capture = CaptureController(config.capture if config.capture.enabled else None,
+                                         state_dir=config.state_dir)
+        self._capture_enabled = config.capture.enabled
+        self._state_dir = config.state_dir
+        self._captured = False
+        self._configured = False
+        if self.sidecar is not None:
+            health.conditions["sidecar"] = False
+        if self._capture_enabled:
+            health.conditions["capture"] = False
+
+    def _on_status(self, status: object) -> None:
+        if self.sidecar is not None:
+            self._health.conditions["sidecar"] = self.sidecar.supervisor.ready
+            self._health.details["sidecar"] = self.sidecar.supervisor.status().as_dict()
+
+    async def prepare(self) -> None:
+        """Before attesting: remove rules a crashed or killed run left behind, and
+        check the proxy user exists (a config error is better found before a
+        one-time token is spent)."""
+        if self.sidecar is not None:
+            _traversable(self._state_dir)
+        await self.capture.reconcile_on_start()
+        if self.sidecar is not None:
+            try:
+                self.sidecar.prepare()
+            except ProxyUserMissing as exc:
+                raise DataPlaneConfigError(str(exc)) from exc
+
+    async def configure(self, creds: Credentials, state: AgentState) -> None:
+        """Hand the credentials and mesh settings to Envoy (start-up)."""
+        if self.sidecar is None:
+            return
+        try:
+            self.sidecar.publish(creds.directory)
+            await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh))
+        except (EnvoyNotFound, ConfigRejected) as exc:
+            raise DataPlaneConfigError(str(exc)) from exc
+        self._configured = True
+
+    async def rotated(self, creds: Credentials, state: AgentState) -> None:
+        """After each renewal: Envoy picks the new generation up live."""
+        if self.sidecar is None or not self._configured:
+            return
+        try:
+            self.sidecar.publish(creds.directory)
+            await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh))
+        except SidecarError as exc:
+            # The old certificate and config stay live; the next rotation retries.
+            log.error("could not hand the new certificate to envoy", extra={"error": str(exc)})
+
+    async def run_envoy(self) -> None:
+        if self.sidecar is not None:
+            await self.sidecar.supervisor.run()
+
+    async def bring_up(self) -> None:
+        """Wait for Envoy, then install and verify capture."""
+        if self.sidecar is not None:
+            await self.sidecar.supervisor.wait_ready(self.sidecar.config.ready_timeout)
+            self._health.conditions["sidecar"] = True
+        if self._capture_enabled:
+            await self.capture.apply()
+            self._captured = True
+            self._health.conditions["capture"] = True
+            log.info("traffic capture installed")
+
+    async def watch(self) -> None:
+        """Capture follows Envoy's health; drifted rules (firewalld reload) come back."""
+        was_ready = True
+        last_drift = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(PROXY_WATCH_SECONDS)
+            if self.sidecar is not None and self._captured:
+                ready = self.sidecar.supervisor.ready
+                if was_ready and not ready:
+                    await self.capture.proxy_down()
+                elif ready and not was_ready:
+                    await self.capture.proxy_up()
+                was_ready = ready
+                self._health.conditions["capture"] = not self.capture.failed_open
+            now = asyncio.get_running_loop().time()
+            if self._captured and now - last_drift >= DRIFT_CHECK_SECONDS:
+                last_drift = now
+                try:
+                    await self.capture.repair_drift()
+                except CaptureError as exc:
+                    log.error("capture drift repair failed", extra={"error": str(exc)})
+
+    async def shut_down(self) -> None:
+        """Capture off first (never leave apps black-holed), then drain Envoy."""
+        await self.remove_capture()
+        if self.sidecar is not None:
+            await self.sidecar.supervisor.shutdown()
+
+    async def remove_capture(self) -> None:
+        try:
+            await self.capture.remove()
+        except CaptureError as exc:
+            log.error("could not remove capture", extra={"error": str(exc)})
+        else:
+            self._captured = False
+            if self._capture_enabled:
+                self._health.conditions["capture"] = False
+

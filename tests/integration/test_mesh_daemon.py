@@ -1,0 +1,123 @@
+"""The whole agent as users run it, twice: a VM and a mesh peer, each a real
+`mesh-agent run` in its own network namespace with its sidecar (real Envoy)
+and traffic capture on, identities from a real registrar. A plain HTTP call
+from the peer reaches the VM's app through mTLS; plaintext cannot; SIGTERM
+takes capture off before Envoy stops."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.agent import AgentProcess
+from tests.fixtures.registrar import RegistrarProcess, free_port
+from tests.sidecar.apps import EchoApp
+from tests.sidecar.conftest import envoy_path, hosts, root, state_dirs
+from tests.sidecar.netns import HostPair
+
+__all__ = ["envoy_path", "hosts", "root", "state_dirs"]
+pytestmark = pytest.mark.netns
+
+TD = "example.org"
+VM_ID = f"spiffe://{TD}/ns/shop/sa/vm-app"
+PEER_ID = f"spiffe://{TD}/ns/shop/sa/frontend"
+PROXY = {"proxy_uid": 1337, "proxy_gid": 1337}
+
+
+def dataplane(envoy: Path, *, app_port: int, allowed: str, backend: str,
+              outbound: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "sidecar": {"enabled": True, "envoy_path": str(envoy), "app_ports": [app_port],
+                    "allowed_peers": [allowed], "drain_time": "1s",
+                    "outbound_services": outbound or {}, **PROXY},
+        "capture": {"enabled": True, "backend": backend, "inbound_ports": [app_port], **PROXY},
+    }
+
+
+def ns_run(ns: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
+                          timeout=30, check=False)
+
+
+def nat_rules(ns: str) -> str:
+    """iptables' nat table and the whole nft ruleset, minus comments and counters."""
+    text = ns_run(ns, "iptables-save", "-t", "nat").stdout + ns_run(ns, "nft", "list",
+                                                                    "ruleset").stdout
+    return "\n".join(line.split(" [")[0] for line in text.splitlines()
+                     if not line.startswith("#"))
+
+
+@pytest.fixture
+def mesh(hosts: HostPair, registrar_factory: Callable[..., RegistrarProcess], envoy_path: Path,
+         state_dirs: Callable[[str], Path]) -> Iterator[tuple[AgentProcess, AgentProcess, Any]]:
+    reg = registrar_factory(trust_domain=TD, host=hosts.peer.address,
+                            port=free_port(), prefix=["ip", "netns", "exec", hosts.peer.name],
+                            groups={"vm": ("shop", "vm-app", 3600),
+                                    "frontend": ("shop", "frontend", 3600)})
+    app = EchoApp(hosts.vm.name, 9090)
+    app.start()
+    vm = AgentProcess(state_dirs("vm"), reg, token=reg.create_token("vm"), netns=hosts.vm.name,
+                      extra=dataplane(envoy_path, app_port=9090, allowed=PEER_ID,
+                                      backend="iptables-nft"))
+    peer = AgentProcess(state_dirs("peer"), reg, token=reg.create_token("frontend"),
+                        netns=hosts.peer.name,
+                        extra=dataplane(envoy_path, app_port=8080, allowed=VM_ID,
+                                        backend="nftables", outbound={"vm-app": {
+                                            "address": f"{hosts.vm.address}:9090",
+                                            "spiffe_id": VM_ID}}))
+    # Like a real VM: a default route (capture's probe needs one).
+    hosts.vm.ip("route", "add", "default", "via", hosts.peer.address)
+    hosts.peer.ip("route", "add", "default", "via", hosts.vm.address)
+    try:
+        yield vm, peer, app
+    finally:
+        for agent in (peer, vm):
+            agent.kill()
+        app.stop()
+
+
+def test_two_agents_talk_mtls_and_stop_cleanly(mesh: tuple[AgentProcess, AgentProcess, Any],
+                                               hosts: HostPair) -> None:
+    vm, peer, app = mesh
+    baseline = nat_rules(hosts.vm.name)
+    started = time.monotonic()
+    vm.start()
+    vm.wait_ready(60)
+    vm_ready_after = time.monotonic() - started
+    peer.start()
+    peer.wait_ready(60)
+    status = vm.status()
+    assert status["spiffe_id"] == VM_ID
+    assert status["conditions"] == {"sidecar": True, "capture": True}
+    assert status["sidecar"]["state"] == "ready"
+    assert "MESH_" in nat_rules(hosts.vm.name)
+    print(f"VM agent start -> READY with Envoy and capture: {vm_ready_after:.2f}s")
+
+    # A plain call from the peer: captured by the peer, mTLS between the Envoys,
+    # captured inbound on the VM, delivered to the app on 127.0.0.1:9090.
+    out = ns_run(hosts.peer.name, "curl", "-s", "-m", "10", f"http://{hosts.vm.address}:9090/hi")
+    assert out.stdout == "app:9090:/hi", (out, vm.log_text()[-3000:])
+    assert app.seen and app.seen[-1].path == "/hi"
+    deadline = time.monotonic() + 5
+    while f"peer={PEER_ID}" not in vm.log_text():
+        assert time.monotonic() < deadline, vm.log_text()[-3000:]
+        time.sleep(0.1)
+
+    # Plaintext from the peer's proxy uid (exempt from the peer's capture) is refused.
+    plain = ns_run(hosts.peer.name, "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
+                   "curl", "-s", "-m", "5", f"http://{hosts.vm.address}:9090/plain")
+    assert plain.stdout != "app:9090:/plain"
+    assert all(seen.path != "/plain" for seen in app.seen)
+
+    # SIGTERM: capture comes off, Envoy drains and stops, exit 0, rules back to baseline.
+    assert vm.stop(timeout=30) == 0
+    assert nat_rules(hosts.vm.name) == baseline
+    log = vm.log_text()
+    assert log.index("capture removed") < log.index("caught ENVOY_SIGTERM") < log.index(
+        "agent.daemon.app: stopped")
+    assert peer.stop(timeout=30) == 0
