@@ -45,7 +45,7 @@ def run(clock: FakeClock, errors: list[BaseException], *, deadline: float | None
 
     try:
         asyncio.run(go())
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         return calls, exc
     return calls, None
 
