@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from agent.attest import registry
 from agent.config.model import AgentConfig
 from agent.registrar_client import RegistrarClient, RegistrarError
 
@@ -79,8 +80,22 @@ def _evidence(config: AgentConfig) -> Result:
     return Result("evidence", True, f"attestation method {config.attestation.method}")
 
 
+def _metadata(config: AgentConfig) -> Result:
+    """Which cloud metadata services answer (auto/cloud methods only)."""
+    if config.attestation.method == "token":
+        return Result("metadata", True, "not used (attestation.method: token)")
+    results = asyncio.run(registry.metadata_status(config.attestation))
+    answered = [r.name for r in results if r.answered]
+    wanted = config.attestation.method
+    detail = ", ".join(f"{r.name} {'answers' if r.answered else 'no answer'} "
+                       f"({r.seconds * 1000:.0f} ms)" for r in results)
+    if wanted != "auto" and wanted not in answered:
+        return Result("metadata", False, f"attestation.method is {wanted} but {detail}")
+    return Result("metadata", True, detail or "no cloud attestors")
+
+
 CHECKS: tuple[Callable[[AgentConfig], Result], ...] = (
-    _trust_anchor, _clock, _state_dir, _evidence, _registrar)
+    _trust_anchor, _clock, _state_dir, _evidence, _metadata, _registrar)
 
 
 def run_checks(config: AgentConfig) -> list[Result]:
