@@ -98,7 +98,7 @@ class Api:
         except Rejected as exc:
             self._metrics.decision(operation, exc.reason, time.perf_counter() - started)
             log.info("%s rejected reason=%s remote=%s detail=%s", operation, exc.reason,
-                     remote, exc.message)
+                     remote, exc.message[:200])  # bounded: parts may echo the client
             raise
         self._metrics.decision(operation, None, time.perf_counter() - started)
         log.info("%s ok spiffe_id=%s subject=%s remote=%s", operation, decision.spiffe_id,

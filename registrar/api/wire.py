@@ -60,7 +60,7 @@ def _depth(value: object, level: int = 0) -> int:
 def only_keys(body: Mapping[str, Any], allowed: set[str], required: set[str]) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise Rejected("bad_request", f"unknown field {unknown[0]!r}; allowed: "
+        raise Rejected("bad_request", f"unknown field {unknown[0][:64]!r}; allowed: "
                        + ", ".join(sorted(allowed)))
     missing = sorted(required - set(body))
     if missing:
