@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import Awaitable
 from typing import Protocol
 
 
@@ -17,6 +18,18 @@ class Clock(Protocol):
     def monotonic(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+
+async def sleep_unless(sleep: Awaitable[None], wake: asyncio.Event) -> bool:
+    """Await ``sleep`` unless ``wake`` is set first; True when woken."""
+    sleeper = asyncio.ensure_future(sleep)
+    waker = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waker.cancel()
+    return wake.is_set()
 
 
 class SystemClock:

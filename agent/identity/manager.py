@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from tenacity import AsyncRetrying
 
 from agent.attest.base import AttestError, Attestor
-from agent.clock import Clock
+from agent.clock import Clock, sleep_unless
 from agent.credentials import Credentials, CredentialStore
 from agent.identity.host import HostInfo
 from agent.identity.keys import PrivateKey, build_csr, generate_key
@@ -140,36 +140,30 @@ class IdentityManager:
     async def run(self) -> None:
         """Renew forever. Returns never; raises CannotContinue when out of options."""
         while True:
-            creds = self._health.credentials
-            assert creds is not None, "start() must succeed before run()"
-            when = renewal_time(creds.not_before, creds.not_after, ratio=self.tuning.renew_at,
-                                jitter=self.tuning.jitter, sample=self._rng.uniform(-1, 1),
-                                hint=self._hint())
+            when = self._next_renewal()
             log.debug("next renewal scheduled", extra={"at": when.isoformat()})
             await self._nap(delay_until(when, self._clock.now()))
+            creds = self._health.credentials
+            assert creds is not None
             await self.renew(creds)
+
+    def _next_renewal(self) -> dt.datetime:
+        creds = self._health.credentials
+        assert creds is not None, "start() must succeed before run()"
+        return renewal_time(creds.not_before, creds.not_after, ratio=self.tuning.renew_at,
+                            jitter=self.tuning.jitter, sample=self._rng.uniform(-1, 1),
+                            hint=self._hint())
 
     def renew_soon(self) -> None:
         """Wake the loop to recompute its schedule (config reload)."""
         self._wake.set()
 
     async def _nap(self, seconds: float) -> None:
+        """Sleep until the renewal point; a reload wakes us to recompute it."""
         self._wake.clear()
-        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
-        if self._wake.is_set():
+        while await sleep_unless(self._clock.sleep(seconds), self._wake):
             self._wake.clear()
-            creds = self._health.credentials
-            assert creds is not None
-            when = renewal_time(creds.not_before, creds.not_after, ratio=self.tuning.renew_at,
-                                jitter=self.tuning.jitter, sample=self._rng.uniform(-1, 1),
-                                hint=self._hint())
-            await self._nap(delay_until(when, self._clock.now()))
+            seconds = delay_until(self._next_renewal(), self._clock.now())
 
     async def renew(self, creds: Credentials) -> None:
         remaining = (creds.not_after - self._clock.now()).total_seconds()

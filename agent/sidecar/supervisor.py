@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from agent.clock import sleep_unless
 from agent.sidecar.admin import AdminProbe
 from agent.sidecar.config import SidecarConfig
 from agent.sidecar.process import Runner, SidecarError, SubprocessRunner, envoy_argv
@@ -257,13 +258,7 @@ class EnvoySupervisor:
         self._set_state(state, self._detail)
         self._log.warning("envoy %s (%d consecutive failures); restarting in %.2fs",
                           state.value, self._failures, delay)
-        sleeper = asyncio.ensure_future(self._sleep(delay))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
+        await sleep_unless(self._sleep(delay), self._wake)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
