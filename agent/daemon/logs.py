@@ -22,7 +22,6 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
                 re.S), "<redacted private key>"),
     (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "<redacted jwt>"),
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1<redacted>"),
-    (re.compile(r"\bmt1[._][A-Za-z0-9._-]{20,}"), "<redacted token>"),
     (re.compile(r"(?i)(metadata-token[\"':= ]+)[A-Za-z0-9_=-]{8,}"), r"\1<redacted>"),
 ]
 
