@@ -108,13 +108,16 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2, help="registrar worker processes")
     parser.add_argument("--client-procs", type=int, default=1)
+    parser.add_argument("--attest-rate", type=float, default=5000.0,
+                        help="server attest token bucket per worker (per second; burst = 1 s)")
     args = parser.parse_args()
 
     load_before = f"{os.getloadavg()[0]:.2f}"
     base = Path(tempfile.mkdtemp(prefix="registrar-bench-"))
     reg = RegistrarProcess(base, groups={"bench": ("bench", "vm", 3600)}, workers=args.workers,
                            config={"log_level": "info", "limits": {"rate": {
-                               "attest": {"per_second": 5000, "burst": 5000}}}})
+                               "attest": {"per_second": args.attest_rate,
+                                          "burst": max(1, int(args.attest_rate))}}}})
     reg.init()
     t0 = time.perf_counter()
     tokens = [t.reveal() for t in TokenStore(connect(reg.state_dir / "registrar.db"))
