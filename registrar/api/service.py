@@ -7,7 +7,6 @@ the SPIFFE ID, subject and remote address, never evidence, tokens or keys.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from cryptography import x509
 
 from registrar.api.wire import host_fields, only_keys, string_field, timestamp
 from registrar.attestation.base import SingleUse, Verified, Verifier
-from registrar.ca.authority import Authority, Issued
+from registrar.ca.authority import Authority, Clock, Issued, utcnow
 from registrar.ca.csr import check_csr
 from registrar.config import Group, RegistrarConfig
 from registrar.rejections import Rejected
@@ -41,8 +40,9 @@ class Decision:
 class Service:
     def __init__(self, *, config: RegistrarConfig, authority: Authority,
                  verifiers: Mapping[str, Verifier], challenges: ChallengeStore,
-                 inventory: Inventory) -> None:
+                 inventory: Inventory, clock: Clock = utcnow) -> None:
         self._config = config
+        self._clock = clock
         self._authority = authority
         self._verifiers = verifiers
         # Decided once: a runtime Protocol check per request is measurable under load.
@@ -109,8 +109,7 @@ class Service:
         if peer is None:
             raise Rejected("client_cert_required",
                            "renew needs the current certificate as the TLS client certificate")
-        now = dt.datetime.now(dt.UTC)
-        if peer.not_valid_after_utc <= now:
+        if peer.not_valid_after_utc <= self._clock():
             raise Rejected("identity_unknown", "client certificate has expired")
         owner = self._inventory.owner(format(peer.serial_number, "x"))
         if owner is None:

@@ -82,6 +82,19 @@ class Inventory:
                          (serial, workload.id, spiffe_id, now, not_after))
         return workload
 
+    def claim_first_use(self, evidence_type: str, subject: str) -> bool:
+        """Trust on first use, atomic across worker processes: True for exactly one
+        caller when ``subject`` has no workload yet or was evicted; False otherwise
+        (active or revoked). The row it creates is completed by ``record_attestation``.
+        """
+        now = self._clock()
+        cursor = self._conn.execute(
+            "INSERT INTO workloads (subject, evidence_type, spiffe_id, group_name, first_seen,"
+            " last_seen) VALUES (?, ?, '', '', ?, ?) ON CONFLICT (evidence_type, subject)"
+            " DO UPDATE SET state = 'active', last_seen = excluded.last_seen"
+            " WHERE workloads.state = 'evicted'", (subject, evidence_type, now, now))
+        return cursor.rowcount == 1
+
     def owner(self, serial: str) -> CertOwner | None:
         row = self._conn.execute(
             f"SELECT c.serial, c.spiffe_id, c.not_after, {_COLUMNS} FROM certs c "  # noqa: S608

@@ -103,3 +103,23 @@ def test_schema_is_versioned_and_a_newer_database_is_refused(tmp_path: Path) -> 
     conn.close()
     with pytest.raises(SchemaTooNew):
         connect(tmp_path / "db")
+
+
+def test_first_use_claim_is_atomic_across_connections(tmp_path: Path) -> None:
+    """Two worker processes = two connections; of parallel claims exactly one wins."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from registrar.store.inventory import Inventory
+    db = tmp_path / "db"
+    connect(db).close()
+    inventories = [Inventory(connect(db)) for _ in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        wins = list(pool.map(lambda inv: inv.claim_first_use("aws", "aws:1:i-1"), inventories))
+    assert wins.count(True) == 1
+    first = inventories[0]
+    assert not first.claim_first_use("aws", "aws:1:i-1")  # active: refused
+    workload = first.list()[0]
+    first.set_state(workload.id, "evicted")
+    assert first.claim_first_use("aws", "aws:1:i-1")  # evicted: one more first use
+    first.set_state(workload.id, "revoked")
+    assert not first.claim_first_use("aws", "aws:1:i-1")
