@@ -70,6 +70,9 @@ class VM:
     workdir: Path
     seed: Path
     forwards: tuple[Forward, ...] = ()
+    # Every guestfwd address must lie inside qemu's user network: a VM that
+    # must reach 169.254.169.254 (cloud metadata) uses 169.254.169.0/24.
+    network: str = "10.0.2.0/24"
     memory_mb: int = 1024
     cpus: int = 2
     boots: list[Boot] = field(default_factory=list)
@@ -94,7 +97,7 @@ class VM:
 
     def command(self, serial: Path) -> list[str]:
         kvm = hardware_virt()
-        netdev = ",".join(["user", "id=n0", "restrict=on",
+        netdev = ",".join(["user", "id=n0", "restrict=on", f"net={self.network}",
                            *(f.netdev() for f in self.forwards)])
         return [
             "qemu-system-x86_64",

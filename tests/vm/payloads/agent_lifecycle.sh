@@ -35,6 +35,7 @@ creds() {  # identity facts: the live generation, its files' modes and owners
 case "$MESH_VMTEST_BOOT" in
 1)
   cp /var/tmp/baseline.rules "$OUT/baseline.rules"
+  { ip -4 route; ip -6 route; networkctl status --no-pager; } > "$OUT/routes" 2>&1
   wait_active 120
   props started
   systemctl status $UNIT --no-pager -l > "$OUT/started.status" 2>&1
