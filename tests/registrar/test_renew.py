@@ -141,3 +141,17 @@ def test_no_tls_session_resumption(registrar: RegistrarProcess, version: ssl.TLS
                          server_hostname="127.0.0.1", session=session) as s2:
         assert s2.version() == ("TLSv1.2" if version == ssl.TLSVersion.TLSv1_2 else "TLSv1.3")
         assert not s2.session_reused
+
+
+def test_renew_with_an_expired_cert_fails_the_handshake(
+        registrar_factory: Callable[..., RegistrarProcess], tmp_path: Path) -> None:
+    import time
+    reg = registrar_factory(groups={"web": ("default", "web-vm", 1)})
+    cert, key = enrol(reg, tmp_path)
+    leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    assert lifetime.total_seconds() == 11  # 1 s TTL + 10 s backdating
+    time.sleep(max(0.0, leaf.not_valid_after_utc.timestamp() - time.time()) + 1.5)
+    with mtls(reg, cert, key) as c, pytest.raises(httpx.TransportError):
+        c.post("/v1/renew", json={"csr": csr_pem(ec_key())})
+    assert calls.healthy(reg)
