@@ -83,6 +83,7 @@ class IdentityManager:
         self.store.prepare()
         self._state = self.state_file.load()
         self._health.attestor = self._state.attestor
+        self._health.rotations = self._state.rotations
         creds = self.store.current()
         if creds is not None and creds.valid_at(self._clock.now()):
             self._health.credentials = creds
@@ -238,12 +239,13 @@ class IdentityManager:
             attestor=self._health.attestor, last_success=now.isoformat(),
             rotations=self._state.rotations + (1 if renewal else 0))
         self.state_file.save(self._state)
-        self._health.credentials = creds
-        self._health.phase = "ready"
+        # The status endpoint reads from another thread: count first, so a new
+        # serial is never shown with the old rotation count.
+        self._health.rotations = self._state.rotations
         self._health.last_success = now
         self._health.last_error = None
-        if renewal:
-            self._health.rotations += 1
+        self._health.credentials = creds
+        self._health.phase = "ready"
         log.info("certificate renewed" if renewal else "certificate issued", extra={
             "spiffe_id": creds.spiffe_id, "serial": creds.serial_hex,
             "generation": creds.generation, "not_after": creds.not_after.isoformat()})
