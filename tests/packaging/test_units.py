@@ -51,7 +51,8 @@ def test_agent_unit_has_the_contract_directives() -> None:
     s = "[Service]"
     assert v[f"{s}Type"] == ["notify"]
     assert v[f"{s}Restart"] == ["on-failure"]
-    assert v[f"{s}RestartPreventExitStatus"] == ["78"]
+    assert v[f"{s}KillMode"] == ["mixed"], "Envoy must be stopped by the agent, after capture"
+    assert "78" in v[f"{s}RestartPreventExitStatus"][0].split()
     assert v[f"{s}WatchdogSec"]
     assert v[f"{s}User"] == ["mesh-agent"]
     assert set(v[f"{s}AmbientCapabilities"][0].split()) == {
