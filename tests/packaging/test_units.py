@@ -56,7 +56,7 @@ def test_agent_unit_has_the_contract_directives() -> None:
     assert v[f"{s}WatchdogSec"]
     assert v[f"{s}User"] == ["mesh-agent"]
     assert set(v[f"{s}AmbientCapabilities"][0].split()) == {
-        "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN"}
+        "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL"}
     assert v[f"{s}CapabilityBoundingSet"] == v[f"{s}AmbientCapabilities"]
     assert v[f"{s}MemoryDenyWriteExecute"] == ["yes"]
     for key in ("StateDirectory", "ConfigurationDirectory", "RuntimeDirectory"):
