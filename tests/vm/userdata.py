@@ -30,12 +30,16 @@ def join_token_user_data(*, ca_pem: str, token: str, agent_yaml: str,
 
 
 def agent_drop_in(*, url: str, renew_at: float | None = None,
-                  capture: bool = True) -> str:
+                  capture: bool = True, sidecar: bool = False) -> str:
     data: dict[str, object] = {"registrar": {"url": url}, "attestation": {"method": "token"}}
     if renew_at is not None:
         data["rotation"] = {"renew_at": renew_at}
+    if sidecar:
+        # Envoy starts slowly under TCG emulation; the default 30 s is for real CPUs.
+        data["sidecar"] = {"enabled": True, "envoy_path": "/usr/local/bin/envoy",
+                           "ready_timeout": "150s"}
     if capture:
         # The registrar is reached through qemu's 10.0.2.0/24: keep the
-        # control path out of capture (there is no Envoy in the test image).
+        # control path out of capture (no mesh service stands for it here).
         data["capture"] = {"enabled": True, "exclude_outbound_cidrs": ["10.0.2.0/24"]}
     return yaml.safe_dump(data, sort_keys=False)
