@@ -10,7 +10,6 @@ watched, the VM killed and the boot retried once.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import shutil
 import subprocess
@@ -173,24 +172,12 @@ def _tail(path: Path, lines: int = 60) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def make_seed(workdir: Path, user_data: str, instance_id: str,
-              network: str = "10.0.2.0/24") -> Path:
-    """A NoCloud seed image (label cidata) made with cloud-localds.
-
-    qemu's DHCP leaves out the router under restrict=on, so the network
-    config adds the default route a cloud VM would have (via qemu's host
-    address, where restrict=on drops anything that is not forwarded): without
-    one, IPv4 sockets to off-link addresses fail before capture sees them.
-    """
-    gateway = str(ipaddress.ip_network(network)[2])
+def make_seed(workdir: Path, user_data: str, instance_id: str) -> Path:
+    """A NoCloud seed image (label cidata) made with cloud-localds."""
     (workdir / "user-data").write_text(user_data)
     (workdir / "meta-data").write_text(
         f"instance-id: {instance_id}\nlocal-hostname: vmtest\n")
-    (workdir / "network-config").write_text(
-        "version: 2\nethernets:\n  nic:\n    match: {name: \"en*\"}\n    dhcp4: true\n"
-        f"    routes:\n      - {{to: 0.0.0.0/0, via: {gateway}}}\n")
     seed = workdir / "seed.img"
-    subprocess.run(["cloud-localds", "--network-config", str(workdir / "network-config"),
-                    str(seed), str(workdir / "user-data"), str(workdir / "meta-data")],
-                   check=True, capture_output=True)
+    subprocess.run(["cloud-localds", str(seed), str(workdir / "user-data"),
+                    str(workdir / "meta-data")], check=True, capture_output=True)
     return seed

@@ -64,7 +64,7 @@ def booted(packages: Packages, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 "/etc/mesh-agent/registrar-ca.pem": reg.ca_file.read_bytes(),
                 "/etc/mesh-agent/agent.d/50-image.yaml": yaml.safe_dump(settings).encode(),
             })
-            seed = qemu.make_seed(work, ENABLE_ONLY, f"iid-{uuid.uuid4()}", NETWORK)
+            seed = qemu.make_seed(work, ENABLE_ONLY, f"iid-{uuid.uuid4()}")
             metadata_port = int(metadata_url.rsplit(":", 1)[1])
             vm = qemu.VM(image=baked, workdir=work, seed=seed, network=NETWORK, forwards=(
                 qemu.Forward(GUEST_REGISTRAR, GUEST_REGISTRAR_PORT, reg.port),
