@@ -84,7 +84,7 @@ class JournalHandler(logging.Handler):
                 message += "\n" + scrub(logging.Formatter().formatException(record.exc_info))
             self._send(message, PRIORITY=str(_priority(record.levelno)),
                        SYSLOG_IDENTIFIER=self._identifier, LOGGER=record.name,
-                       CODE_FILE=record.pathname, CODE_LINE=str(record.lineno),
+                       CODE_FILE=record.pathname, CODE_LINE=record.lineno,
                        CODE_FUNC=record.funcName, **fields)
         except Exception:
             self.handleError(record)
