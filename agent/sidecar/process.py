@@ -69,36 +69,51 @@ class Runner(Protocol):
     ) -> asyncio.subprocess.Process: ...
 
 
-class SubprocessRunner:
-    """The real runner: ``fork``/``exec`` with the uid/gid dropped in the child.
+SETPRIV = "/usr/bin/setpriv"
 
-    Dropping from root to a non-root uid clears every capability (no
-    ``PR_SET_KEEPCAPS``), supplementary groups are emptied, and the child gets
-    its own session so a terminal's signals reach only the agent.
+
+def drop_argv(argv: Sequence[str], user: ProxyIdentity) -> list[str]:
+    """``argv`` run as ``user`` with no capabilities at all.
+
+    Under its unit the agent is not root: it holds CAP_NET_ADMIN, CAP_SETUID...
+    as *ambient* capabilities, and a uid change between two non-root uids
+    keeps those, so a plain setuid child would exec Envoy with the agent's
+    capabilities. util-linux's ``setpriv`` changes uid/gid, empties the
+    supplementary groups and clears the inheritable and ambient sets before
+    it execs, so Envoy's permitted and effective sets are empty.
     """
+    return [SETPRIV, f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups",
+            "--inh-caps=-all", "--ambient-caps=-all", "--", *argv]
+
+
+class SubprocessRunner:
+    """The real runner: the child drops to the proxy user with no capabilities
+    (``drop_argv``) and gets its own session so a terminal's signals reach only
+    the agent."""
 
     async def start(
         self, argv: Sequence[str], *, user: ProxyIdentity | None
     ) -> asyncio.subprocess.Process:
         drop = user is not None and user.uid != os.geteuid()
+        if not os.access(argv[0], os.X_OK):
+            raise EnvoyNotFound(Path(argv[0]))
+        command = drop_argv(argv, user) if drop and user else list(argv)
         try:
             return await asyncio.create_subprocess_exec(
-                *argv,
+                *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
                 # Envoy needs nothing from the agent's environment; keep it out.
                 env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
-                user=user.uid if drop and user else None,
-                group=user.gid if drop and user else None,
-                extra_groups=[] if drop else None,
             )
         except FileNotFoundError as exc:
+            if command[0] == SETPRIV:
+                raise SidecarError(f"{SETPRIV} (util-linux) is needed to start envoy as the "
+                                   "proxy user") from exc
             raise EnvoyNotFound(Path(argv[0])) from exc
         except PermissionError as exc:
-            if not os.access(argv[0], os.X_OK):
-                raise EnvoyNotFound(Path(argv[0])) from exc
             raise SidecarError(
                 f"cannot start envoy as uid {user.uid if user else os.geteuid()}: {exc.strerror} "
                 "(the agent needs CAP_SETUID and CAP_SETGID to drop to the proxy user)") from exc
