@@ -151,6 +151,10 @@ def _check_dataplane(config: AgentConfig, capture: Section) -> None:
         if ours != theirs:
             raise capture.error(key, f"{ours!r} differs from sidecar.{key} {theirs!r}",
                                 f"the same value as sidecar.{key}")
+    if cap.ipv6 and not sidecar.ipv6:
+        # IPv6 redirected to a sidecar that does not listen on IPv6 is black-holed.
+        raise capture.error("ipv6", "is true but sidecar.ipv6 is false",
+                            "false, or sidecar.ipv6: true")
 
 
 def load_config(path: Path = DEFAULT_CONFIG) -> AgentConfig:

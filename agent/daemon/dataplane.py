@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import stat
+from dataclasses import replace
 from pathlib import Path
 
-from agent.capture.controller import CaptureController
+from agent.capture.controller import CaptureController, ipv6_available
 from agent.capture.runner import CaptureError
 from agent.config.model import AgentConfig
 from agent.credentials import Credentials
@@ -51,8 +52,11 @@ def _traversable(state_dir: Path) -> None:
 class DataPlane:
     def __init__(self, config: AgentConfig, health: Health) -> None:
         self._health = health
-        self.sidecar = (Sidecar(config.sidecar, config.state_dir, on_status=self._on_status)
-                        if config.sidecar.enabled else None)
+        # No IPv6 listener where the kernel has no IPv6 (Envoy could not bind [::]);
+        # capture drops its IPv6 rules there too.
+        sidecar = replace(config.sidecar, ipv6=config.sidecar.ipv6 and ipv6_available())
+        self.sidecar = (Sidecar(sidecar, config.state_dir, on_status=self._on_status)
+                        if sidecar.enabled else None)
         self.capture = CaptureController(config.capture if config.capture.enabled else None,
                                          state_dir=config.state_dir)
         self._capture_enabled = config.capture.enabled

@@ -63,6 +63,10 @@ class SidecarConfig:
     concurrency: int = 2
     envoy_log_level: str = "warning"
     restart: RestartPolicy = RestartPolicy(0.5, 30.0, 5, 60.0)
+    # Also listen on [::] (v6-only sockets beside the IPv4 ones): capture
+    # redirects IPv6 too, and a redirect to a port nobody serves black-holes
+    # the VM's IPv6 traffic. The daemon turns it off on kernels without IPv6.
+    ipv6: bool = False
 
 
 def _spiffe_pattern(s: Section, key: str, value: str) -> str:
@@ -140,4 +144,5 @@ def parse_sidecar(s: Section) -> SidecarConfig:
         concurrency=s.integer("concurrency", 2, minimum=1, maximum=64),
         envoy_log_level=s.text("envoy_log_level", "warning", choices=ENVOY_LOG_LEVELS),
         restart=_restart(s.section("restart")),
+        ipv6=s.flag("ipv6", True),
     )

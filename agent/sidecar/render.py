@@ -87,6 +87,15 @@ def _address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
+def _any_address(config: SidecarConfig, port: int) -> dict[str, Any]:
+    """The listener address on every IPv4 address, plus [::] when dual-stack (Envoy
+    makes IPv6 listener sockets v6-only unless told otherwise, so both bind)."""
+    out: dict[str, Any] = {"address": _address("0.0.0.0", port)}  # noqa: S104 (capture target)
+    if config.ipv6:
+        out["additional_addresses"] = [{"address": _address("::", port)}]
+    return out
+
+
 def _static_cluster(name: str, host: str, port: int, **extra: Any) -> dict[str, Any]:
     return {
         "name": name,
@@ -116,7 +125,7 @@ def _inbound(config: SidecarConfig, mesh: MeshSettings, paths: EnvoyPaths) -> di
     } for port in sorted(set(config.app_ports))]
     return {
         "name": "inbound",
-        "address": _address("0.0.0.0", config.inbound_port),  # noqa: S104 (capture redirects here)
+        **_any_address(config, config.inbound_port),
         "listener_filters": _listener_filters(tls_inspector=True),
         "filter_chains": chains,
         # Connections that match no chain (plaintext, unknown port) are closed;
@@ -140,7 +149,7 @@ def _outbound(config: SidecarConfig, paths: EnvoyPaths) -> dict[str, Any]:
         })
     return {
         "name": "outbound",
-        "address": _address("0.0.0.0", config.outbound_port),  # noqa: S104
+        **_any_address(config, config.outbound_port),
         "listener_filters": _listener_filters(tls_inspector=False),
         "filter_chains": chains,
         "default_filter_chain": {

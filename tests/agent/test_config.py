@@ -108,3 +108,22 @@ def test_bad_config_exits_78_and_says_why(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 78
     assert "rotation.jitter" in proc.stderr and str(path) in proc.stderr
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ("sidecar: {enabled: true, inbound_port: 16006}\ncapture: {enabled: true}\n",
+     "capture.inbound_port"),
+    ("sidecar: {enabled: true, proxy_user: envoy}\ncapture: {enabled: true}\n",
+     "capture.proxy_user"),
+    ("sidecar: {enabled: true, ipv6: false}\ncapture: {enabled: true}\n", "capture.ipv6"),
+])
+def test_capture_must_agree_with_the_sidecar(tmp_path: Path, extra: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, BASE + extra))
+    assert info.value.key == key
+
+
+def test_capture_ipv4_only_with_a_dual_stack_sidecar_is_fine(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE + "sidecar: {enabled: true}\n"
+                               "capture: {enabled: true, ipv6: false}\n"))
+    assert config.sidecar.ipv6 and not config.capture.ipv6

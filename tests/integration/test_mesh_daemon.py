@@ -27,6 +27,7 @@ TD = "example.org"
 VM_ID = f"spiffe://{TD}/ns/shop/sa/vm-app"
 PEER_ID = f"spiffe://{TD}/ns/shop/sa/frontend"
 PROXY = {"proxy_uid": 1337, "proxy_gid": 1337}
+VM6, PEER6 = "fd00:77::1", "fd00:77::2"
 
 
 def dataplane(envoy: Path, *, app_port: int, allowed: str, backend: str,
@@ -67,12 +68,21 @@ def mesh(hosts: HostPair, registrar_factory: Callable[..., RegistrarProcess], en
     peer = AgentProcess(state_dirs("peer"), reg, token=reg.create_token("frontend"),
                         netns=hosts.peer.name,
                         extra=dataplane(envoy_path, app_port=8080, allowed=VM_ID,
-                                        backend="nftables", outbound={"vm-app": {
-                                            "address": f"{hosts.vm.address}:9090",
-                                            "spiffe_id": VM_ID}}))
-    # Like a real VM: a default route (capture's probe needs one).
-    hosts.vm.ip("route", "add", "default", "via", hosts.peer.address)
-    hosts.peer.ip("route", "add", "default", "via", hosts.vm.address)
+                                        backend="nftables", outbound={
+                                            "vm-app": {"address": f"{hosts.vm.address}:9090",
+                                                       "spiffe_id": VM_ID},
+                                            "vm-app6": {"address": f"[{VM6}]:9090",
+                                                        "spiffe_id": VM_ID}}))
+    # Like a real dual-stack VM: IPv6 addresses and default routes for both
+    # families (capture's probes need a route).
+    for host, mine, other, other4 in ((hosts.vm, VM6, PEER6, hosts.peer.address),
+                                      (hosts.peer, PEER6, VM6, hosts.vm.address)):
+        dev = subprocess.run(["ip", "-n", host.name, "-o", "link", "show", "type", "veth"],
+                             capture_output=True, text=True, check=True
+                             ).stdout.split(":")[1].strip().split("@")[0]
+        host.ip("-6", "addr", "add", f"{mine}/64", "dev", dev, "nodad")
+        host.ip("route", "add", "default", "via", other4)
+        host.ip("-6", "route", "add", "default", "via", other)
     try:
         yield vm, peer, app
     finally:
@@ -107,6 +117,11 @@ def test_two_agents_talk_mtls_and_stop_cleanly(mesh: tuple[AgentProcess, AgentPr
     while f"peer={PEER_ID}" not in vm.log_text():
         assert time.monotonic() < deadline, vm.log_text()[-3000:]
         time.sleep(0.1)
+
+    # The same over IPv6: both Envoys listen on [::] too, so captured IPv6 is served.
+    out6 = ns_run(hosts.peer.name, "curl", "-s", "-m", "10", f"http://[{VM6}]:9090/hi6")
+    assert out6.stdout == "app:9090:/hi6", (out6, vm.log_text()[-3000:])
+    assert "capture probe IPv6: handshake" in vm.log_text()
 
     # Plaintext from the peer's proxy uid (exempt from the peer's capture) is refused.
     plain = ns_run(hosts.peer.name, "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",

@@ -38,6 +38,8 @@ CASES = {
         allowed_peers=("spiffe://example.org/ns/shop/sa/frontend",
                        "spiffe://example.org/ns/ops/*",
                        "spiffe://partner.example/ns/edge/sa/gateway")),
+    "dual_stack": SidecarConfig(enabled=True, app_ports=(8080,), outbound_services=(LEDGER,),
+                                ipv6=True),
     "outbound_only": SidecarConfig(enabled=True, outbound_services=(PAYMENTS,),
                                    admin_port=15100, outbound_port=15101),
 }
