@@ -129,9 +129,13 @@ class Daemon:
         self._install_signals()
         if self.status is not None:
             await self.status.start()
+        # Pinged from the start: a first attestation that waits on the registrar
+        # must not look like a hung agent.
+        watchdog = asyncio.ensure_future(self._watchdog())
         try:
             return await self._run()
         finally:
+            watchdog.cancel()
             self.health.phase = "stopping"
             self.notifier.stopping()
             # Whatever ended us, a dead proxy must not keep capturing traffic.
@@ -174,7 +178,6 @@ class Daemon:
                 group.create_task(self._bring_up())
                 group.create_task(self.dataplane.watch())
                 group.create_task(self.manager.run())
-                group.create_task(self._watchdog())
                 group.create_task(self._status_lines())
                 group.create_task(self._until_stopped())
         except* _Stop:
