@@ -80,10 +80,12 @@ def drop_argv(argv: Sequence[str], user: ProxyIdentity) -> list[str]:
     keeps those, so a plain setuid child would exec Envoy with the agent's
     capabilities. util-linux's ``setpriv`` changes uid/gid, empties the
     supplementary groups and clears the inheritable and ambient sets before
-    it execs, so Envoy's permitted and effective sets are empty.
+    it execs, so Envoy's permitted and effective sets are empty. It also sets
+    the parent-death signal: an agent killed with SIGKILL takes its Envoy
+    along instead of leaving it holding the proxy ports.
     """
     return [SETPRIV, f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups",
-            "--inh-caps=-all", "--ambient-caps=-all", "--", *argv]
+            "--inh-caps=-all", "--ambient-caps=-all", "--pdeathsig=TERM", "--", *argv]
 
 
 class SubprocessRunner:

@@ -59,3 +59,45 @@ def test_the_runner_uses_that_command_line(root: None) -> None:
     status = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
     assert status["Uid"].split()[0] == "1337" and no_caps(status)
 
+
+
+PARENT = """
+import asyncio, sys, time
+from agent.sidecar.process import SubprocessRunner
+from agent.sidecar.sds import ProxyIdentity
+
+async def main():
+    proc = await SubprocessRunner().start(["/bin/sleep", "300"], user=ProxyIdentity(1337, 1337))
+    print(proc.pid, flush=True)
+    await asyncio.sleep(300)
+
+asyncio.run(main())
+"""
+
+
+def test_envoy_does_not_outlive_an_agent_killed_with_sigkill(root: None) -> None:
+    import os
+    import signal
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], cwd=repo, stdout=subprocess.PIPE,
+                              text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert Path(f"/proc/{child}").exists()
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().split()[2]
+        except FileNotFoundError:
+            return
+        if state == "Z":
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the child outlived its SIGKILLed parent")
