@@ -87,7 +87,12 @@ def test_envoy_does_not_outlive_an_agent_killed_with_sigkill(root: None) -> None
                               text=True)
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
-    assert Path(f"/proc/{child}").exists()
+    # setpriv arms the signal just before it execs: wait for the exec, as an
+    # agent's Envoy is long past it by the time anything kills the agent.
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child}/comm").read_text().strip() != "sleep":
+        assert time.monotonic() < deadline, "the child never exec'd"
+        time.sleep(0.01)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 5
