@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from scripts.bench.sidecar_bench import paced_load, serve  # noqa: E402
+from scripts.bench.sidecar_bench import proc_usage as usage  # noqa: E402
 from tests.fixtures.agent import AgentProcess  # noqa: E402
 from tests.fixtures.registrar import RegistrarProcess, free_port  # noqa: E402
 from tests.sidecar.netns import HostPair, NetnsLoop  # noqa: E402
@@ -78,16 +79,6 @@ def envoy_floor(ns: str, envoy: str, bootstrap: Path) -> float:
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def usage(pids: list[int]) -> tuple[float, int]:
-    cpu, rss = 0.0, 0
-    for pid in pids:
-        proc = psutil.Process(pid)
-        times = proc.cpu_times()
-        cpu += times.user + times.system
-        rss += proc.memory_info().rss
-    return cpu, rss
 
 
 def main() -> int:

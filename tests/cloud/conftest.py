@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cloud.netns import CloudVm, make_vm
 from tests.fakes.cloud_pki import CloudPki
 from tests.fakes.gce_metadata import FakeGce
 from tests.fakes.serve import serving
@@ -27,3 +28,13 @@ def fake_gce(pki: CloudPki) -> Iterator[tuple[FakeGce, str]]:
 @pytest.fixture
 def pki_dir(pki: CloudPki) -> Path:
     return pki.root
+
+
+@pytest.fixture
+def vm() -> Iterator[CloudVm]:
+    """A VM network namespace (with a metadata address), removed afterwards."""
+    made = make_vm()
+    try:
+        yield made
+    finally:
+        made.close()

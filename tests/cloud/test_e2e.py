@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 from cryptography import x509
 
 from agent.attest import detect
-from tests.cloud.netns import CloudVm, VmAgent, make_vm
+from tests.cloud.netns import CloudVm, VmAgent
 from tests.cloud.test_netns_detect import PROBE
 from tests.fakes.azure_metadata import SUBSCRIPTION
 from tests.fakes.cloud_pki import CloudPki
@@ -31,15 +30,6 @@ SHORT_TTL = 12  # with the registrar's 10 s backdating, renewal is due ~1 s afte
 # A JWT (base64url JSON header '{"...' then payload) or any long base64 blob
 # (documents, PKCS#7) must never reach a log line.
 LEAKS = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ|[A-Za-z0-9+/]{160,}")
-
-
-@pytest.fixture
-def vm() -> Iterator[CloudVm]:
-    made = make_vm()
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def evidence_options(cloud: str, pki: CloudPki, jwks: str) -> dict[str, Any]:

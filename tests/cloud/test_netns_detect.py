@@ -5,12 +5,11 @@ evidence verifies, and with no metadata server it falls back to the token."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cloud.netns import CloudVm, make_vm
+from tests.cloud.netns import CloudVm
 from tests.fakes.cloud_pki import CloudPki
 
 pytestmark = pytest.mark.netns
@@ -34,15 +33,6 @@ async def main():
     print(json.dumps({"name": chosen.name, "elapsed": elapsed, "evidence": evidence}))
 asyncio.run(main())
 """
-
-
-@pytest.fixture
-def vm() -> Iterator[CloudVm]:
-    made = make_vm()
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 @pytest.mark.parametrize("cloud", ["gce", "aws", "azure"])
