@@ -24,7 +24,7 @@ def verify_chain(creds_dir: Path, spiffe_id: str) -> x509.Certificate:
     return chain[0]
 
 
-def test_first_boot_with_a_token_then_restart_renews_over_mtls(
+def test_first_boot_with_a_token_then_restart_reuses_stored_credentials(
         registrar_factory: Any, agent_factory: Any) -> None:
     reg = registrar_factory(groups={"web": ("prod", "web-vm", 3600)})
     token = reg.create_token("web", ttl="10m")
@@ -49,7 +49,6 @@ def test_first_boot_with_a_token_then_restart_renews_over_mtls(
     agent.wait_ready()
     assert agent.status()["serial"] == first_serial
     assert agent.stop() == 0
-
 
 
 def test_restart_without_token_renews_over_mtls(registrar_factory: Any,
