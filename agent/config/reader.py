@@ -11,13 +11,11 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from agent.config.errors import ConfigError
 from agent.config.source import Source
-
-T = TypeVar("T")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -87,11 +85,6 @@ class Section:
         if choices and raw not in choices:
             raise self.error(name, f"{raw!r} is not allowed", "|".join(choices))
         return raw
-
-    def optional_text(self, name: str) -> str | None:
-        if self._raw(name) is None:
-            return None
-        return self.text(name)
 
     def flag(self, name: str, default: bool) -> bool:
         raw = self._raw(name)

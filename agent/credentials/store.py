@@ -125,10 +125,6 @@ class CredentialStore:
                 with contextlib.suppress(OSError):
                     shutil.rmtree(self.root / name)
 
-    def wipe(self) -> None:
-        """Remove every generation (used by `mesh-agent reset`-style recovery and tests)."""
-        shutil.rmtree(self.root, ignore_errors=True)
-
 
 def _pem(certs: list[x509.Certificate]) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding
