@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from agent import __version__
-from agent.config import EX_CONFIG, ConfigError, load_config
+from agent.config import ConfigError, load_config
 from agent.config.model import DEFAULT_CONFIG
+from meshcore.exits import EX_CONFIG, EX_NOT_OK, EX_USAGE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,13 +29,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_capture(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    import importlib
+    # The unit's ExecStopPost needs `capture remove`: a broken install must fail
+    # loudly here, never drop the command.
+    from agent.capture.cli import add_commands
 
-    try:
-        module = importlib.import_module("agent.capture.cli")
-    except ImportError:
-        return
-    module.add_commands(sub)
+    add_commands(sub)
 
 
 def _status(config_path: Path, as_json: bool) -> int:
@@ -42,7 +41,7 @@ def _status(config_path: Path, as_json: bool) -> int:
 
     data = report.collect(load_config(config_path))
     print(report.render_json(data) if as_json else report.render_text(data))
-    return 0 if data.get("ready") else 3  # 3: like `systemctl status` for "not running/ready"
+    return 0 if data.get("ready") else EX_NOT_OK
 
 
 def _check(config_path: Path) -> int:
@@ -53,7 +52,7 @@ def _check(config_path: Path) -> int:
     results = run_checks(config)
     for result in results:
         print(f"{'ok' if result.ok else 'FAIL':<5} {result.name}: {result.detail}")
-    return 0 if all(r.ok for r in results) else 1
+    return 0 if all(r.ok for r in results) else EX_NOT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mesh-agent: invalid configuration: {exc}", file=sys.stderr)
         return EX_CONFIG
-    return 2
+    return EX_USAGE
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """``mesh-registrar``: init, serve, token create|list|revoke, workloads list|evict|revoke.
 
-Exit codes: 0 ok, 1 operation failed, 2 usage, 78 (EX_CONFIG) bad configuration.
+Exit codes (``meshcore.exits``): 0 ok, 2 usage, 3 no such token or workload,
+65 input refused (init over an existing CA, incomplete CA to import, inventory
+from a newer version), 78 bad configuration; 1 only for a bug.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.config.errors import EX_CONFIG, ConfigError
-from agent.config.reader import parse_duration
+from meshcore.config.errors import ConfigError
+from meshcore.config.reader import parse_duration
+from meshcore.exits import EX_CONFIG, EX_DATAERR, EX_NOT_OK, EX_USAGE
 from registrar import __version__
 from registrar.ca.bootstrap import InitError, init_state
 from registrar.config import RegistrarConfig, build_config
@@ -80,7 +83,7 @@ def _init(args: argparse.Namespace) -> int:
                             args.server_name or ["localhost", "127.0.0.1"], args.import_ca)
     except InitError as exc:
         print(f"mesh-registrar init: {exc}", file=sys.stderr)
-        return 1
+        return EX_DATAERR
     how = "imported" if result.imported else "created"
     print(f"CA {how} in {result.state_dir}\n"
           f"config: {result.config_path}\n"
@@ -101,7 +104,7 @@ def _token(args: argparse.Namespace, config: RegistrarConfig) -> int:
         if not 1 <= ttl <= MAX_TOKEN_TTL:
             print(f"mesh-registrar token create: --ttl {args.ttl!r}: allowed: a duration "
                   "like 15m or 24h between 1s and 30d", file=sys.stderr)
-            return 2
+            return EX_USAGE
         _, token = store.create(args.group, ttl)
         print(token.reveal())  # the only place a token is ever shown
         return 0
@@ -119,7 +122,7 @@ def _token(args: argparse.Namespace, config: RegistrarConfig) -> int:
         print(f"token {args.id} revoked")
         return 0
     print(f"mesh-registrar token revoke: no unrevoked token {args.id!r}", file=sys.stderr)
-    return 1
+    return EX_NOT_OK
 
 
 def _workloads(args: argparse.Namespace, config: RegistrarConfig) -> int:
@@ -141,7 +144,7 @@ def _workloads(args: argparse.Namespace, config: RegistrarConfig) -> int:
         print(f"workload {args.id} {state}")
         return 0
     print(f"mesh-registrar workloads {args.action}: no workload {args.id}", file=sys.stderr)
-    return 1
+    return EX_NOT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     except SchemaTooNew as exc:
         print(f"mesh-registrar: {exc}", file=sys.stderr)
-        return 1
+        return EX_DATAERR
 
 
 if __name__ == "__main__":

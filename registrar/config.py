@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config.errors import ConfigError
-from agent.config.reader import Section
-from agent.config.source import load_source
+from meshcore.config.errors import ConfigError
+from meshcore.config.reader import Section
+from meshcore.config.source import load_source
 
 # DNS-label-ish names: they end up inside SPIFFE IDs and metric labels.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -98,18 +98,8 @@ def _name(s: Section, key: str, pattern: re.Pattern[str] = _NAME) -> str:
 
 
 def _groups(root: Section, trust_domain: str) -> dict[str, Group]:
-    raw = root._raw("groups")
-    if raw is None:
-        raw = []
-    if not isinstance(raw, list):
-        raise root.error("groups", f"is a {type(raw).__name__}", "a list of group mappings")
     groups: dict[str, Group] = {}
-    for index, item in enumerate(raw):
-        key = f"groups[{index}]"
-        if not isinstance(item, dict):
-            raise root.error(key, f"is a {type(item).__name__}",
-                             "a mapping with name, namespace, service_account")
-        s = Section(root._source, root.key(key), item)
+    for s in root.sections("groups", "a list of mappings with name, namespace, service_account"):
         group = Group(
             name=_name(s, "name"),
             namespace=_name(s, "namespace"),
@@ -154,7 +144,7 @@ def _evidence(s: Section) -> dict[str, dict[str, Any]]:
     enabled: dict[str, dict[str, Any]] = {}
     for name in EVIDENCE_TYPES:
         present = s.has(name)
-        sub = s._raw(name)  # read every known name, so finish() lists them as allowed
+        sub = s.raw(name)  # read every known name, so finish() lists them as allowed
         if not present:
             continue
         if sub is None:

@@ -12,9 +12,9 @@ import base64
 import httpx
 
 from agent.attest.base import AttestError, Evidence
+from agent.attest.config import AttestationConfig
 from agent.attest.metadata import MetadataClient, MetadataError
-from agent.config.model import AttestationConfig
-from agent.secret import Secret
+from meshcore.secret import Secret
 
 TOKEN_PATH = "/latest/api/token"  # noqa: S105 (a URL path, not a secret)
 DOCUMENT_PATH = "/latest/dynamic/instance-identity/document"

@@ -7,9 +7,9 @@ import json
 import httpx
 
 from agent.attest.base import AttestError, Evidence
+from agent.attest.config import AttestationConfig
 from agent.attest.metadata import MetadataClient, MetadataError
-from agent.config.model import AttestationConfig
-from agent.secret import Secret
+from meshcore.secret import Secret
 
 HEADERS = {"Metadata": "true"}
 API_VERSION = "2021-02-01"

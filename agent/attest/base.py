@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.secret import Secret
+from meshcore.secret import Secret
 
 
 @dataclass(frozen=True)

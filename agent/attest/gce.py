@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 
 from agent.attest.base import AttestError, Evidence
+from agent.attest.config import AttestationConfig
 from agent.attest.metadata import MetadataClient, MetadataError
-from agent.config.model import AttestationConfig
-from agent.secret import Secret
+from meshcore.secret import Secret
 
 FLAVOR = {"Metadata-Flavor": "Google"}
 IDENTITY_PATH = "/instance/service-accounts/default/identity"

@@ -16,9 +16,9 @@ from agent.attest import detect
 from agent.attest.aws import AwsAttestor
 from agent.attest.azure import AzureAttestor
 from agent.attest.base import Attestor
+from agent.attest.config import AttestationConfig
 from agent.attest.gce import GceAttestor
 from agent.attest.token import TokenAttestor
-from agent.config.model import AttestationConfig
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 from agent.attest.base import AttestError, Evidence
-from agent.secret import Secret
+from meshcore.secret import Secret
 
 log = logging.getLogger(__name__)
 

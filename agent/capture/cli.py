@@ -16,12 +16,11 @@ from agent.capture.backend import make_backend
 from agent.capture.controller import CaptureController, CaptureStatus
 from agent.capture.record import RecordError
 from agent.capture.runner import CaptureError
-from agent.config import EX_CONFIG, AgentConfig, ConfigError, load_config
+from agent.config import AgentConfig, ConfigError, load_config
+from meshcore.exits import EX_CONFIG, EX_FAILED, EX_NOT_OK
 
 DEFAULT_CONFIG = Path("/etc/mesh-agent/agent.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/mesh-agent")
-EX_FAILED = 1
-EX_DRIFT = 3  # status: installed rules do not match the record or the plan
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -117,7 +116,7 @@ def describe(status: CaptureStatus) -> tuple[str, int]:
     code = 0
     if not status.matches_record:
         lines.append("DRIFT: installed rules differ from what was recorded as applied")
-        code = EX_DRIFT
+        code = EX_NOT_OK
     if status.plan_error:
         lines.append(f"plan: cannot compare ({status.plan_error})")
     elif status.matches_plan is None:
@@ -126,7 +125,7 @@ def describe(status: CaptureStatus) -> tuple[str, int]:
         lines.append("plan: installed rules match the current config")
     else:
         lines.append("plan: installed rules do NOT match the current config (run capture apply)")
-        code = EX_DRIFT
+        code = EX_NOT_OK
     return "\n".join(lines), code
 
 

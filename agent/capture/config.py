@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.config.errors import ConfigError
-from agent.config.reader import Section
+from meshcore.config.errors import ConfigError
+from meshcore.config.reader import Section
 
 BACKENDS = ("auto", "iptables-nft", "iptables-legacy", "nftables")
 ENVOY_DOWN_POLICIES = ("fail-closed", "fail-open")

@@ -1,7 +1,7 @@
 """``<state_dir>/capture.json``: which backend we use and exactly what we applied.
 
 Written before every change (``phase: applying``/``removing``) and after it,
-with ``agent.durable.write_atomic``, so a ``kill -9`` at any point leaves a
+with ``meshcore.durable.write_atomic``, so a ``kill -9`` at any point leaves a
 record that says what may be installed. The backend is chosen once and kept
 here; a restart never re-detects it. Versioned JSON with a migration step
 per old version, like the rest of the agent's state.
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent.durable import write_atomic
+from meshcore.durable import write_atomic
 
 SCHEMA = 1
 FILENAME = "capture.json"

@@ -1,7 +1,7 @@
 """The agent's configuration: one frozen, typed object built once at start-up.
 
 Each concern parses its own section (``parse_*``) with a ``Section`` reader;
-this module only assembles them. Defaults follow DESIGN.md's on-disk layout.
+this module only assembles them. Defaults follow the on-disk layout in docs/agent.md.
 """
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.attest.config import AttestationConfig, parse_attestation
 from agent.capture.config import CaptureConfig, parse_capture
-from agent.config.reader import Section
-from agent.config.source import Source, load_source
 from agent.sidecar.config import SidecarConfig, parse_sidecar
+from meshcore.config.reader import Section
+from meshcore.config.source import Source, load_source
 
 DEFAULT_CONFIG = Path("/etc/mesh-agent/agent.yaml")
-ATTEST_METHODS = ("auto", "token", "gce", "aws", "azure")
 KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -25,16 +25,6 @@ class RegistrarConfig:
     url: str
     ca_file: Path
     timeout: float
-
-
-@dataclass(frozen=True)
-class AttestationConfig:
-    method: str
-    token_file: Path
-    gce_metadata_url: str
-    aws_metadata_url: str
-    azure_metadata_url: str
-    probe_timeout: float
 
 
 @dataclass(frozen=True)
@@ -74,27 +64,6 @@ def _registrar(s: Section) -> RegistrarConfig:
     )
 
 
-def _attestation(s: Section) -> AttestationConfig:
-    gce = s.section("gce")
-    aws = s.section("aws")
-    azure = s.section("azure")
-    config = AttestationConfig(
-        method=s.text("method", "auto", choices=ATTEST_METHODS),
-        token_file=s.path("token_file", "/etc/mesh-agent/bootstrap-token"),
-        gce_metadata_url=gce.url(
-            "metadata_url", "http://metadata.google.internal/computeMetadata/v1",
-            schemes=("http", "https")),
-        aws_metadata_url=aws.url("metadata_url", "http://169.254.169.254",
-                                 schemes=("http", "https")),
-        azure_metadata_url=azure.url("metadata_url", "http://169.254.169.254/metadata",
-                                     schemes=("http", "https")),
-        probe_timeout=s.duration("probe_timeout", 2.0, minimum=0.1, maximum=60),
-    )
-    for sub in (gce, aws, azure):
-        sub.finish()
-    return config
-
-
 def _rotation(s: Section) -> RotationConfig:
     config = RotationConfig(
         renew_at=s.number("renew_at", 0.5, minimum=0.1, maximum=0.9),
@@ -120,7 +89,7 @@ def build_config(source: Source) -> AgentConfig:
     config = AgentConfig(
         source_file=source.default_file,
         registrar=_registrar(sections["registrar"]),
-        attestation=_attestation(sections["attestation"]),
+        attestation=parse_attestation(sections["attestation"]),
         key_type=sections["identity"].text("key_type", "ecdsa-p256", choices=KEY_TYPES),
         rotation=_rotation(sections["rotation"]),
         status=_status(sections["status"]),

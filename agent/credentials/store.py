@@ -25,8 +25,8 @@ from pathlib import Path
 from cryptography import x509
 
 from agent.credentials.model import Credentials, load_pem_certs
-from agent.durable import fsync_dir, remove_stale_temps, replace_symlink, write_atomic
 from agent.identity.keys import PrivateKey, key_pem, load_key, matches
+from meshcore.durable import fsync_dir, remove_stale_temps, replace_symlink, write_atomic
 
 log = logging.getLogger(__name__)
 

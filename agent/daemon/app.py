@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from agent.attest import registry
-from agent.clock import Clock, SystemClock
 from agent.config import ConfigError, load_config
 from agent.config.model import AgentConfig
 from agent.credentials import CredentialStore
@@ -25,6 +24,8 @@ from agent.registrar_client import RegistrarClient
 from agent.state.store import StateFile
 from agent.status.health import Health
 from agent.status.server import StatusServer
+from meshcore.clock import Clock, SystemClock
+from meshcore.exits import EX_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class Daemon:
         except DataPlaneConfigError as exc:
             log.error("cannot start the sidecar: %s", exc)
             self.notifier.status(f"failed: {exc}")
-            return 78
+            return EX_CONFIG
         self.notifier.status("obtaining credentials")
         start = asyncio.ensure_future(self.manager.start())
         stop = asyncio.ensure_future(self._stop.wait())
@@ -170,7 +171,7 @@ class Daemon:
         except DataPlaneConfigError as exc:
             log.error("cannot start the sidecar: %s", exc)
             self.notifier.status(f"failed: {exc}")
-            return 78
+            return EX_CONFIG
         fatal: list[CannotContinue] = []
         try:
             async with asyncio.TaskGroup() as group:
@@ -197,7 +198,7 @@ def run_daemon(config_path: Path) -> int:
     except ConfigError as exc:
         logs.setup("info")
         log.error("invalid configuration: %s", exc)
-        return 78
+        return EX_CONFIG
     logs.setup(config.log_level)
     log.info("starting", extra={"config": str(config_path), "registrar": config.registrar.url})
     return asyncio.run(Daemon(config_path, config).run())

@@ -18,14 +18,10 @@ from agent.capture.controller import CaptureController, ipv6_available
 from agent.capture.runner import CaptureError
 from agent.config.model import AgentConfig
 from agent.credentials import Credentials
-from agent.sidecar import (
-    ConfigRejected,
-    EnvoyNotFound,
-    ProxyUserMissing,
-    Sidecar,
-    SidecarError,
-    mesh_settings,
-)
+from agent.sidecar.install import ConfigRejected
+from agent.sidecar.process import EnvoyNotFound, ProxyUserMissing, SidecarError
+from agent.sidecar.service import Sidecar
+from agent.sidecar.settings import mesh_settings
 from agent.state.store import AgentState
 from agent.status.health import Health
 

@@ -1,7 +1,7 @@
 """Logging: structured journal fields under systemd, ``key=value`` lines on
 stderr otherwise, and a last-line-of-defence scrubber on every record.
 
-Secrets are ``agent.secret.Secret`` and redact themselves; the scrubber also
+Secrets are ``meshcore.secret.Secret`` and redact themselves; the scrubber also
 masks anything shaped like a private key, a JWT, a join token or a bearer
 value in case a foreign library puts one in a message.
 """

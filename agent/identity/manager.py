@@ -3,7 +3,7 @@
 Start-up uses valid credentials from disk, else attests. From then on it
 renews over mTLS at the scheduled point, retries passing faults until the
 certificate expires, re-attests when renewal cannot work and evidence is
-available, and otherwise ends the agent with ``EXIT_NO_CREDENTIALS`` and a
+available, and otherwise ends the agent with ``EX_NO_IDENTITY`` and a
 message that says how to recover. Each new generation is durable before the
 join token is deleted.
 """
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from tenacity import AsyncRetrying
 
 from agent.attest.base import AttestError, Attestor
-from agent.clock import Clock, sleep_unless
 from agent.credentials import Credentials, CredentialStore
 from agent.identity.host import HostInfo
 from agent.identity.keys import PrivateKey, build_csr, generate_key
@@ -29,11 +28,11 @@ from agent.rotation.retry import policy
 from agent.rotation.schedule import delay_until, renewal_time
 from agent.state.store import AgentState, StateFile
 from agent.status.health import Health
+from meshcore.clock import Clock, sleep_unless
+from meshcore.exits import EX_CONFIG, EX_NO_IDENTITY
 
 log = logging.getLogger(__name__)
 
-EXIT_NO_CREDENTIALS = 79
-EXIT_CONFIG = 78
 # Failures that only an edit of the agent's config can fix.
 CONFIG_REASONS = frozenset({"registrar_untrusted", "trust_anchor_unreadable"})
 
@@ -41,7 +40,7 @@ CONFIG_REASONS = frozenset({"registrar_untrusted", "trust_anchor_unreadable"})
 class CannotContinue(Exception):
     """Ends the agent: no usable credentials and no way to get new ones."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_NO_CREDENTIALS) -> None:
+    def __init__(self, message: str, exit_code: int = EX_NO_IDENTITY) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -117,7 +116,7 @@ class IdentityManager:
                     key, issued = await self._attest_once(attestor)
         except RegistrarError as exc:
             self._failed(exc)
-            code = EXIT_CONFIG if exc.reason in CONFIG_REASONS else EXIT_NO_CREDENTIALS
+            code = EX_CONFIG if exc.reason in CONFIG_REASONS else EX_NO_IDENTITY
             raise CannotContinue(f"attestation refused: {exc}", exit_code=code) from None
         except AttestError as exc:
             self._failed(exc)

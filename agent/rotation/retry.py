@@ -13,8 +13,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.wait import wait_base, wait_exponential_jitter
 
 from agent.attest.base import AttestError
-from agent.clock import Clock
 from agent.registrar_client.errors import RegistrarError
+from meshcore.clock import Clock
 
 log = logging.getLogger(__name__)
 

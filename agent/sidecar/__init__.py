@@ -1,28 +1,6 @@
 """The Envoy sidecar: render its bootstrap, hand it certificates, run and supervise it.
 
-The daemon uses ``Sidecar`` (see ``agent.sidecar.service`` for the order of calls).
+The daemon uses ``agent.sidecar.service.Sidecar`` (see that module for the
+order of calls). This package imports nothing on its own, so reading the
+sidecar's config section does not load the supervisor.
 """
-
-# agent.config's model imports agent.sidecar.config; loading the config package
-# first makes `import agent.sidecar.config` work on its own (no import cycle).
-import agent.config  # noqa: F401  (isort: skip)
-from agent.sidecar.install import ConfigRejected
-from agent.sidecar.process import EnvoyNotFound, ProxyUserMissing, SidecarError
-from agent.sidecar.service import Sidecar
-from agent.sidecar.settings import EnvoyPaths, MeshSettings, mesh_settings
-from agent.sidecar.supervisor import EnvoyState, EnvoySupervisor, SidecarNotReady, SidecarStatus
-
-__all__ = [
-    "ConfigRejected",
-    "EnvoyNotFound",
-    "EnvoyPaths",
-    "EnvoyState",
-    "EnvoySupervisor",
-    "MeshSettings",
-    "ProxyUserMissing",
-    "Sidecar",
-    "SidecarError",
-    "SidecarNotReady",
-    "SidecarStatus",
-    "mesh_settings",
-]

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config.reader import Section
+from meshcore.config.reader import Section
 
 ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
 SPIFFE_PATTERN_HELP = "spiffe://TRUST-DOMAIN/PATH, or a prefix ending in /* (spiffe://td/ns/x/*)"

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.durable import fsync_dir, remove_stale_temps, replace_symlink, write_atomic
 from agent.sidecar.render import to_yaml
 from agent.sidecar.settings import EnvoyPaths
 from agent.sidecar.tls import secret_documents
+from meshcore.durable import fsync_dir, remove_stale_temps, replace_symlink, write_atomic
 
 Chown = Callable[[Path, int, int], None]
 GEN_PREFIX = "gen-"

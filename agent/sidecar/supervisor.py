@@ -19,11 +19,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from agent.clock import sleep_unless
 from agent.sidecar.admin import AdminProbe
 from agent.sidecar.config import SidecarConfig
 from agent.sidecar.process import Runner, SidecarError, SubprocessRunner, envoy_argv
 from agent.sidecar.sds import ProxyIdentity
+from meshcore.clock import sleep_unless
 
 LOG = logging.getLogger("agent.sidecar")
 STOP_GRACE = 5.0  # after SIGTERM, before SIGKILL

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent.durable import write_atomic
+from meshcore.durable import write_atomic
 
 log = logging.getLogger(__name__)
 

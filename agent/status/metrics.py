@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from agent.clock import Clock
 from agent.status.health import Health
+from meshcore.clock import Clock
 
 
 class HealthCollector:

@@ -15,9 +15,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from agent.clock import Clock
 from agent.status.health import Health
 from agent.status.metrics import render
+from meshcore.clock import Clock
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.config.reader import Section
-from agent.config.source import Source
+from meshcore.config.reader import Section
+from meshcore.config.source import Source
 from registrar.attestation.aws import AwsConfig, AwsVerifier
 from registrar.attestation.aws_ledger import InventoryLedger
 from registrar.attestation.azure import SIGNER_NAMES, AzureConfig, AzureVerifier, load_pem_certs
@@ -48,7 +48,7 @@ def _section(kind: str, options: Mapping[str, Any], config: RegistrarConfig) -> 
 
 
 def _groups(s: Section, kind: str, config: RegistrarConfig) -> GroupRules:
-    raw = s._raw("groups")
+    raw = s.raw("groups")
     if not isinstance(raw, list) or not raw:
         raise s.error("groups", "must be a non-empty list of {group, match} rules",
                       "[{group: NAME, match: {CLAIM: GLOB}}]")

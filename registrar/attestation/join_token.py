@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agent.secret import Secret
+from meshcore.secret import Secret
 from registrar.attestation.base import Verified
 from registrar.rejections import Rejected
 from registrar.store.tokens import TokenStore

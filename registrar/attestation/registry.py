@@ -5,7 +5,7 @@ that takes that verifier's config mapping (``evidence.<type>`` in
 registrar.yaml) and the shared ``VerifierDeps`` and returns a ``Verifier``,
 plus its name in ``registrar.config.EVIDENCE_TYPES`` (a test keeps the two
 equal). A factory reports bad options by raising ``ConfigError`` (best: from an
-``agent.config.reader.Section``) or ``ValueError``, which becomes a ConfigError
+``meshcore.config.reader.Section``) or ``ValueError``, which becomes a ConfigError
 naming ``evidence.<type>``; either way ``serve`` exits 78 before listening.
 Factories must be cheap and do no network I/O: ``serve`` builds them once to
 validate before forking workers, then each worker builds its own.
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.config.errors import ConfigError
+from meshcore.config.errors import ConfigError
 from registrar.attestation.base import Verifier
 from registrar.attestation.cloud_options import aws_verifier, azure_verifier, gce_verifier
 from registrar.attestation.join_token import JoinTokenVerifier

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.durable import write_atomic
+from meshcore.durable import write_atomic
 from registrar.ca.authority import SigningKey, load_pem_certs, load_signing_key, pem, utcnow
 
 ISTIO_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.secret import Secret
+from meshcore.secret import Secret
 from registrar.rejections import Rejected
 
 TOKEN_BYTES = 32

@@ -30,7 +30,6 @@ sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
 
-import agent.config  # noqa: E402,F401  (loads before agent.sidecar.config)
 from agent.sidecar.config import OutboundService, SidecarConfig  # noqa: E402
 from agent.sidecar.install import install_bootstrap  # noqa: E402
 from agent.sidecar.process import SubprocessRunner  # noqa: E402

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, load_config
-from agent.config.reader import parse_duration
+from meshcore.config.reader import parse_duration
 
 BASE = "registrar:\n  url: https://registrar.example:8443\n"
 

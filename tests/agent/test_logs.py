@@ -8,7 +8,7 @@ import logging
 from agent.attest.base import Evidence
 from agent.daemon.logs import KeyValueFormatter, ScrubFilter, scrub
 from agent.identity.keys import generate_key, key_pem
-from agent.secret import Secret
+from meshcore.secret import Secret
 
 
 def test_secret_never_prints() -> None:

@@ -15,7 +15,7 @@ from agent.attest.aws import AwsAttestor
 from agent.attest.azure import AzureAttestor
 from agent.attest.base import AttestError
 from agent.attest.gce import GceAttestor
-from agent.secret import Secret
+from meshcore.secret import Secret
 from registrar.attestation.aws import AwsConfig, AwsVerifier
 from registrar.attestation.azure import AzureConfig, AzureVerifier
 from registrar.attestation.gce import GceConfig, GceVerifier

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.attest import detect, registry
-from agent.config.model import AttestationConfig
+from agent.attest.config import AttestationConfig
 from tests.fakes.azure_metadata import FakeAzure
 from tests.fakes.cloud_pki import CloudPki
 from tests.fakes.ec2_metadata import FakeEc2

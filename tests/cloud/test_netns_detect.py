@@ -19,7 +19,7 @@ PROBE = """
 import asyncio, json, logging, pathlib, tempfile, time
 from agent.attest import registry
 from agent.config.model import build_config
-from agent.config.source import Source
+from meshcore.config.source import Source
 cfg = build_config(Source(data={"registrar": {"url": "https://registrar.invalid"},
                                 "attestation": {"probe_timeout": "1s"}},
                           origins={}, default_file="agent.yaml")).attestation

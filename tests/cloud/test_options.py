@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agent.config.errors import ConfigError
+from meshcore.config.errors import ConfigError
 from registrar.attestation.cloud_options import aws_verifier, azure_verifier, gce_verifier
 from registrar.config import Group, RegistrarConfig
 from tests.fakes.cloud_pki import CloudPki

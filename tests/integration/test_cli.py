@@ -50,7 +50,7 @@ def test_check_and_status_before_during_and_after(registrar_factory: Any,
 
     reg.stop()
     broken = mesh_agent("check", "--config", config)
-    assert broken.returncode == 1
+    assert broken.returncode == 3
     assert "FAIL  registrar:" in broken.stdout
     assert "credentials are on disk" in broken.stdout
 

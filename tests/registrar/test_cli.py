@@ -30,7 +30,7 @@ def test_init_writes_private_keys_0600_and_refuses_to_overwrite(tmp_path: Path) 
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o600
     before = (state / "ca-key.pem").read_bytes()
     again = cli("init", "--state-dir", str(state), "--trust-domain", "corp.example")
-    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+    assert again.returncode == 65 and "refusing to overwrite" in again.stderr
     assert (state / "ca-key.pem").read_bytes() == before
     server = x509.load_pem_x509_certificates((state / "server-cert.pem").read_bytes())
     sans = server[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -68,7 +68,7 @@ def test_import_with_missing_files_names_them(tmp_path: Path) -> None:
     (tmp_path / "cacerts").mkdir()
     out = cli("init", "--state-dir", str(tmp_path / "s"), "--trust-domain", "x.example",
               "--import-ca", str(tmp_path / "cacerts"))
-    assert out.returncode == 1 and "ca-key.pem" in out.stderr and "cert-chain.pem" in out.stderr
+    assert out.returncode == 65 and "ca-key.pem" in out.stderr and "cert-chain.pem" in out.stderr
 
 
 @pytest.mark.parametrize(("text", "key", "allowed"), [

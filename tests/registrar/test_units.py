@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from agent.secret import Secret
+from meshcore.secret import Secret
 from registrar.api.ratelimit import TokenBucket
 from registrar.ca.csr import check_csr
 from registrar.config import Rate

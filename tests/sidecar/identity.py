@@ -11,7 +11,7 @@ from agent.credentials import Credentials, CredentialStore
 from agent.identity.keys import build_csr, generate_key
 from agent.registrar_client.client import RegistrarClient
 from agent.registrar_client.wire import Issued
-from agent.secret import Secret
+from meshcore.secret import Secret
 
 
 @dataclass

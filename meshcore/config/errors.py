@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from meshcore.exits import EX_CONFIG
+
+__all__ = ["EX_CONFIG", "ConfigError"]
+
 
 class ConfigError(Exception):
     """A configuration value that cannot be used.
@@ -19,6 +23,3 @@ class ConfigError(Exception):
         if allowed:
             text += f" (allowed: {allowed})"
         super().__init__(text)
-
-
-EX_CONFIG = 78

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.config.errors import ConfigError
-from agent.config.source import Source
+from meshcore.config.errors import ConfigError
+from meshcore.config.source import Source
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
 
 def parse_duration(text: str) -> float:
     """``"90s"``, ``"5m"``, ``"24h"``, ``"250ms"`` or a bare number of seconds."""
@@ -27,7 +26,6 @@ def parse_duration(text: str) -> float:
     if not match:
         raise ValueError(text)
     return float(match.group(1)) * _UNITS[match.group(2)]
-
 
 class Section:
     """One mapping in the config, addressed by its dotted path."""
@@ -53,17 +51,38 @@ class Section:
         """The keys present, for sections whose keys are names (e.g. one per service)."""
         return [str(k) for k in self._data]
 
-    def _raw(self, name: str) -> Any:
+    @property
+    def source(self) -> Source:
+        """The merged configuration this section reads from (for sub-readers)."""
+        return self._source
+
+    def raw(self, name: str) -> Any:
+        """The value as loaded (marks the key as read); for shapes no getter covers."""
         self._read.add(name)
         return self._data.get(name)
 
     def section(self, name: str) -> Section:
-        raw = self._raw(name)
+        raw = self.raw(name)
         if raw is None:
             return Section(self._source, self.key(name), {})
         if not isinstance(raw, Mapping):
             raise self.error(name, f"is a {type(raw).__name__}", "a mapping")
         return Section(self._source, self.key(name), raw)
+
+    def sections(self, name: str, allowed: str) -> tuple[Section, ...]:
+        """A list of mappings, each as a ``Section`` addressed ``name[i]``."""
+        raw = self.raw(name)
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            raise self.error(name, f"is a {type(raw).__name__}", allowed)
+        items = []
+        for index, item in enumerate(raw):
+            key = f"{name}[{index}]"
+            if not isinstance(item, Mapping):
+                raise self.error(key, f"is a {type(item).__name__}", allowed)
+            items.append(Section(self._source, self.key(key), item))
+        return tuple(items)
 
     def finish(self) -> None:
         """Reject keys that no getter asked for."""
@@ -74,7 +93,7 @@ class Section:
 
     # -- typed getters --------------------------------------------------------
     def text(self, name: str, default: str | None = None, *, choices: Sequence[str] = ()) -> str:
-        raw = self._raw(name)
+        raw = self.raw(name)
         if raw is None:
             if default is None:
                 raise self.error(name, "is required", "|".join(choices) or "a string")
@@ -87,7 +106,7 @@ class Section:
         return raw
 
     def flag(self, name: str, default: bool) -> bool:
-        raw = self._raw(name)
+        raw = self.raw(name)
         if raw is None:
             return default
         if not isinstance(raw, bool):
@@ -95,7 +114,7 @@ class Section:
         return raw
 
     def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
-        raw = self._raw(name)
+        raw = self.raw(name)
         if raw is None:
             return default
         if isinstance(raw, bool) or not isinstance(raw, int) or not minimum <= raw <= maximum:
@@ -103,7 +122,7 @@ class Section:
         return raw
 
     def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
-        raw = self._raw(name)
+        raw = self.raw(name)
         if raw is None:
             return default
         if isinstance(raw, bool) or not isinstance(raw, int | float) or not (
@@ -114,7 +133,7 @@ class Section:
 
     def duration(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
         """Seconds, from ``30s``/``5m``/``24h``/``250ms`` or a bare number."""
-        raw = self._raw(name)
+        raw = self.raw(name)
         allowed = f"a duration like 30s, 5m, 2h between {minimum:g}s and {maximum:g}s"
         if raw is None:
             return default
@@ -142,7 +161,7 @@ class Section:
         return value.rstrip("/")
 
     def str_list(self, name: str, default: Sequence[str] = ()) -> tuple[str, ...]:
-        raw = self._raw(name)
+        raw = self.raw(name)
         if raw is None:
             return tuple(default)
         if not isinstance(raw, list) or not all(isinstance(v, str) and v for v in raw):
@@ -150,7 +169,7 @@ class Section:
         return tuple(raw)
 
     def port_list(self, name: str, default: Sequence[int] = ()) -> tuple[int, ...]:
-        raw = self._raw(name)
+        raw = self.raw(name)
         if raw is None:
             return tuple(default)
         if isinstance(raw, int) and not isinstance(raw, bool):
@@ -194,7 +213,7 @@ class Section:
         return host, number
 
     def str_map(self, name: str) -> dict[str, str]:
-        raw = self._raw(name)
+        raw = self.raw(name)
         if raw is None:
             return {}
         if not isinstance(raw, Mapping) or not all(

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from agent.config.errors import ConfigError
+from meshcore.config.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,79 @@
+"""Architecture rules, checked on the real source and in clean interpreters:
+no import cycles, the two programs never import each other, components do
+not reach up into the config composer, and each entry point loads only its
+own program."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.architecture.imports import ROOT, cycles, project_graph
+
+# Components own their config schema; only composers (the config model, the
+# daemon, the CLIs, status/preflight reports) may load the composed config.
+COMPONENTS = ("agent.attest", "agent.capture", "agent.sidecar", "agent.credentials",
+              "agent.identity", "agent.registrar_client", "agent.rotation", "agent.state")
+COMPOSER_MODULES = ("agent.capture.cli",)
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(project_graph()) == []
+
+
+def test_cycle_finder_sees_a_planted_cycle() -> None:
+    graph = project_graph()
+    graph["meshcore.secret"] = graph["meshcore.secret"] | {"meshcore.durable"}
+    graph["meshcore.durable"] = graph["meshcore.durable"] | {"meshcore.secret"}
+    assert ["meshcore.durable", "meshcore.secret"] in cycles(graph)
+
+
+def test_programs_do_not_import_each_other() -> None:
+    bad = []
+    for module, edges in project_graph().items():
+        program = module.split(".")[0]
+        for target in edges:
+            other = target.split(".")[0]
+            if program == "meshcore" and other != "meshcore":
+                bad.append((module, target))
+            if {program, other} == {"agent", "registrar"}:
+                bad.append((module, target))
+    assert bad == []
+
+
+def test_components_do_not_import_the_config_composer() -> None:
+    bad = sorted(
+        (module, target)
+        for module, edges in project_graph().items()
+        if module.startswith(COMPONENTS) and module not in COMPOSER_MODULES
+        for target in edges
+        if target == "agent.config" or target.startswith(("agent.config.", "agent.daemon"))
+    )
+    assert bad == []
+
+
+def _loaded(code: str) -> dict[str, list[str]]:
+    probe = (
+        f"{code}\nimport json, sys\n"
+        "mods = sorted(sys.modules)\n"
+        "print(json.dumps({p: [m for m in mods if m == p or m.startswith(p + '.')]"
+        " for p in ('agent', 'registrar', 'meshcore', 'aiohttp', 'grpc', 'psycopg')}))"
+    )
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, "
+                          f"{str(ROOT)!r})\n{probe}"],
+                         capture_output=True, text=True, check=True, timeout=60)
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_registrar_entry_points_load_no_agent_module() -> None:
+    loaded = _loaded("import registrar.cli, registrar.server, registrar.api.app")
+    assert loaded["registrar"] and loaded["meshcore"]
+    assert loaded["agent"] == []
+
+
+def test_agent_entry_points_load_no_registrar_module() -> None:
+    loaded = _loaded("import agent.cli, agent.daemon.app, agent.capture.cli")
+    assert loaded["agent"] and loaded["meshcore"]
+    assert loaded["registrar"] == []
+    assert loaded["aiohttp"] == []  # the agent's package does not ship aiohttp
