@@ -39,7 +39,8 @@ class TokenAttestor:
         except FileNotFoundError:
             raise AttestError(
                 f"no join token at {self._path}: create one with "
-                "`mesh-registrar token create --group NAME` and write it there",
+                "`mesh-registrar token create --config /etc/mesh-registrar/registrar.yaml "
+                "--group NAME` and write it there",
                 retryable=False) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise AttestError(f"cannot read join token {self._path}: {exc}",

@@ -16,9 +16,8 @@ import json
 import logging
 import os
 import pwd
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.capture.backend import Backend, Snapshot, detect, make_backend
@@ -27,6 +26,7 @@ from agent.capture.plan import CaptureSettings, RuleSet, plan
 from agent.capture.probe import LocalProber, Prober
 from agent.capture.record import CaptureRecord, RecordStore
 from agent.capture.runner import CaptureError, Runner, SubprocessRunner
+from meshcore.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,10 @@ def resolve(config: CaptureConfig,
 
 @contextlib.asynccontextmanager
 async def _state_lock(state_dir: Path, timeout: float = 30.0) -> AsyncIterator[None]:
-    """One capture change at a time across processes (the daemon and ``capture apply``)."""
+    """One capture change at a time across processes (the daemon and ``capture apply``).
+
+    The wait is a deadline on another process's real work, so it runs on the
+    event loop's clock, not the injected one (a virtual clock would expire it)."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(state_dir / "capture.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -103,7 +106,7 @@ class CaptureController:
                  runner: Runner | None = None, prober: Prober | None = None,
                  users: Callable[[str], tuple[int, int]] = lookup_user,
                  has_ipv6: Callable[[], bool] = ipv6_available,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 clock: Clock | None = None,
                  owner: str = "mesh-agent daemon") -> None:
         self._config = config
         self._store = RecordStore(state_dir)
@@ -112,10 +115,10 @@ class CaptureController:
         self._prober = prober or LocalProber()
         self._users = users
         self._has_ipv6 = has_ipv6
-        self._sleep = sleep
+        self._clock = clock or SystemClock()
         self._owner = owner
         self._lock = asyncio.Lock()
-        self._fail_open: asyncio.Task[None] | None = None
+        self._down_since: float | None = None  # monotonic; set while fail-open is pending
         self.failed_open = False
 
     # -- planning (no I/O beyond the user database) ----------------------------
@@ -144,7 +147,7 @@ class CaptureController:
 
     def _save(self, record: CaptureRecord) -> CaptureRecord:
         stamped = CaptureRecord(**{**record.__dict__,
-                                   "updated_at": datetime.now(UTC).isoformat(timespec="seconds")})
+                                   "updated_at": self._clock.now().isoformat(timespec="seconds")})
         self._store.save(stamped)
         return stamped
 
@@ -262,27 +265,34 @@ class CaptureController:
         return CaptureStatus(record, installed, installed == record.applied, matches_plan, error)
 
     # -- Envoy-down policy ----------------------------------------------------------
-    async def proxy_down(self) -> None:
+    # No background task: the caller (the daemon's watch loop) polls
+    # ``fail_open_if_due`` and awaits every change, so no failure goes unseen.
+    def proxy_down(self) -> None:
         """Envoy stopped answering. Fail-closed keeps capture (apps get fast RSTs);
         fail-open removes it once Envoy has stayed down for ``fail_open_after``."""
         config = self._config
-        if config is None or config.envoy_down_policy != "fail-open" or self._fail_open:
+        if config is None or config.envoy_down_policy != "fail-open":
             return
-        self._fail_open = asyncio.create_task(self._open_after(config.fail_open_after))
+        if self._down_since is None and not self.failed_open:
+            self._down_since = self._clock.monotonic()
 
-    async def _open_after(self, delay: float) -> None:
-        await self._sleep(delay)
-        log.warning("capture: proxy down for %gs; removing capture (fail-open)", delay)
+    async def fail_open_if_due(self) -> bool:
+        """Remove capture if Envoy has been down for ``fail_open_after``; True if it did."""
+        config = self._config
+        if config is None or self._down_since is None:
+            return False
+        down_for = self._clock.monotonic() - self._down_since
+        if down_for < config.fail_open_after:
+            return False
+        log.warning("capture: proxy down for %gs; removing capture (fail-open)", down_for)
         await self.remove()
+        self._down_since = None
         self.failed_open = True
+        return True
 
     async def proxy_up(self) -> None:
-        """Envoy is ready again: cancel a pending fail-open, re-apply if we failed open."""
-        if self._fail_open is not None:
-            self._fail_open.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._fail_open
-            self._fail_open = None
+        """Envoy is ready again: drop a pending fail-open, re-apply if we failed open."""
+        self._down_since = None
         if self.failed_open:
             await self.apply()
             self.failed_open = False

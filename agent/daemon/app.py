@@ -1,14 +1,15 @@
 """The agent process: builds the parts from config and runs them as tasks in
 one TaskGroup. The first unexpected failure ends the process non-zero so
-systemd restarts it; ``CannotContinue`` ends it with its own exit code."""
+systemd restarts it; ``CannotContinue`` ends it with its own exit code.
+
+Time and jitter come from the injected ``Clock`` and ``Rng`` alone."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import time
+from dataclasses import replace
 from pathlib import Path
 
 from agent.attest import registry
@@ -24,10 +25,20 @@ from agent.registrar_client import RegistrarClient
 from agent.state.store import StateFile
 from agent.status.health import Health
 from agent.status.server import StatusServer
-from meshcore.clock import Clock, SystemClock
-from meshcore.exits import EX_CONFIG
+from meshcore.clock import Clock, Rng, SystemClock, system_rng
+from meshcore.exits import EX_CONFIG, EX_OK
 
 log = logging.getLogger(__name__)
+
+STATUS_LINE_SECONDS = 5.0
+
+# What SIGHUP does with each changed part of the config. Applied parts take
+# effect at once; the others are bound into running parts (a listening
+# socket, Envoy's bootstrap, installed rules, the chosen attestor, open files)
+# and keep their running value until a restart.
+RELOAD_APPLIES = ("registrar", "identity", "rotation", "log_level")
+RELOAD_REJECTS = ("attestation", "status", "state_dir", "sidecar", "capture")
+_FIELDS = {"identity": "key_type"}  # config section -> AgentConfig field, where they differ
 
 
 class _Stop(Exception):
@@ -47,10 +58,12 @@ def client_of(config: AgentConfig) -> RegistrarClient:
 
 class Daemon:
     def __init__(self, config_path: Path, config: AgentConfig, *,
-                 clock: Clock | None = None, notifier: Notifier | None = None) -> None:
+                 clock: Clock | None = None, rng: Rng | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.config_path = config_path
         self.config = config
         self.clock = clock or SystemClock()
+        rng = rng or system_rng()
         self.notifier = notifier or Notifier()
         self.health = Health()
         state_dir = config.state_dir
@@ -59,9 +72,9 @@ class Daemon:
             state_file=StateFile(state_dir / "state.json"),
             client=client_of(config),
             choose_attestor=lambda: registry.choose(self.config.attestation),
-            clock=self.clock, health=self.health, tuning=tuning_of(config),
+            clock=self.clock, rng=rng, health=self.health, tuning=tuning_of(config),
             host=local_host_info)
-        self.dataplane = DataPlane(config, self.health)
+        self.dataplane = DataPlane(config, self.health, self.clock)
         self.manager.on_rotated.append(
             lambda creds: self.dataplane.rotated(creds, self.manager.state))
         self.status = StatusServer(self.health, self.clock, host=config.status.host,
@@ -74,30 +87,38 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        if os.environ.get("MESH_AGENT_TEST_HOOKS") == "1":
-            # Test hook for the watchdog test: stall the event loop for good.
-            loop.add_signal_handler(signal.SIGUSR1, lambda: time.sleep(10**9))
 
     def reload(self) -> None:
-        """SIGHUP: re-read config; a bad new config is reported and the old one kept."""
+        """SIGHUP: re-read config and apply, or explicitly reject, each changed
+        section; a config that does not validate is rejected whole."""
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:
-            log.error("reload rejected; keeping the running configuration",
+            log.error("sighup: rejected the new configuration; keeping the running one",
                       extra={"error": str(exc)})
-            self.notifier.ready(self.health.summary(self.clock.now()))
+            self.notifier.ready(self._summary())
             return
-        needs_restart = [name for name in ("state_dir", "status", "sidecar", "capture")
-                         if getattr(new, name) != getattr(self.config, name)]
-        self.config = new
-        self.manager.tuning = tuning_of(new)
-        self.manager.client = client_of(new)
-        logging.getLogger().setLevel(new.log_level.upper())
+        changed = [name for name in (*RELOAD_APPLIES, *RELOAD_REJECTS)
+                   if getattr(new, _FIELDS.get(name, name))
+                   != getattr(self.config, _FIELDS.get(name, name))]
+        applied = [name for name in changed if name in RELOAD_APPLIES]
+        rejected = [name for name in changed if name in RELOAD_REJECTS]
+        # A rejected section keeps its running value, so self.config stays what runs.
+        self.config = replace(new, **{_FIELDS.get(name, name): getattr(self.config,
+                                                                       _FIELDS.get(name, name))
+                                      for name in rejected})
+        self.manager.tuning = tuning_of(self.config)
+        self.manager.client = client_of(self.config)
+        logging.getLogger().setLevel(self.config.log_level.upper())
         self.manager.renew_soon()
-        log.info("configuration reloaded", extra={
-            "needs_restart": ",".join(needs_restart) or "none"})
-        self.notifier.ready(self.health.summary(self.clock.now()))
+        log.info("sighup: %s", reload_summary(applied, rejected),
+                 extra={"applied": ",".join(applied) or "none",
+                        "rejected": ",".join(rejected) or "none"})
+        self.notifier.ready(self._summary())
+
+    def _summary(self) -> str:
+        return self.health.current.summary(self.clock.now())
 
     # -- tasks ---------------------------------------------------------------------
     async def _watchdog(self) -> None:
@@ -106,38 +127,42 @@ class Daemon:
             return
         while True:
             self.notifier.watchdog()
-            await asyncio.sleep(interval)
+            await self.clock.sleep(interval)
 
     async def _status_lines(self) -> None:
         while True:
-            self.notifier.status(self.health.summary(self.clock.now()))
-            await asyncio.sleep(5)
+            self.notifier.status(self._summary())
+            await self.clock.sleep(STATUS_LINE_SECONDS)
 
     async def _until_stopped(self) -> None:
         await self._stop.wait()
-        self.health.phase = "stopping"
+        self.health.update(phase="stopping")
         self.notifier.stopping()
         await self.dataplane.shut_down()
         raise _Stop
 
     async def _bring_up(self) -> None:
         await self.dataplane.bring_up()
-        self.notifier.ready(self.health.summary(self.clock.now()))
-        log.info("ready", extra={"spiffe_id": self.health.credentials.spiffe_id
-                                 if self.health.credentials else None})
+        self.notifier.ready(self._summary())
+        creds = self.health.current.credentials
+        log.info("ready", extra={"spiffe_id": creds.spiffe_id if creds else None})
 
     async def run(self) -> int:
         self._install_signals()
         if self.status is not None:
             await self.status.start()
-        # Pinged from the start: a first attestation that waits on the registrar
-        # must not look like a hung agent.
-        watchdog = asyncio.ensure_future(self._watchdog())
         try:
-            return await self._run()
+            # Pinged from the start: a first attestation that waits on the registrar
+            # must not look like a hung agent. In a TaskGroup, so a failing
+            # watchdog ends the agent instead of dying unseen.
+            async with asyncio.TaskGroup() as group:
+                watchdog = group.create_task(self._watchdog())
+                try:
+                    return await self._run()
+                finally:
+                    watchdog.cancel()
         finally:
-            watchdog.cancel()
-            self.health.phase = "stopping"
+            self.health.update(phase="stopping")
             self.notifier.stopping()
             # Whatever ended us, a dead proxy must not keep capturing traffic.
             await self.dataplane.remove_capture()
@@ -158,7 +183,7 @@ class Daemon:
         await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
         if not start.done():
             start.cancel()
-            return 0
+            return EX_OK
         stop.cancel()
         try:
             start.result()
@@ -189,7 +214,16 @@ class Daemon:
             log.error("%s", fatal[0])
             self.notifier.status(f"failed: {fatal[0]}")
             return fatal[0].exit_code
-        return 0
+        return EX_OK
+
+
+def reload_summary(applied: list[str], rejected: list[str]) -> str:
+    """``applied log_level; rejected attestation: needs a restart``."""
+    parts = [f"applied {', '.join(applied)}"] if applied else []
+    if rejected:
+        parts.append(f"rejected {', '.join(rejected)}: "
+                     f"{'needs' if len(rejected) == 1 else 'need'} a restart")
+    return "; ".join(parts) or "no change"
 
 
 def run_daemon(config_path: Path) -> int:

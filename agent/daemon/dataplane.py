@@ -8,7 +8,6 @@ even when capture is now disabled, so a config change can never strand rules.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import stat
 from dataclasses import replace
@@ -24,6 +23,7 @@ from agent.sidecar.service import Sidecar
 from agent.sidecar.settings import mesh_settings
 from agent.state.store import AgentState
 from agent.status.health import Health
+from meshcore.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -46,28 +46,29 @@ def _traversable(state_dir: Path) -> None:
 
 
 class DataPlane:
-    def __init__(self, config: AgentConfig, health: Health) -> None:
+    def __init__(self, config: AgentConfig, health: Health, clock: Clock) -> None:
         self._health = health
+        self._clock = clock
         # No IPv6 listener where the kernel has no IPv6 (Envoy could not bind [::]);
         # capture drops its IPv6 rules there too.
         sidecar = replace(config.sidecar, ipv6=config.sidecar.ipv6 and ipv6_available())
-        self.sidecar = (Sidecar(sidecar, config.state_dir, on_status=self._on_status)
+        self.sidecar = (Sidecar(sidecar, config.state_dir, clock=clock, on_status=self._on_status)
                         if sidecar.enabled else None)
         self.capture = CaptureController(config.capture if config.capture.enabled else None,
-                                         state_dir=config.state_dir)
+                                         state_dir=config.state_dir, clock=clock)
         self._capture_enabled = config.capture.enabled
         self._state_dir = config.state_dir
         self._captured = False
         self._configured = False
         if self.sidecar is not None:
-            health.conditions["sidecar"] = False
+            health.condition("sidecar", False)
         if self._capture_enabled:
-            health.conditions["capture"] = False
+            health.condition("capture", False)
 
     def _on_status(self, status: object) -> None:
         if self.sidecar is not None:
-            self._health.conditions["sidecar"] = self.sidecar.supervisor.ready
-            self._health.details["sidecar"] = self.sidecar.supervisor.status().as_dict()
+            self._health.condition("sidecar", self.sidecar.supervisor.ready)
+            self._health.detail("sidecar", self.sidecar.supervisor.status().as_dict())
 
     async def prepare(self) -> None:
         """Before attesting: remove rules a crashed or killed run left behind, and
@@ -112,28 +113,36 @@ class DataPlane:
         """Wait for Envoy, then install and verify capture."""
         if self.sidecar is not None:
             await self.sidecar.supervisor.wait_ready(self.sidecar.config.ready_timeout)
-            self._health.conditions["sidecar"] = True
+            self._health.condition("sidecar", True)
         if self._capture_enabled:
             await self.capture.apply()
             self._captured = True
-            self._health.conditions["capture"] = True
+            self._health.condition("capture", True)
             log.info("traffic capture installed")
 
     async def watch(self) -> None:
-        """Capture follows Envoy's health; drifted rules (firewalld reload) come back."""
+        """Capture follows Envoy's health; drifted rules (firewalld reload) come back.
+
+        Every capture change happens here, awaited: a failure is logged or ends
+        the agent, never lost in a forgotten task."""
         was_ready = True
-        last_drift = asyncio.get_running_loop().time()
+        last_drift = self._clock.monotonic()
         while True:
-            await asyncio.sleep(PROXY_WATCH_SECONDS)
+            await self._clock.sleep(PROXY_WATCH_SECONDS)
             if self.sidecar is not None and self._captured:
                 ready = self.sidecar.supervisor.ready
                 if was_ready and not ready:
-                    await self.capture.proxy_down()
+                    self.capture.proxy_down()
                 elif ready and not was_ready:
                     await self.capture.proxy_up()
                 was_ready = ready
-                self._health.conditions["capture"] = not self.capture.failed_open
-            now = asyncio.get_running_loop().time()
+                try:
+                    await self.capture.fail_open_if_due()
+                except CaptureError as exc:
+                    # Capture stays on (fail-closed) and the next pass tries again.
+                    log.error("capture fail-open removal failed", extra={"error": str(exc)})
+                self._health.condition("capture", not self.capture.failed_open)
+            now = self._clock.monotonic()
             if self._captured and now - last_drift >= DRIFT_CHECK_SECONDS:
                 last_drift = now
                 try:
@@ -155,5 +164,5 @@ class DataPlane:
         else:
             self._captured = False
             if self._capture_enabled:
-                self._health.conditions["capture"] = False
+                self._health.condition("capture", False)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -28,10 +27,13 @@ from agent.rotation.retry import policy
 from agent.rotation.schedule import delay_until, renewal_time
 from agent.state.store import AgentState, StateFile
 from agent.status.health import Health
-from meshcore.clock import Clock, sleep_unless
+from meshcore.clock import Clock, Rng, sleep_unless
 from meshcore.exits import EX_CONFIG, EX_NO_IDENTITY
 
 log = logging.getLogger(__name__)
+
+# Where the mesh-registrar package keeps its config (its unit's --config).
+REGISTRAR_CONFIG = "/etc/mesh-registrar/registrar.yaml"
 
 # Failures that only an edit of the agent's config can fix.
 CONFIG_REASONS = frozenset({"registrar_untrusted", "trust_anchor_unreadable"})
@@ -61,7 +63,7 @@ class IdentityManager:
     def __init__(self, *, store: CredentialStore, state_file: StateFile,
                  client: RegistrarClient, choose_attestor: Callable[[], Awaitable[Attestor]],
                  clock: Clock, health: Health, tuning: Tuning, host: HostInfo,
-                 rng: random.Random | None = None) -> None:
+                 rng: Rng) -> None:
         self.store = store
         self.state_file = state_file
         self.client = client
@@ -71,7 +73,7 @@ class IdentityManager:
         self._clock = clock
         self._health = health
         self._host = host
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
+        self._rng = rng
         self._state = AgentState()
         self._wake = asyncio.Event()
         self.on_rotated: list[RotatedHook] = []
@@ -81,19 +83,16 @@ class IdentityManager:
         """Credentials to serve now: from disk if still valid, else freshly attested."""
         self.store.prepare()
         self._state = self.state_file.load()
-        self._health.attestor = self._state.attestor
-        self._health.rotations = self._state.rotations
+        self._health.update(attestor=self._state.attestor, rotations=self._state.rotations)
         creds = self.store.current()
         if creds is not None and creds.valid_at(self._clock.now()):
-            self._health.credentials = creds
-            self._health.phase = "ready"
+            self._health.update(credentials=creds, phase="ready")
             log.info("using stored credentials", extra={
                 "spiffe_id": creds.spiffe_id, "generation": creds.generation,
                 "not_after": creds.not_after.isoformat()})
             return creds
         if creds is not None:
-            self._health.credentials = creds
-            self._health.phase = "expired"
+            self._health.update(credentials=creds, phase="expired")
             log.warning("stored certificate expired; attesting again",
                         extra={"not_after": creds.not_after.isoformat()})
         return await self.attest()
@@ -101,7 +100,7 @@ class IdentityManager:
     async def attestor(self) -> Attestor:
         if self._attestor is None:
             self._attestor = await self._choose()
-            self._health.attestor = self._attestor.name
+            self._health.update(attestor=self._attestor.name)
             log.info("attestor chosen", extra={"attestor": self._attestor.name})
         return self._attestor
 
@@ -109,7 +108,7 @@ class IdentityManager:
         attestor = await self.attestor()
         if not await attestor.detect():
             raise CannotContinue(self._no_evidence_message(attestor))
-        self._health.phase = "attesting"
+        self._health.update(phase="attesting")
         try:
             async for attempt in self._policy(deadline=None):
                 with attempt:
@@ -143,12 +142,12 @@ class IdentityManager:
             when = self._next_renewal()
             log.debug("next renewal scheduled", extra={"at": when.isoformat()})
             await self._nap(delay_until(when, self._clock.now()))
-            creds = self._health.credentials
+            creds = self._health.current.credentials
             assert creds is not None
             await self.renew(creds)
 
     def _next_renewal(self) -> dt.datetime:
-        creds = self._health.credentials
+        creds = self._health.current.credentials
         assert creds is not None, "start() must succeed before run()"
         return renewal_time(creds.not_before, creds.not_after, ratio=self.tuning.renew_at,
                             jitter=self.tuning.jitter, sample=self._rng.uniform(-1, 1),
@@ -168,7 +167,7 @@ class IdentityManager:
     async def renew(self, creds: Credentials) -> None:
         remaining = (creds.not_after - self._clock.now()).total_seconds()
         deadline = self._clock.monotonic() + max(0.0, remaining)
-        self._health.phase = "renewing"
+        self._health.update(phase="renewing")
         hostname, addresses = self._host()
         try:
             async for attempt in self._policy(deadline=deadline):
@@ -196,21 +195,22 @@ class IdentityManager:
             log.warning("re-attesting", extra={"attestor": attestor.name, "cause": cause.reason})
             await self.attest()
             return
-        creds = self._health.credentials
+        creds = self._health.current.credentials
         if creds is not None and creds.valid_at(self._clock.now()):
             log.error("cannot renew and no evidence to re-attest; serving the current "
                       "certificate until it expires", extra={
                           "not_after": creds.not_after.isoformat(), "reason": cause.reason})
-            self._health.last_error = f"{cause.reason}; certificate expires {creds.not_after}"
+            self._health.update(
+                last_error=f"{cause.reason}; certificate expires {creds.not_after}")
             await self._clock.sleep(delay_until(creds.not_after, self._clock.now()))
-        self._health.phase = "expired"
+        self._health.update(phase="expired")
         raise CannotContinue(
             f"the certificate expired or cannot be renewed ({cause.reason}) and there is no "
             f"evidence to attest again. {self._no_evidence_message(attestor)}")
 
     # -- shared ------------------------------------------------------------------
     def _policy(self, deadline: float | None) -> AsyncRetrying:
-        return policy(clock=self._clock, min_backoff=self.tuning.min_backoff,
+        return policy(clock=self._clock, rng=self._rng, min_backoff=self.tuning.min_backoff,
                       max_backoff=self.tuning.max_backoff, deadline=deadline,
                       on_failure=self._failed)
 
@@ -218,8 +218,7 @@ class IdentityManager:
         reason = exc.reason if isinstance(exc, RegistrarError) else type(exc).__name__
         if isinstance(exc, AttestError):
             reason = "attest_error"
-        self._health.failures[reason] += 1
-        self._health.last_error = str(exc)[:300]
+        self._health.failed(reason, str(exc)[:300])
 
     def _hint(self) -> dt.datetime | None:
         if self._state.renew_after is None:
@@ -235,16 +234,13 @@ class IdentityManager:
         self._state = self._state.updated(
             spiffe_id=issued.spiffe_id, mesh=dict(issued.mesh),
             renew_after=issued.renew_after.isoformat(), registrar_url=self.client.url,
-            attestor=self._health.attestor, last_success=now.isoformat(),
+            attestor=self._health.current.attestor, last_success=now.isoformat(),
             rotations=self._state.rotations + (1 if renewal else 0))
         self.state_file.save(self._state)
-        # The status endpoint reads from another thread: count first, so a new
-        # serial is never shown with the old rotation count.
-        self._health.rotations = self._state.rotations
-        self._health.last_success = now
-        self._health.last_error = None
-        self._health.credentials = creds
-        self._health.phase = "ready"
+        # One snapshot: the status endpoint (another thread) never shows a new
+        # serial with the old rotation count.
+        self._health.update(rotations=self._state.rotations, last_success=now, last_error=None,
+                            credentials=creds, phase="ready")
         log.info("certificate renewed" if renewal else "certificate issued", extra={
             "spiffe_id": creds.spiffe_id, "serial": creds.serial_hex,
             "generation": creds.generation, "not_after": creds.not_after.isoformat()})
@@ -257,7 +253,8 @@ class IdentityManager:
     @staticmethod
     def _no_evidence_message(attestor: Attestor) -> str:
         if attestor.name == "token":
-            return ("To recover: create a join token (`mesh-registrar token create --group NAME`), "
+            return ("To recover: create a join token (`mesh-registrar token create --config "
+                    f"{REGISTRAR_CONFIG} --group NAME` where the registrar runs), "
                     "write it to the token file (attestation.token_file, default "
                     "/etc/mesh-agent/bootstrap-token, mode 0600) and restart the agent "
                     "(`systemctl restart mesh-agent`).")

@@ -6,15 +6,14 @@ certificate's expiry) as well as by what the error says."""
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
-from tenacity.wait import wait_base, wait_exponential_jitter
+from tenacity.wait import wait_base
 
 from agent.attest.base import AttestError
 from agent.registrar_client.errors import RegistrarError
-from meshcore.clock import Clock
+from meshcore.clock import Clock, Rng
 
 log = logging.getLogger(__name__)
 
@@ -28,28 +27,37 @@ def retryable(exc: BaseException) -> bool:
     return False
 
 
+def backoff(attempt: int, *, min_backoff: float, max_backoff: float, rng: Rng) -> float:
+    """``min_backoff`` doubled per attempt plus up to ``min_backoff`` of jitter,
+    capped at ``max_backoff`` (tenacity's own jitter draws from the global
+    ``random``, which a test cannot pin)."""
+    grown = min_backoff * 2.0 ** min(attempt - 1, 64)
+    return min(max_backoff, grown + rng.uniform(0.0, min_backoff))
+
+
 class _Wait(wait_base):
-    def __init__(self, clock: Clock, min_backoff: float, max_backoff: float,
+    def __init__(self, clock: Clock, rng: Rng, min_backoff: float, max_backoff: float,
                  deadline: float | None) -> None:
         self._clock = clock
+        self._rng = rng
         self._deadline = deadline
-        self._exp = wait_exponential_jitter(initial=min_backoff, max=max_backoff, exp_base=2,
-                                            jitter=min_backoff)
+        self._min = min_backoff
         self._max = max_backoff
 
     def __call__(self, retry_state: RetryCallState) -> float:
-        wait = min(self._exp(retry_state), self._max)
+        wait = backoff(retry_state.attempt_number, min_backoff=self._min,
+                       max_backoff=self._max, rng=self._rng)
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, RegistrarError) and exc.retry_after is not None:
             # Honour the server; a little jitter so a herd told "5" doesn't return together.
-            wait = max(wait, exc.retry_after + random.uniform(0, 1))  # noqa: S311
+            wait = max(wait, exc.retry_after + self._rng.uniform(0.0, 1.0))
         if self._deadline is not None:
             wait = min(wait, max(0.0, self._deadline - self._clock.monotonic()))
         return wait
 
 
-def policy(*, clock: Clock, min_backoff: float, max_backoff: float, deadline: float | None,
-           on_failure: Callable[[BaseException], None]) -> AsyncRetrying:
+def policy(*, clock: Clock, rng: Rng, min_backoff: float, max_backoff: float,
+           deadline: float | None, on_failure: Callable[[BaseException], None]) -> AsyncRetrying:
     """Retry ``retryable`` failures until success or ``deadline`` (monotonic seconds)."""
 
     def stop(retry_state: RetryCallState) -> bool:
@@ -65,7 +73,7 @@ def policy(*, clock: Clock, min_backoff: float, max_backoff: float, deadline: fl
 
     return AsyncRetrying(
         retry=retry_if_exception(retryable),
-        wait=_Wait(clock, min_backoff, max_backoff, deadline),
+        wait=_Wait(clock, rng, min_backoff, max_backoff, deadline),
         stop=stop,
         sleep=clock.sleep,
         before_sleep=before_sleep,

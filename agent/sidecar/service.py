@@ -27,6 +27,7 @@ from agent.sidecar.render import render_bootstrap
 from agent.sidecar.sds import Chown, Generation, ProxyIdentity, SdsMirror, os_chown
 from agent.sidecar.settings import EnvoyPaths, MeshSettings
 from agent.sidecar.supervisor import LOG, EnvoySupervisor, Probe, SidecarStatus
+from meshcore.clock import Clock, SystemClock
 
 
 class Sidecar:
@@ -35,8 +36,8 @@ class Sidecar:
     def __init__(
         self, config: SidecarConfig, state_dir: Path, *,
         runner: Runner | None = None, probe: Probe | None = None, chown: Chown = os_chown,
-        proxy: ProxyIdentity | None = None, logger: logging.Logger = LOG,
-        on_status: Callable[[SidecarStatus], None] | None = None,
+        proxy: ProxyIdentity | None = None, clock: Clock | None = None,
+        logger: logging.Logger = LOG, on_status: Callable[[SidecarStatus], None] | None = None,
     ) -> None:
         self.config = config
         self.paths = EnvoyPaths.under(state_dir)
@@ -44,6 +45,7 @@ class Sidecar:
         self._probe = probe
         self._chown = chown
         self._proxy = proxy
+        self._clock = clock or SystemClock()
         self._logger = logger
         self._on_status = on_status
         self._mirror: SdsMirror | None = None
@@ -60,7 +62,8 @@ class Sidecar:
         if self._supervisor is None:
             self._supervisor = EnvoySupervisor(
                 self.config, self.paths.bootstrap, user=self.proxy, runner=self._runner,
-                probe=self._probe, logger=self._logger, on_status=self._on_status)
+                probe=self._probe, clock=self._clock, logger=self._logger,
+                on_status=self._on_status)
         return self._supervisor
 
     def prepare(self) -> None:

@@ -11,9 +11,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -23,7 +22,7 @@ from agent.sidecar.admin import AdminProbe
 from agent.sidecar.config import SidecarConfig
 from agent.sidecar.process import Runner, SidecarError, SubprocessRunner, envoy_argv
 from agent.sidecar.sds import ProxyIdentity
-from meshcore.clock import sleep_unless
+from meshcore.clock import Clock, SystemClock, sleep_unless
 
 LOG = logging.getLogger("agent.sidecar")
 STOP_GRACE = 5.0  # after SIGTERM, before SIGKILL
@@ -82,8 +81,7 @@ class EnvoySupervisor:
     def __init__(
         self, config: SidecarConfig, bootstrap: Path, *, user: ProxyIdentity | None,
         runner: Runner | None = None, probe: Probe | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock | None = None,
         logger: logging.Logger = LOG,
         on_status: Callable[[SidecarStatus], None] | None = None,
     ) -> None:
@@ -92,8 +90,10 @@ class EnvoySupervisor:
         self._user = user
         self._runner: Runner = runner or SubprocessRunner()
         self._probe: Probe = probe or AdminProbe(config.admin_port)
-        self._clock = clock
-        self._sleep = sleep
+        # Backoff, polls and "stable for stable_after" are schedules: on the
+        # clock. Deadlines on the real process (drain, SIGTERM grace, /ready
+        # timeout) stay on the event loop's clock: see meshcore.clock.
+        self._clock = clock or SystemClock()
         self._log = logger
         self._access_log = logger.getChild("access")
         self._envoy_log = logger.getChild("envoy")
@@ -159,14 +159,14 @@ class EnvoySupervisor:
         """Supervise until ``shutdown()``; a cancelled run kills Envoy, never orphans it."""
         try:
             while not self._stopping:
-                started = self._clock()
+                started = self._clock.monotonic()
                 returncode = await self._run_once()
                 if self._stopping:
                     break
                 if self._restart_requested:
                     self._restart_requested = False
                     continue
-                if self._clock() - started >= self._config.restart.stable_after:
+                if self._clock.monotonic() - started >= self._config.restart.stable_after:
                     self._failures = 0
                 self._failures += 1
                 self._restarts += 1
@@ -232,7 +232,7 @@ class EnvoySupervisor:
             elif not ready and self._ready.is_set():
                 self._ready.clear()
                 self._set_state(EnvoyState.STARTING, "envoy /ready stopped answering 200")
-            await asyncio.sleep(LIVE_POLL if self._ready.is_set() else READY_POLL)
+            await self._clock.sleep(LIVE_POLL if self._ready.is_set() else READY_POLL)
 
     async def _pump(self, stream: asyncio.StreamReader | None, logger: logging.Logger,
                     *, access: bool) -> None:
@@ -258,7 +258,7 @@ class EnvoySupervisor:
         self._set_state(state, self._detail)
         self._log.warning("envoy %s (%d consecutive failures); restarting in %.2fs",
                           state.value, self._failures, delay)
-        await sleep_unless(self._sleep(delay), self._wake)
+        await sleep_unless(self._clock.sleep(delay), self._wake)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -1,28 +1,42 @@
-"""The agent's live health, written by the daemon's tasks and read by the status
-endpoint, the metrics collector, systemd STATUS= lines and `mesh-agent status`."""
+"""The agent's live health as immutable snapshots.
+
+The event loop is the only writer: each change builds a new frozen
+``Snapshot`` and swaps ``Health.current`` to it in one reference assignment.
+Readers on other threads (the status endpoint) take ``current`` once per
+request and read only that object, so they never see half of an update (a new
+serial with the old rotation count), whatever the thread switch timing.
+Readers are the status endpoint, the metrics collector, systemd STATUS= lines
+and `mesh-agent status`.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
 
 from agent.credentials.model import Credentials
 
 
-@dataclass
-class Health:
+def _frozen_map(items: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(items))
+
+
+@dataclass(frozen=True)
+class Snapshot:
     phase: str = "starting"  # starting|attesting|ready|renewing|expired|stopping
     attestor: str | None = None
     credentials: Credentials | None = None
     rotations: int = 0
-    failures: Counter[str] = field(default_factory=Counter)
+    failures: Mapping[str, int] = field(default_factory=lambda: _frozen_map({}))
     last_success: dt.datetime | None = None
     last_error: str | None = None
     # Other readiness conditions (the sidecar, capture) register here: name -> ok.
-    conditions: dict[str, bool] = field(default_factory=dict)
+    conditions: Mapping[str, bool] = field(default_factory=lambda: _frozen_map({}))
     # Per-part detail for `mesh-agent status` (e.g. the sidecar's state, restarts).
-    details: dict[str, object] = field(default_factory=dict)
+    details: Mapping[str, Mapping[str, object]] = field(default_factory=lambda: _frozen_map({}))
 
     def cert_valid(self, now: dt.datetime) -> bool:
         return self.credentials is not None and self.credentials.valid_at(now)
@@ -69,5 +83,33 @@ class Health:
             "last_success": self.last_success.isoformat() if self.last_success else None,
             "last_error": self.last_error,
             "conditions": dict(self.conditions),
-            **{name: detail for name, detail in self.details.items()},
+            **{name: dict(detail) for name, detail in self.details.items()},
         }
+
+
+class Health:
+    """Holds the current ``Snapshot``. Write from the event loop only."""
+
+    def __init__(self) -> None:
+        self._current = Snapshot()
+
+    @property
+    def current(self) -> Snapshot:
+        return self._current
+
+    def update(self, **changes: Any) -> None:
+        """Publish a new snapshot with ``changes`` applied, all at once."""
+        self._current = replace(self._current, **changes)
+
+    def condition(self, name: str, ok: bool) -> None:
+        if self._current.conditions.get(name) is ok:
+            return
+        self.update(conditions=_frozen_map({**self._current.conditions, name: ok}))
+
+    def detail(self, name: str, value: Mapping[str, object]) -> None:
+        self.update(details=_frozen_map({**self._current.details, name: _frozen_map(value)}))
+
+    def failed(self, reason: str, error: str) -> None:
+        failures = dict(self._current.failures)
+        failures[reason] = failures.get(reason, 0) + 1
+        self.update(failures=_frozen_map(failures), last_error=error)

@@ -1,24 +1,24 @@
-"""Prometheus metrics computed from ``Health`` at scrape time (no double bookkeeping)."""
+"""Prometheus metrics computed from one health ``Snapshot`` at scrape time (no double
+bookkeeping)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import datetime as dt
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from agent.status.health import Health
-from meshcore.clock import Clock
+from agent.status.health import Snapshot
 
 
 class HealthCollector:
-    def __init__(self, health: Callable[[], Health], clock: Clock) -> None:
+    def __init__(self, health: Snapshot, now: dt.datetime) -> None:
         self._health = health
-        self._clock = clock
+        self._now = now
 
     def collect(self) -> Iterator[Metric]:
-        health = self._health()
-        now = self._clock.now()
+        health, now = self._health, self._now
         expires = GaugeMetricFamily(
             "mesh_agent_cert_expiry_seconds", "Seconds until the workload certificate expires")
         remaining = health.expires_in(now)
@@ -41,7 +41,7 @@ class HealthCollector:
                                 value=1.0 if health.ready(now) else 0.0)
 
 
-def render(health: Callable[[], Health], clock: Clock) -> bytes:
+def render(health: Snapshot, now: dt.datetime) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HealthCollector(health, clock))
+    registry.register(HealthCollector(health, now))
     return bytes(generate_latest(registry))

@@ -1,10 +1,12 @@
 """The local status endpoint (127.0.0.1 by default): /healthz, /ready, /metrics,
-/status (JSON). It only reads ``Health``; it never touches keys.
+/status (JSON). It only reads health; it never touches keys.
 
 Served by the standard library's ``http.server`` on one background thread:
-the agent's memory budget (issue 2: <= 35 MiB RSS) has no room for a second
-HTTP stack, and four read-only GET routes need none. Handlers only read
-``Health`` fields, which the event loop replaces whole, never mutates in place.
+the agent's memory budget (<= 35 MiB RSS) has no room for a second HTTP stack,
+and four read-only GET routes need none. The event loop keeps changing health
+while a request is served, so each request takes ``Health.current`` once (a
+frozen snapshot the loop replaces, never changes) and answers from that
+object alone.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 5
 
     def do_GET(self) -> None:
-        health, clock = self.server.health, self.server.clock
-        now = clock.now()
+        health = self.server.health.current  # one consistent snapshot per request
+        now = self.server.clock.now()
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
             self._json(200, {"status": "ok"})
@@ -49,7 +51,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200 if ready else 503, {
                 "ready": ready, "phase": health.phase, "summary": health.summary(now)})
         elif path == "/metrics":
-            self._send(200, render(lambda: health, clock), "text/plain; version=0.0.4")
+            self._send(200, render(health, now), "text/plain; version=0.0.4")
         elif path == "/status":
             self._json(200, health.as_dict(now))
         else:

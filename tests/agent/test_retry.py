@@ -4,39 +4,25 @@ the deadline; runs here with a clock whose sleeps take no real time."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 
 import pytest
 
 from agent.attest.base import AttestError
 from agent.registrar_client.errors import RegistrarError
-from agent.rotation.retry import policy
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-        self.sleeps: list[float] = []
-
-    def now(self) -> dt.datetime:
-        return dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=self.t)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
+from agent.rotation.retry import backoff, policy
+from tests.fakes.clock import FakeClock, FixedRng
 
 
 def run(clock: FakeClock, errors: list[BaseException], *, deadline: float | None,
-        max_backoff: float = 120.0) -> tuple[int, BaseException | None]:
+        max_backoff: float = 120.0,
+        rng: FixedRng | None = None) -> tuple[int, BaseException | None]:
     calls = 0
     seen: list[BaseException] = []
 
     async def go() -> None:
         nonlocal calls
-        async for attempt in policy(clock=clock, min_backoff=1.0, max_backoff=max_backoff,
+        async for attempt in policy(clock=clock, rng=rng or FixedRng(0.5), min_backoff=1.0,
+                                    max_backoff=max_backoff,
                                     deadline=deadline, on_failure=seen.append):
             with attempt:
                 calls += 1
@@ -81,8 +67,20 @@ def test_backoff_is_capped() -> None:
 
 def test_retry_after_is_honoured_beyond_the_backoff() -> None:
     clock = FakeClock()
-    run(clock, [retry_error(after=30)], deadline=None, max_backoff=5.0)
-    assert 30 <= clock.sleeps[0] <= 31
+    run(clock, [retry_error(after=30)], deadline=None, max_backoff=5.0, rng=FixedRng(0.25))
+    assert clock.sleeps == [30.25]  # Retry-After plus the injected jitter (0.25 of 1 s)
+
+
+def test_jitter_comes_from_the_injected_rng() -> None:
+    """Doubling from min_backoff plus up to min_backoff of jitter, capped; with a
+    pinned RNG the whole schedule is exact."""
+    for fraction, expected in ((0.0, [1.0, 2.0, 4.0, 5.0]), (1.0, [2.0, 3.0, 5.0, 5.0])):
+        clock = FakeClock()
+        rng = FixedRng(fraction)
+        run(clock, [retry_error() for _ in range(4)], deadline=None, max_backoff=5.0, rng=rng)
+        assert clock.sleeps == expected
+        assert rng.calls == 4
+    assert backoff(200, min_backoff=1.0, max_backoff=5.0, rng=FixedRng(1.0)) == 5.0
 
 
 def test_stops_at_the_deadline() -> None:

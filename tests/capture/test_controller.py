@@ -19,6 +19,7 @@ from agent.capture.runner import CaptureError, SubprocessRunner
 from tests.capture.conftest import BACKENDS
 from tests.capture.harness import A, B, cfg, controller, with_existing_rules
 from tests.capture.netns import Topology, ruleset, sh
+from tests.fakes.clock import FakeClock
 
 
 class FailingProber:
@@ -87,33 +88,33 @@ def test_remove_needs_no_config(vm_ns: Topology, tmp_path: Path) -> None:
 
 @pytest.mark.netns
 def test_envoy_down_policies(vm_ns: Topology, tmp_path: Path) -> None:
+    """Fail-open after exactly ``fail_open_after`` of virtual time, not before."""
     async def run() -> None:
-        closed = controller(vm_ns, cfg(A, backend="nftables"), tmp_path / "closed")
+        clock = FakeClock()
+        closed = controller(vm_ns, cfg(A, backend="nftables"), tmp_path / "closed", clock=clock)
         await closed.apply()
-        await closed.proxy_down()
-        await asyncio.sleep(0)
+        closed.proxy_down()
+        clock.advance(3600)
+        assert not await closed.fail_open_if_due()
         assert not closed.failed_open  # fail-closed: capture stays
         assert (await closed.status()).installed
         await closed.remove()
 
-        gate = asyncio.Event()
-
-        async def sleep(seconds: float) -> None:
-            assert seconds == 45.0
-            await gate.wait()
-
         opened = controller(vm_ns, cfg(A, backend="nftables", envoy_down_policy="fail-open",
-                                       fail_open_after=45.0), tmp_path / "open", sleep=sleep)
+                                       fail_open_after=45.0), tmp_path / "open", clock=clock)
         await opened.apply()
-        await opened.proxy_down()
+        opened.proxy_down()
+        clock.advance(44.9)
+        assert not await opened.fail_open_if_due()
         await opened.proxy_up()  # back before the deadline: nothing changes
+        clock.advance(10)
+        assert not await opened.fail_open_if_due()  # the pending fail-open was dropped
         assert (await opened.status()).installed and not opened.failed_open
-        await opened.proxy_down()
-        gate.set()
-        for _ in range(200):
-            if opened.failed_open:
-                break
-            await asyncio.sleep(0.01)
+        opened.proxy_down()
+        clock.advance(44.9)
+        opened.proxy_down()  # still down: the first moment counts, not the latest report
+        clock.advance(0.1)
+        assert await opened.fail_open_if_due()
         assert opened.failed_open and not (await opened.status()).installed
         await opened.proxy_up()  # proxy back: capture re-applied
         status = await opened.status()

@@ -1,6 +1,7 @@
 """Supervisor behaviour with real processes behind the injected runner (crash
-loops, a missing binary, drain order) and zero-wait sleeps; plus a real Envoy
-accepting the drain call in its own namespace."""
+loops, a missing binary, drain order) on a virtual clock (backoff is asserted,
+never waited for); plus a real Envoy accepting the drain call in its own
+namespace."""
 
 from __future__ import annotations
 
@@ -21,21 +22,27 @@ from agent.sidecar.supervisor import (
     SidecarNotReady,
     SidecarStatus,
 )
+from tests.fakes.clock import FakeClock
 
 CONFIG = SidecarConfig(enabled=True, envoy_path=Path("/usr/local/bin/envoy"), drain_time=0.2,
                        restart=RestartPolicy(0.5, 4.0, 3, 60.0))
 
 
 class ScriptRunner:
-    """Runs ``sh -c script`` in place of Envoy: a real child, real pipes, real exit codes."""
+    """Runs ``sh -c script`` in place of Envoy: a real child, real pipes, real exit codes.
+    With ``clock``, each run takes ``lasts`` seconds of virtual time."""
 
-    def __init__(self, script: str) -> None:
+    def __init__(self, script: str, clock: FakeClock | None = None, lasts: float = 0.0) -> None:
         self.script = script
         self.starts: list[list[str]] = []
+        self.clock = clock
+        self.lasts = lasts
 
     async def start(self, argv: Sequence[str], *,
                     user: ProxyIdentity | None) -> asyncio.subprocess.Process:
         self.starts.append(list(argv))
+        if self.clock is not None:
+            self.clock.advance(self.lasts)
         return await asyncio.create_subprocess_exec(
             "sh", "-c", self.script, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
@@ -54,15 +61,6 @@ class FakeProbe:
         return True
 
 
-class Sleeps:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        await asyncio.sleep(0)
-
-
 async def _until(predicate: object, timeout: float = 10) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():  # type: ignore[operator]
@@ -72,12 +70,12 @@ async def _until(predicate: object, timeout: float = 10) -> None:
 def test_repeated_crashes_back_off_and_become_a_visible_crashloop(
         caplog: pytest.LogCaptureFixture) -> None:
     runner = ScriptRunner('echo "[t][1][critical][main] bad listener" >&2; exit 3')
-    sleeps = Sleeps()
+    clock = FakeClock()
     seen: list[SidecarStatus] = []
 
     async def scenario() -> SidecarStatus:
         sup = EnvoySupervisor(CONFIG, Path("/b.yaml"), user=None, runner=runner,
-                              probe=FakeProbe(ready=False), sleep=sleeps, on_status=seen.append)
+                              probe=FakeProbe(ready=False), clock=clock, on_status=seen.append)
         task = asyncio.create_task(sup.run())
         await _until(lambda: sup.status().consecutive_failures >= 5)
         status = sup.status()
@@ -93,7 +91,8 @@ def test_repeated_crashes_back_off_and_become_a_visible_crashloop(
     assert status.state is EnvoyState.CRASHLOOP and not status.ready
     assert status.last_exit == "exit status 3"
     assert "bad listener" in status.detail
-    assert sleeps.delays[:5] == [0.5, 1.0, 2.0, 4.0, 4.0]  # doubling, capped at max_backoff
+    backoffs = [s for s in clock.sleeps if s >= CONFIG.restart.min_backoff]
+    assert backoffs[:5] == [0.5, 1.0, 2.0, 4.0, 4.0]  # doubling, capped at max_backoff
     assert {s.state for s in seen} >= {EnvoyState.STARTING, EnvoyState.BACKOFF,
                                       EnvoyState.CRASHLOOP}
     assert status.as_dict()["state"] == "crashloop"
@@ -101,16 +100,12 @@ def test_repeated_crashes_back_off_and_become_a_visible_crashloop(
 
 
 def test_stable_run_resets_the_failure_count() -> None:
-    runner = ScriptRunner("exit 1")
-    now = [0.0]
-
-    def clock() -> float:
-        now[0] += 40.0  # every run "lasts" 40 s; stable_after is 60 s
-        return now[0]
+    clock = FakeClock()
+    runner = ScriptRunner("exit 1", clock, lasts=40.0)  # stable_after is 60 s
 
     async def scenario() -> SidecarStatus:
         sup = EnvoySupervisor(CONFIG, Path("/b.yaml"), user=None, runner=runner,
-                              probe=FakeProbe(False), sleep=Sleeps(), clock=clock)
+                              probe=FakeProbe(False), clock=clock)
         task = asyncio.create_task(sup.run())
         await _until(lambda: sup.status().restarts >= 3)
         await sup.shutdown()
@@ -121,13 +116,11 @@ def test_stable_run_resets_the_failure_count() -> None:
     status = asyncio.run(scenario())
     assert status.consecutive_failures == status.restarts >= 3
 
-    def long_clock() -> float:
-        now[0] += 100.0
-        return now[0]
-
     async def stable() -> int:
-        sup = EnvoySupervisor(CONFIG, Path("/b.yaml"), user=None, runner=ScriptRunner("exit 1"),
-                              probe=FakeProbe(False), sleep=Sleeps(), clock=long_clock)
+        slow = FakeClock()
+        sup = EnvoySupervisor(CONFIG, Path("/b.yaml"), user=None,
+                              runner=ScriptRunner("exit 1", slow, lasts=100.0),
+                              probe=FakeProbe(False), clock=slow)
         task = asyncio.create_task(sup.run())
         await _until(lambda: sup.status().restarts >= 3)
         await sup.shutdown()
@@ -143,7 +136,7 @@ def test_missing_envoy_binary_is_a_clear_error_not_a_hang() -> None:
 
     async def scenario() -> SidecarStatus:
         sup = EnvoySupervisor(config, Path("/b.yaml"), user=None, runner=SubprocessRunner(),
-                              probe=FakeProbe(False), sleep=Sleeps())
+                              probe=FakeProbe(False), clock=FakeClock())
         task = asyncio.create_task(sup.run())
         await _until(lambda: sup.status().state is EnvoyState.CRASHLOOP)
         with pytest.raises(SidecarNotReady, match="/nonexistent/bin/envoy"):
