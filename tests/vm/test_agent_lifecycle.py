@@ -20,7 +20,7 @@ from cryptography import x509
 
 from tests.fixtures.registrar import RegistrarProcess
 from tests.packaging.build import Packages
-from tests.vm import image, qemu
+from tests.vm import image, qemu, stall_hook
 from tests.vm.userdata import (
     GUEST_REGISTRAR,
     GUEST_REGISTRAR_PORT,
@@ -33,6 +33,7 @@ from tests.vm.userdata import (
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1200)]
 
 PAYLOAD = Path(__file__).parent / "payloads" / "agent_lifecycle.sh"
+STALL_HOOK = Path(stall_hook.__file__)
 SPIFFE_ID = "spiffe://example.org/ns/shop/sa/web-vm"
 WATCHDOG_SEC = 30.0
 
@@ -73,9 +74,7 @@ def run(packages: Packages, guest_registrar: RegistrarProcess, vm_workdir: Path)
         ca_pem=guest_registrar.ca_file.read_text(), token=token,
         agent_yaml=agent_drop_in(url=f"https://{GUEST_REGISTRAR}:{GUEST_REGISTRAR_PORT}",
                                  renew_at=0.1, sidecar=True),
-        extra_files=[{"path": "/etc/systemd/system/mesh-agent.service.d/50-test-hooks.conf",
-                      "permissions": "0644",
-                      "content": "[Service]\nEnvironment=MESH_AGENT_TEST_HOOKS=1\n"}],
+        extra_files=stall_hook_files(),
         pre_commands=[["sh", "-c", "mesh-vmtest-rules > /var/tmp/baseline.rules"]])
     seed = qemu.make_seed(vm_workdir, user_data, f"iid-{uuid.uuid4()}")
     vm = qemu.VM(image=baked, workdir=vm_workdir, seed=seed,
@@ -91,6 +90,19 @@ def run(packages: Packages, guest_registrar: RegistrarProcess, vm_workdir: Path)
     print(f"\nVM timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
     (vm_workdir / "timings.json").write_text(json.dumps(timings))
     return Run(vm, token, guest_registrar, log_after_boot1, timings)
+
+
+def stall_hook_files() -> list[dict[str, str]]:
+    """The watchdog test's SIGUSR1 stall (tests/vm/stall_hook.py), installed into
+    the guest only: the packaged daemon has no such hook."""
+    return [
+        {"path": f"{stall_hook.SITE_DIR}/{stall_hook.MODULE}.py", "permissions": "0644",
+         "content": STALL_HOOK.read_text()},
+        {"path": f"{stall_hook.SITE_DIR}/{stall_hook.MODULE}.pth", "permissions": "0644",
+         "content": f"import {stall_hook.MODULE}\n"},
+        {"path": "/etc/systemd/system/mesh-agent.service.d/50-test-stall.conf",
+         "permissions": "0644", "content": f"[Service]\nEnvironment={stall_hook.ENV}=1\n"},
+    ]
 
 
 def _journal(run: Run, boot: int, name: str) -> list[dict[str, str]]:

@@ -70,8 +70,9 @@ case "$MESH_VMTEST_BOOT" in
   journalctl -b -u $UNIT -o json --no-pager > "$OUT/agent-journal.json"
   [ -e /etc/mesh-agent/bootstrap-token ] && echo present > "$OUT/token" || echo absent > "$OUT/token"
 
-  # Watchdog: the test hook stalls the event loop; systemd must kill and
-  # restart the agent within 2 x WatchdogSec.
+  # Watchdog: SIGUSR1 stalls the event loop through the test-only module
+  # (tests/vm/stall_hook.py, installed by the user data, not by the package);
+  # systemd must kill and restart the agent within 2 x WatchdogSec.
   before=$(systemctl show -p MainPID --value $UNIT)
   t0=$(date +%s.%N)
   systemctl kill -s USR1 --kill-who=main $UNIT
