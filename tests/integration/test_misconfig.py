@@ -67,23 +67,57 @@ def test_wrong_registrar_ca_is_refused_and_the_token_kept(registrar_factory: Any
     assert "attest ok" not in reg.log_text()
 
 
-def test_sighup_with_a_bad_config_keeps_running(registrar_factory: Any,
-                                                agent_factory: Any) -> None:
+def _sighup(agent: Any) -> str:
+    """Send SIGHUP and return the agent's one ``sighup:`` answer to it."""
     import signal
     import time
 
+    seen = agent.log_text().count("sighup:")
+    agent.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while agent.log_text().count("sighup:") == seen:
+        assert time.monotonic() < deadline, agent.log_text()[-2000:]
+        assert agent.proc.poll() is None, agent.log_text()[-2000:]
+        time.sleep(0.05)
+    line = [ln for ln in agent.log_text().splitlines() if "sighup:" in ln][-1]
+    return line.split("sighup:", 1)[1]
+
+
+def test_sighup_with_a_bad_config_keeps_running(registrar_factory: Any,
+                                                agent_factory: Any) -> None:
     _, agent = bootstrapped(registrar_factory, agent_factory)
     agent.start()
     agent.wait_ready()
     agent.config["rotation"]["jitter"] = 9
     agent.write_config()
-    agent.proc.send_signal(signal.SIGHUP)
-    time.sleep(1)
+    answer = _sighup(agent)
+    assert answer.startswith(" rejected the new configuration"), answer
+    assert "rotation.jitter" in answer
     assert agent.proc.poll() is None and agent.ready()
-    assert "reload rejected" in agent.log_text()
     agent.config["rotation"]["jitter"] = 0.05
     agent.write_config()
-    agent.proc.send_signal(signal.SIGHUP)
-    time.sleep(1)
-    assert "configuration reloaded" in agent.log_text()
+    assert _sighup(agent).startswith(" applied rotation"), agent.log_text()[-2000:]
+    assert agent.stop() == 0
+
+
+def test_sighup_applies_or_rejects_each_changed_section(registrar_factory: Any,
+                                                        agent_factory: Any) -> None:
+    """Every changed section is named: applied at once, or rejected until a restart
+    (and then it keeps its running value, so the next SIGHUP names it again)."""
+    _, agent = bootstrapped(registrar_factory, agent_factory)
+    agent.start()
+    agent.wait_ready()
+    assert _sighup(agent).startswith(" no change")
+    agent.config["log_level"] = "info"
+    agent.config["rotation"]["jitter"] = 0.05
+    agent.config["attestation"]["token_file"] = str(agent.base_dir / "other-token")
+    agent.config["status"]["listen"] = "127.0.0.1:1"
+    agent.write_config()
+    answer = _sighup(agent)
+    assert answer.startswith(" applied rotation, log_level; "
+                             "rejected attestation, status: need a restart"), answer
+    assert "applied=rotation,log_level rejected=attestation,status" in answer
+    assert agent.ready(), "the rejected status section must keep the running endpoint"
+    # The applied sections are now the running ones; the rejected ones are not.
+    assert _sighup(agent).startswith(" rejected attestation, status: need a restart")
     assert agent.stop() == 0
