@@ -32,7 +32,7 @@ PROXY_WATCH_SECONDS = 0.5
 
 
 class DataPlaneConfigError(Exception):
-    """Envoy or capture cannot start with this configuration (exit 78)."""
+    """Envoy or capture cannot start with this configuration (exit ``EX_CONFIG``)."""
 
 
 def _traversable(state_dir: Path) -> None:
