@@ -1,0 +1,110 @@
+"""Health crosses threads (the event loop writes, the status endpoint's thread
+reads), so it is published as frozen snapshots: replaced, never changed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from agent.status.health import Health, Snapshot
+from agent.status.server import StatusServer
+from tests.fakes.clock import FakeClock
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_snapshot_cannot_be_changed() -> None:
+    health = Health()
+    health.condition("sidecar", False)
+    health.detail("sidecar", {"state": "starting"})
+    health.failed("unreachable", "down")
+    snap = health.current
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snap.phase = "ready"  # type: ignore[misc]
+    for mapping in (snap.conditions, snap.failures, snap.details, snap.details["sidecar"]):
+        with pytest.raises(TypeError):
+            mapping["x"] = 1  # type: ignore[index]
+
+
+def test_every_change_publishes_a_new_snapshot_and_leaves_the_old_one_alone() -> None:
+    health = Health()
+    now = FakeClock().now()
+    changes = [
+        lambda: health.update(phase="attesting", attestor="token"),
+        lambda: health.condition("capture", False),
+        lambda: health.condition("capture", True),
+        lambda: health.detail("sidecar", {"state": "ready", "restarts": 1}),
+        lambda: health.failed("unreachable", "registrar down"),
+        lambda: health.failed("unreachable", "still down"),
+        lambda: health.update(rotations=1, last_error=None, phase="ready"),
+    ]
+    for change in changes:
+        before = health.current
+        seen = json.dumps(before.as_dict(now), sort_keys=True)
+        change()
+        assert health.current is not before
+        assert json.dumps(before.as_dict(now), sort_keys=True) == seen
+    final = health.current
+    assert dict(final.failures) == {"unreachable": 2}
+    assert dict(final.conditions) == {"capture": True}
+    assert final.as_dict(now)["sidecar"] == {"state": "ready", "restarts": 1}
+
+
+def test_the_status_endpoint_never_shows_half_an_update() -> None:
+    """The loop changes two fields together many times while a thread reads
+    /status; every answer must pair them as written."""
+    health = Health()
+    health.update(rotations=0, last_error="r0")
+    port = free_port()
+    server = StatusServer(health, FakeClock(), host="127.0.0.1", port=port)
+    torn: list[dict[str, Any]] = []
+    answers = 0
+    done = threading.Event()
+
+    def read() -> None:
+        nonlocal answers
+        while not done.is_set():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+                body = json.loads(r.read())
+            answers += 1
+            if body["last_error"] != f"r{body['rotations']}":
+                torn.append(body)
+
+    import asyncio
+
+    asyncio.run(server.start())
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        n, deadline = 0, time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            n += 1
+            health.update(rotations=n, last_error=f"r{n}")
+    finally:
+        done.set()
+        reader.join()
+        sys.setswitchinterval(old)
+        asyncio.run(server.stop())
+    assert answers > 50
+    assert torn == []
+
+
+def test_snapshot_defaults_match_a_fresh_agent() -> None:
+    snap = Snapshot()
+    now = FakeClock().now()
+    assert snap.phase == "starting" and not snap.ready(now)
+    assert "no credentials yet" in snap.summary(now)
