@@ -2,8 +2,10 @@
 stderr otherwise, and a last-line-of-defence scrubber on every record.
 
 Secrets are ``meshcore.secret.Secret`` and redact themselves; the scrubber also
-masks anything shaped like a private key, a JWT, a join token or a bearer
-value in case a foreign library puts one in a message.
+masks anything shaped like a private key, a JWT, a bearer value or a metadata
+token in case a foreign library puts one in a message. A join token has no
+shape to recognise (random URL-safe base64 without a marker), so it relies on
+``Secret`` alone: it is wrapped the moment the token file is read.
 """
 
 from __future__ import annotations
