@@ -9,12 +9,14 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from cryptography import x509
 
 from agent.attest import registry
 from agent.config.model import AgentConfig
 from agent.registrar_client import RegistrarClient, RegistrarError
+from meshcore.clock import Clock, SystemClock
 
 # No certificate we could have been issued predates this; a clock before it is wrong.
 EARLIEST_SANE = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -48,8 +50,8 @@ def _registrar(config: AgentConfig) -> Result:
     return Result("registrar", True, f"{config.registrar.url} answers over verified TLS")
 
 
-def _clock(config: AgentConfig) -> Result:
-    now = dt.datetime.now(dt.UTC)
+def _clock(config: AgentConfig, clock: Clock) -> Result:
+    now = clock.now()
     if now < EARLIEST_SANE:
         return Result("clock", False, f"system time {now:%Y-%m-%d} is before "
                       f"{EARLIEST_SANE:%Y-%m-%d}; certificates will not verify (is NTP running?)")
@@ -94,9 +96,8 @@ def _metadata(config: AgentConfig) -> Result:
     return Result("metadata", True, detail or "no cloud attestors")
 
 
-CHECKS: tuple[Callable[[AgentConfig], Result], ...] = (
-    _trust_anchor, _clock, _state_dir, _evidence, _metadata, _registrar)
-
-
-def run_checks(config: AgentConfig) -> list[Result]:
-    return [check(config) for check in CHECKS]
+def run_checks(config: AgentConfig, clock: Clock | None = None) -> list[Result]:
+    checks: tuple[Callable[[AgentConfig], Result], ...] = (
+        _trust_anchor, partial(_clock, clock=clock or SystemClock()), _state_dir, _evidence,
+        _metadata, _registrar)
+    return [check(config) for check in checks]

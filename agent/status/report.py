@@ -12,6 +12,7 @@ import httpx
 from agent.config.model import AgentConfig
 from agent.credentials import CredentialStore, StoreError
 from agent.state.store import StateError, StateFile
+from meshcore.clock import Clock, SystemClock
 
 
 def _from_daemon(config: AgentConfig) -> dict[str, Any] | None:
@@ -29,9 +30,8 @@ def _from_daemon(config: AgentConfig) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _from_disk(config: AgentConfig) -> dict[str, Any]:
+def _from_disk(config: AgentConfig, now: dt.datetime) -> dict[str, Any]:
     out: dict[str, Any] = {"running": False}
-    now = dt.datetime.now(dt.UTC)
     try:
         creds = CredentialStore(config.state_dir / "credentials").current()
     except StoreError as exc:
@@ -54,11 +54,11 @@ def _from_disk(config: AgentConfig) -> dict[str, Any]:
     return out
 
 
-def collect(config: AgentConfig) -> dict[str, Any]:
+def collect(config: AgentConfig, clock: Clock | None = None) -> dict[str, Any]:
     live = _from_daemon(config)
     if live is not None:
         return {"running": True, **live}
-    return _from_disk(config)
+    return _from_disk(config, (clock or SystemClock()).now())
 
 
 def render_text(report: dict[str, Any]) -> str:
