@@ -41,6 +41,10 @@ RELOAD_REJECTS = ("attestation", "status", "state_dir", "sidecar", "capture")
 _FIELDS = {"identity": "key_type"}  # config section -> AgentConfig field, where they differ
 
 
+def config_field(section: str) -> str:
+    return _FIELDS.get(section, section)
+
+
 class _Stop(Exception):
     """Raised inside the TaskGroup to end it on SIGTERM/SIGINT."""
 
@@ -100,13 +104,11 @@ class Daemon:
             self.notifier.ready(self._summary())
             return
         changed = [name for name in (*RELOAD_APPLIES, *RELOAD_REJECTS)
-                   if getattr(new, _FIELDS.get(name, name))
-                   != getattr(self.config, _FIELDS.get(name, name))]
+                   if getattr(new, config_field(name)) != getattr(self.config, config_field(name))]
         applied = [name for name in changed if name in RELOAD_APPLIES]
         rejected = [name for name in changed if name in RELOAD_REJECTS]
         # A rejected section keeps its running value, so self.config stays what runs.
-        self.config = replace(new, **{_FIELDS.get(name, name): getattr(self.config,
-                                                                       _FIELDS.get(name, name))
+        self.config = replace(new, **{config_field(name): getattr(self.config, config_field(name))
                                       for name in rejected})
         self.manager.tuning = tuning_of(self.config)
         self.manager.client = client_of(self.config)
