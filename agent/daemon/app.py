@@ -45,6 +45,12 @@ def client_of(config: AgentConfig) -> RegistrarClient:
                            timeout=config.registrar.timeout)
 
 
+def log_warnings(config: AgentConfig) -> None:
+    """Deprecated keys still work; say where each one is so it gets moved."""
+    for warning in config.warnings:
+        log.warning("configuration: %s", warning)
+
+
 class Daemon:
     def __init__(self, config_path: Path, config: AgentConfig, *,
                  clock: Clock | None = None, notifier: Notifier | None = None) -> None:
@@ -88,9 +94,10 @@ class Daemon:
                       extra={"error": str(exc)})
             self.notifier.ready(self.health.summary(self.clock.now()))
             return
-        needs_restart = [name for name in ("state_dir", "status", "sidecar", "capture")
+        needs_restart = [name for name in ("state_dir", "status", "proxy", "sidecar", "capture")
                          if getattr(new, name) != getattr(self.config, name)]
         self.config = new
+        log_warnings(new)
         self.manager.tuning = tuning_of(new)
         self.manager.client = client_of(new)
         logging.getLogger().setLevel(new.log_level.upper())
@@ -201,4 +208,5 @@ def run_daemon(config_path: Path) -> int:
         return EX_CONFIG
     logs.setup(config.log_level)
     log.info("starting", extra={"config": str(config_path), "registrar": config.registrar.url})
+    log_warnings(config)
     return asyncio.run(Daemon(config_path, config).run())
