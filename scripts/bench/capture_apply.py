@@ -32,11 +32,12 @@ from agent.capture.controller import CaptureController  # noqa: E402
 from agent.capture.plan import CaptureSettings, plan  # noqa: E402
 from agent.capture.probe import SubprocessProber  # noqa: E402
 from agent.capture.runner import SubprocessRunner  # noqa: E402
+from agent.proxy.config import ProxyConfig  # noqa: E402
 
 BACKENDS = ("iptables-nft", "iptables-legacy", "nftables")
-DEFAULT = CaptureConfig(enabled=True, proxy_uid=1337, proxy_gid=1337)
+DEFAULT = CaptureConfig(enabled=True, proxy=ProxyConfig(uid=1337, gid=1337))
 LARGE = CaptureConfig(
-    enabled=True, proxy_uid=1337, proxy_gid=1337,
+    enabled=True, proxy=ProxyConfig(uid=1337, gid=1337),
     inbound_ports=tuple(range(20000, 20100)),
     exclude_outbound_ports=tuple(range(30000, 30050)),
     exclude_outbound_cidrs=tuple([f"10.{i}.0.0/16" for i in range(25)]
