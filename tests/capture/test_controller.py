@@ -69,7 +69,7 @@ def test_apply_with_nobody_on_the_proxy_port_rolls_back(vm_ns: Topology,
     """Capture alone would strand every outbound connection: the probe refuses it."""
     baseline = ruleset(vm_ns.vm, ignore_empty_legacy=True)
     ctl = controller(vm_ns, cfg(A, backend="iptables-nft", probe=True), tmp_path)
-    with pytest.raises(CaptureError, match="probe failed.*nothing listens there"):
+    with pytest.raises(CaptureError, match=r"probe failed.*nothing listens there"):
         asyncio.run(ctl.apply())
     assert ruleset(vm_ns.vm, ignore_empty_legacy=True) == baseline
     record = RecordStore(tmp_path).load()
