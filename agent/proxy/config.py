@@ -54,7 +54,8 @@ def _value(s: Section, name: str, field: str) -> str | int:
     if field == "user":
         return s.text(name)
     if field in ("uid", "gid"):
-        if s.raw(name) == 0 and s.raw(name) is not False:
+        raw = s.raw(name)
+        if raw == 0 and not isinstance(raw, bool):
             # Exempting root would exempt the agent and every root process from capture.
             raise s.error(name, "must not be 0 (root)", ID_HELP)
         return s.integer(name, 0, minimum=1, maximum=MAX_ID)
