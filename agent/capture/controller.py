@@ -15,29 +15,22 @@ import hashlib
 import json
 import logging
 import os
-import pwd
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent.capture.backend import Backend, Snapshot, detect, make_backend
 from agent.capture.config import CaptureConfig
-from agent.capture.plan import CaptureSettings, RuleSet, plan
+from agent.capture.plan import CaptureSettings, Exempt, RuleSet, plan
 from agent.capture.probe import LocalProber, Prober
 from agent.capture.record import CaptureRecord, RecordStore
 from agent.capture.runner import CaptureError, Runner, SubprocessRunner
+from agent.proxy.config import ProxyConfig
+from agent.proxy.user import ProxyIdentity, ProxyUserMissing, resolve_proxy_user
 from meshcore.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
-
-
-def lookup_user(name: str) -> tuple[int, int]:
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise CaptureError(f"capture.proxy_user: no such user {name!r} (create it, or set "
-                           "capture.proxy_uid and capture.proxy_gid)") from None
-    return entry.pw_uid, entry.pw_gid
+Users = Callable[[ProxyConfig], ProxyIdentity]
 
 
 def ipv6_available() -> bool:
@@ -45,20 +38,19 @@ def ipv6_available() -> bool:
     return Path("/proc/net/if_inet6").exists()
 
 
-def resolve(config: CaptureConfig,
-            users: Callable[[str], tuple[int, int]] = lookup_user,
-            has_ipv6: Callable[[], bool] = ipv6_available) -> CaptureSettings:
+def resolve(config: CaptureConfig, users: Users = resolve_proxy_user,
+            has_ipv6: Callable[[], bool] = ipv6_available,
+            always_exempt: tuple[Exempt, ...] = ()) -> CaptureSettings:
     """Resolve the proxy identity (numeric overrides first, then the user database)
     and drop IPv6 when the kernel has none (nothing can bypass what does not exist)."""
     if config.ipv6 and not has_ipv6():
         log.warning("capture: kernel has no IPv6; capturing IPv4 only")
         config = replace(config, ipv6=False)
-    uid, gid = config.proxy_uid, config.proxy_gid
-    if uid is None or gid is None:
-        user_uid, user_gid = users(config.proxy_user)
-        uid = user_uid if uid is None else uid
-        gid = user_gid if gid is None else gid
-    return CaptureSettings(config, uid, gid)
+    try:
+        proxy = users(config.proxy)
+    except ProxyUserMissing as exc:
+        raise CaptureError(str(exc)) from exc
+    return CaptureSettings(config, proxy.uid, proxy.gid, always_exempt)
 
 
 @contextlib.asynccontextmanager
@@ -103,12 +95,14 @@ class CaptureController:
     """Owns capture for one agent. Not thread-safe; call from one event loop."""
 
     def __init__(self, config: CaptureConfig | None, *, state_dir: Path,
+                 always_exempt: tuple[Exempt, ...] = (),
                  runner: Runner | None = None, prober: Prober | None = None,
-                 users: Callable[[str], tuple[int, int]] = lookup_user,
+                 users: Users = resolve_proxy_user,
                  has_ipv6: Callable[[], bool] = ipv6_available,
                  clock: Clock | None = None,
                  owner: str = "mesh-agent daemon") -> None:
         self._config = config
+        self._exempt = always_exempt
         self._store = RecordStore(state_dir)
         self._state_dir = state_dir
         self.runner: Runner = runner or SubprocessRunner()
@@ -125,11 +119,21 @@ class CaptureController:
     def plan(self) -> RuleSet:
         if self._config is None:
             raise CaptureError("no capture configuration")
-        return plan(resolve(self._config, self._users, self._has_ipv6))
+        return plan(resolve(self._config, self._users, self._has_ipv6, self._exempt))
 
     def reconfigure(self, config: CaptureConfig) -> None:
-        """New config (SIGHUP); takes effect on the next ``apply``."""
+        """New config; takes effect on the next ``apply`` (tests and benchmarks
+        use it; the daemon's SIGHUP does not change capture)."""
         self._config = config
+
+    @property
+    def always_exempt(self) -> tuple[Exempt, ...]:
+        return self._exempt
+
+    def exempt(self, destinations: tuple[Exempt, ...]) -> None:
+        """The always-direct destinations (the registrar), resolved by the caller;
+        take effect on the next ``apply``."""
+        self._exempt = destinations
 
     async def choose_backend(self) -> tuple[str, str]:
         """(backend, "recorded"|"configured"|"detected") that ``apply`` would use now."""

@@ -1,17 +1,19 @@
 """The pure capture planner: settings in, a backend-neutral rule set out.
 
-Semantics follow istio-iptables in REDIRECT mode (see FACTS.md) so an
-Istio-configured Envoy works unchanged, under our own ``MESH_`` chains:
+Semantics follow istio-iptables in REDIRECT mode (the chain layout, the
+127.0.0.6 passthrough source and the proxy-owner loopback rules are Istio's)
+so an Istio-configured Envoy works unchanged, under our own ``MESH_`` chains:
 
 * ``PREROUTING -p tcp -> MESH_INBOUND``: SSH and excluded ports RETURN,
   captured ports jump to ``MESH_IN_REDIRECT`` (-> inbound port, 15006).
-* ``OUTPUT -p tcp -> MESH_OUTPUT``: the metadata address RETURNs first, then
-  127.0.0.6 passthrough, the proxy's loopback self-calls, proxy UID/GID
-  exemptions, loopback, excluded CIDRs/ports, and the rest jumps to
-  ``MESH_REDIRECT`` (-> outbound port, 15001).
+* ``OUTPUT -p tcp -> MESH_OUTPUT``: the metadata address and the always-exempt
+  destinations (the registrar) RETURN first, then 127.0.0.6 passthrough, the
+  proxy's loopback self-calls, proxy UID/GID exemptions, loopback, excluded
+  CIDRs/ports, and the rest jumps to ``MESH_REDIRECT`` (-> outbound port, 15001).
 
 The forced exclusions come before anything the config can add, so no
-configuration can capture SSH or the metadata service.
+configuration can capture SSH, the metadata service or the agent's own
+certificate renewals.
 """
 
 from __future__ import annotations
@@ -88,12 +90,28 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class Exempt:
+    """A destination that always goes direct, whatever the config says.
+
+    The agent's control plane: the registrar's addresses (and, the same way,
+    istiod's or a CA's). If these went through the proxy, a proxy that is down
+    would also cut off the renewals that keep the VM in the mesh.
+    """
+
+    network: str  # a CIDR; a host is /32 or /128
+    port: int | None = None  # None: every TCP port of that network
+    why: str = ""  # for people reading the plan, e.g. "registrar"
+
+
+@dataclass(frozen=True)
 class CaptureSettings:
-    """The config with the proxy identity resolved to numbers (by the caller, at the edge)."""
+    """The config with the proxy identity resolved to numbers and the always-exempt
+    destinations resolved to addresses (by the caller, at the edge)."""
 
     config: CaptureConfig
     proxy_uid: int
     proxy_gid: int
+    always_exempt: tuple[Exempt, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,6 +152,8 @@ def _outbound(s: CaptureSettings, family: int) -> list[Rule]:
     capture_inbound = c.inbound_ports is None or bool(
         set(c.inbound_ports) - set(c.exclude_inbound_ports) - {SSH_PORT})
     rules = [Rule(OUTPUT, RETURN, dst=m) for m in METADATA[family]]
+    rules += [Rule(OUTPUT, RETURN, dst=d, tcp=e.port is not None, dport=e.port)
+              for e in s.always_exempt for d in _cidrs((e.network,), family)]
     rules += [Rule(OUTPUT, RETURN, out_iface=i) for i in c.exclude_interfaces]
     rules.append(Rule(OUTPUT, RETURN, src=PASSTHROUGH[family], out_iface="lo"))
     for uid, gid in ((s.proxy_uid, None), (None, s.proxy_gid)):
@@ -155,12 +175,14 @@ def _outbound(s: CaptureSettings, family: int) -> list[Rule]:
     return rules
 
 
-def _probe(c: CaptureConfig, family: int) -> Probe | None:
+def _probe(s: CaptureSettings, family: int) -> Probe | None:
     """A destination this plan captures, or None when the config captures nothing probe-able."""
+    c = s.config
     if PROBE_PORT in c.exclude_outbound_ports:
         return None
+    exempt = [e.network for e in s.always_exempt if e.port in (None, PROBE_PORT)]
     never = [ipaddress.ip_network(d, strict=False) for d in (
-        *c.exclude_outbound_cidrs, *METADATA[family], LOOPBACK[family])]
+        *c.exclude_outbound_cidrs, *METADATA[family], LOOPBACK[family], *exempt)]
     if c.include_outbound_cidrs is None:
         candidates = [ipaddress.ip_address(PROBE_ADDRESS[family])]
     else:
@@ -174,13 +196,13 @@ def _probe(c: CaptureConfig, family: int) -> Probe | None:
                                n.network_address + n.num_addresses // 2]
     usable = tuple(dict.fromkeys(
         str(a) for a in candidates if not any(a in net for net in never)))[:6]
-    return Probe(family, usable, PROBE_PORT, c.outbound_port) if usable else None
+    return Probe(family, usable, PROBE_PORT, c.proxy.outbound_port) if usable else None
 
 
 def _family(s: CaptureSettings, family: int) -> FamilyRules:
     c = s.config
-    redirects = [Rule(REDIRECT, TO_PORT, tcp=True, to_port=c.outbound_port),
-                 Rule(IN_REDIRECT, TO_PORT, tcp=True, to_port=c.inbound_port)]
+    redirects = [Rule(REDIRECT, TO_PORT, tcp=True, to_port=c.proxy.outbound_port),
+                 Rule(IN_REDIRECT, TO_PORT, tcp=True, to_port=c.proxy.inbound_port)]
     return FamilyRules(
         family=family,
         chains=CHAINS,
@@ -192,5 +214,5 @@ def _family(s: CaptureSettings, family: int) -> FamilyRules:
 def plan(settings: CaptureSettings) -> RuleSet:
     """The complete rule set for ``settings``: IPv4 always, IPv6 unless disabled."""
     families = (4, 6) if settings.config.ipv6 else (4,)
-    probes = tuple(p for p in (_probe(settings.config, f) for f in families) if p)
+    probes = tuple(p for p in (_probe(settings, f) for f in families) if p)
     return RuleSet(tuple(_family(settings, f) for f in families), probes)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from agent.attest.config import AttestationConfig, parse_attestation
 from agent.capture.config import CaptureConfig, parse_capture
+from agent.proxy.config import ProxyConfig, parse_proxy
 from agent.sidecar.config import SidecarConfig, parse_sidecar
+from meshcore.config.errors import ConfigWarning
 from meshcore.config.reader import Section
 from meshcore.config.source import Source, load_source
 
@@ -52,8 +54,11 @@ class AgentConfig:
     status: StatusConfig
     state_dir: Path
     log_level: str
+    proxy: ProxyConfig  # the same object as sidecar.proxy and capture.proxy
     sidecar: SidecarConfig
     capture: CaptureConfig
+    # Deprecated keys that still work: logged at start-up, shown by `mesh-agent check`.
+    warnings: tuple[ConfigWarning, ...] = ()
 
 
 def _registrar(s: Section) -> RegistrarConfig:
@@ -85,7 +90,10 @@ def build_config(source: Source) -> AgentConfig:
     """Validate merged config data into an ``AgentConfig`` (raises ConfigError)."""
     root = Section(source)
     sections = {name: root.section(name) for name in (
-        "registrar", "attestation", "identity", "rotation", "status", "sidecar", "capture")}
+        "registrar", "attestation", "identity", "rotation", "status", "proxy", "sidecar",
+        "capture")}
+    # The proxy keys' old places, in the order a disagreement is reported.
+    proxy = parse_proxy(sections["proxy"], legacy=(sections["sidecar"], sections["capture"]))
     config = AgentConfig(
         source_file=source.default_file,
         registrar=_registrar(sections["registrar"]),
@@ -95,8 +103,10 @@ def build_config(source: Source) -> AgentConfig:
         status=_status(sections["status"]),
         state_dir=root.path("state_dir", "/var/lib/mesh-agent"),
         log_level=root.text("log_level", "info", choices=LOG_LEVELS),
-        sidecar=parse_sidecar(sections["sidecar"]),
-        capture=parse_capture(sections["capture"]),
+        proxy=proxy.config,
+        sidecar=parse_sidecar(sections["sidecar"], proxy.config),
+        capture=parse_capture(sections["capture"], proxy.config),
+        warnings=proxy.warnings,
     )
     for section in sections.values():
         section.finish()
@@ -106,21 +116,22 @@ def build_config(source: Source) -> AgentConfig:
 
 
 def _check_dataplane(config: AgentConfig, capture: Section) -> None:
-    """Capture redirects to Envoy's ports and exempts Envoy's user: they must agree."""
+    """Capture redirects to a proxy's ports: some proxy must serve them."""
     sidecar, cap = config.sidecar, config.capture
-    if not (sidecar.enabled and cap.enabled):
+    ports = f"{cap.proxy.outbound_port}/{cap.proxy.inbound_port}"
+    if cap.external_proxy and sidecar.enabled:
+        raise capture.error("external_proxy", f"is true but sidecar.enabled is true: two "
+                            f"proxies cannot both own ports {ports}",
+                            "false while our sidecar runs, or sidecar.enabled: false")
+    if not cap.enabled:
         return
-    for key, ours, theirs in (
-        ("inbound_port", cap.inbound_port, sidecar.inbound_port),
-        ("outbound_port", cap.outbound_port, sidecar.outbound_port),
-        ("proxy_user", cap.proxy_user, sidecar.proxy_user),
-        ("proxy_uid", cap.proxy_uid, sidecar.proxy_uid),
-        ("proxy_gid", cap.proxy_gid, sidecar.proxy_gid),
-    ):
-        if ours != theirs:
-            raise capture.error(key, f"{ours!r} differs from sidecar.{key} {theirs!r}",
-                                f"the same value as sidecar.{key}")
-    if cap.ipv6 and not sidecar.ipv6:
+    if not sidecar.enabled and not cap.external_proxy:
+        # Every outbound TCP connection would go to a port nobody serves.
+        raise capture.error("enabled", f"is true but sidecar.enabled is false: nothing "
+                            f"would serve ports {ports}",
+                            "sidecar.enabled: true, or capture.external_proxy: true when "
+                            f"another proxy owns ports {ports}")
+    if sidecar.enabled and cap.ipv6 and not sidecar.ipv6:
         # IPv6 redirected to a sidecar that does not listen on IPv6 is black-holed.
         raise capture.error("ipv6", "is true but sidecar.ipv6 is false",
                             "false, or sidecar.ipv6: true")

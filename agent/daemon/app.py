@@ -37,7 +37,7 @@ STATUS_LINE_SECONDS = 5.0
 # socket, Envoy's bootstrap, installed rules, the chosen attestor, open files)
 # and keep their running value until a restart.
 RELOAD_APPLIES = ("registrar", "identity", "rotation", "log_level")
-RELOAD_REJECTS = ("attestation", "status", "state_dir", "sidecar", "capture")
+RELOAD_REJECTS = ("attestation", "status", "state_dir", "proxy", "sidecar", "capture")
 _FIELDS = {"identity": "key_type"}  # config section -> AgentConfig field, where they differ
 
 
@@ -58,6 +58,12 @@ def tuning_of(config: AgentConfig) -> Tuning:
 def client_of(config: AgentConfig) -> RegistrarClient:
     return RegistrarClient(config.registrar.url, config.registrar.ca_file,
                            timeout=config.registrar.timeout)
+
+
+def log_warnings(config: AgentConfig) -> None:
+    """Deprecated keys still work; say where each one is so it gets moved."""
+    for warning in config.warnings:
+        log.warning("configuration: %s", warning)
 
 
 class Daemon:
@@ -110,6 +116,7 @@ class Daemon:
         # A rejected section keeps its running value, so self.config stays what runs.
         self.config = replace(new, **{config_field(name): getattr(self.config, config_field(name))
                                       for name in rejected})
+        log_warnings(self.config)
         self.manager.tuning = tuning_of(self.config)
         self.manager.client = client_of(self.config)
         logging.getLogger().setLevel(self.config.log_level.upper())
@@ -237,4 +244,5 @@ def run_daemon(config_path: Path) -> int:
         return EX_CONFIG
     logs.setup(config.log_level)
     log.info("starting", extra={"config": str(config_path), "registrar": config.registrar.url})
+    log_warnings(config)
     return asyncio.run(Daemon(config_path, config).run())

@@ -8,17 +8,20 @@ even when capture is now disabled, so a config change can never strand rules.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import stat
 from dataclasses import replace
 from pathlib import Path
 
 from agent.capture.controller import CaptureController, ipv6_available
+from agent.capture.exempt import url_exemptions
 from agent.capture.runner import CaptureError
 from agent.config.model import AgentConfig
 from agent.credentials import Credentials
+from agent.proxy.user import ProxyUserMissing, resolve_proxy_user
 from agent.sidecar.install import ConfigRejected
-from agent.sidecar.process import EnvoyNotFound, ProxyUserMissing, SidecarError
+from agent.sidecar.process import EnvoyNotFound, SidecarError
 from agent.sidecar.service import Sidecar
 from agent.sidecar.settings import mesh_settings
 from agent.state.store import AgentState
@@ -57,6 +60,8 @@ class DataPlane:
         self.capture = CaptureController(config.capture if config.capture.enabled else None,
                                          state_dir=config.state_dir, clock=clock)
         self._capture_enabled = config.capture.enabled
+        self._proxy = config.proxy
+        self._registrar_url = config.registrar.url
         self._state_dir = config.state_dir
         self._captured = False
         self._configured = False
@@ -77,11 +82,13 @@ class DataPlane:
         if self.sidecar is not None:
             _traversable(self._state_dir)
         await self.capture.reconcile_on_start()
-        if self.sidecar is not None:
-            try:
+        try:
+            if self._capture_enabled:
+                resolve_proxy_user(self._proxy)  # also with an external proxy
+            if self.sidecar is not None:
                 self.sidecar.prepare()
-            except ProxyUserMissing as exc:
-                raise DataPlaneConfigError(str(exc)) from exc
+        except ProxyUserMissing as exc:
+            raise DataPlaneConfigError(str(exc)) from exc
 
     async def configure(self, creds: Credentials, state: AgentState) -> None:
         """Hand the credentials and mesh settings to Envoy (start-up)."""
@@ -115,6 +122,11 @@ class DataPlane:
             await self.sidecar.supervisor.wait_ready(self.sidecar.config.ready_timeout)
             self._health.condition("sidecar", True)
         if self._capture_enabled:
+            # Resolved now, at start: the registrar's addresses always go direct.
+            exempt = await asyncio.to_thread(url_exemptions, self._registrar_url, "registrar")
+            log.info("capture exempts the registrar: %s", ", ".join(
+                f"{e.network} port {e.port}" for e in exempt))
+            self.capture.exempt(exempt)
             await self.capture.apply()
             self._captured = True
             self._health.condition("capture", True)

@@ -5,7 +5,7 @@ Example::
     sidecar:
       enabled: true
       envoy_path: /usr/local/bin/envoy
-      proxy_user: mesh-proxy          # or proxy_uid/proxy_gid (numeric, Istio uses 1337)
+      admin_port: 15000               # Envoy's admin interface, on 127.0.0.1 only
       app_ports: [8080, 9090]         # original destination port -> 127.0.0.1:<port>
       allowed_peers:                  # default: every workload of our trust domain
         - spiffe://example.org/ns/shop/sa/frontend
@@ -14,13 +14,19 @@ Example::
         payments: {address: 10.0.0.7:8443, spiffe_id: spiffe://example.org/ns/pay/sa/api}
       drain_time: 5s
       restart: {min_backoff: 500ms, max_backoff: 30s, failure_threshold: 5}
+
+Envoy's user and its inbound/outbound ports come from the ``proxy:`` section
+(``agent/proxy/config.py``), which capture reads too. ``admin_port`` stays
+here: only our own Envoy has it, capture never redirects to it, and an
+external proxy's admin interface is none of the agent's business.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.proxy.config import ProxyConfig
 from meshcore.config.reader import Section
 
 ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
@@ -49,12 +55,9 @@ class RestartPolicy:
 class SidecarConfig:
     enabled: bool
     envoy_path: Path = Path("/usr/local/bin/envoy")
-    proxy_user: str = "mesh-proxy"
-    proxy_uid: int | None = None
-    proxy_gid: int | None = None
+    # Envoy's user and listener ports: the proxy: section, shared with capture.
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     admin_port: int = 15000
-    inbound_port: int = 15006
-    outbound_port: int = 15001
     app_ports: tuple[int, ...] = ()
     allowed_peers: tuple[str, ...] = ()
     outbound_services: tuple[OutboundService, ...] = ()
@@ -106,35 +109,25 @@ def _restart(s: Section) -> RestartPolicy:
     return policy
 
 
-def parse_sidecar(s: Section) -> SidecarConfig:
+def parse_sidecar(s: Section, proxy: ProxyConfig) -> SidecarConfig:
+    """``proxy`` is the parsed ``proxy:`` section: Envoy's user and listener ports."""
     enabled = s.flag("enabled", False)
-    ports = {
-        name: s.integer(name, default, minimum=1, maximum=65535)
-        for name, default in (("admin_port", 15000), ("inbound_port", 15006),
-                              ("outbound_port", 15001))
-    }
-    if len(set(ports.values())) != len(ports):
-        raise s.error("inbound_port", "admin_port, inbound_port and outbound_port collide",
-                      "three different ports")
+    admin_port = s.integer("admin_port", 15000, minimum=1, maximum=65535)
+    if admin_port in (proxy.inbound_port, proxy.outbound_port):
+        raise s.error("admin_port", f"{admin_port} is one of proxy.inbound_port and "
+                      "proxy.outbound_port", "a port other than "
+                      f"{proxy.outbound_port} and {proxy.inbound_port}")
+    envoy_ports = (admin_port, proxy.outbound_port, proxy.inbound_port)
     app_ports = s.port_list("app_ports")
     for port in app_ports:
-        if port in ports.values():
+        if port in envoy_ports:
             raise s.error("app_ports", f"{port} is one of Envoy's own ports",
-                          "ports other than " + ", ".join(str(p) for p in ports.values()))
-    uid = s.integer("proxy_uid", -1, minimum=1, maximum=2**31 - 1) if s.has("proxy_uid") else None
-    gid = s.integer("proxy_gid", -1, minimum=1, maximum=2**31 - 1) if s.has("proxy_gid") else None
-    if (uid is None) != (gid is None):
-        raise s.error("proxy_uid", "proxy_uid and proxy_gid must be set together",
-                      "both numeric, or neither (then proxy_user is looked up)")
+                          "ports other than " + ", ".join(str(p) for p in envoy_ports))
     return SidecarConfig(
         enabled=enabled,
         envoy_path=s.path("envoy_path", "/usr/local/bin/envoy"),
-        proxy_user=s.text("proxy_user", "mesh-proxy"),
-        proxy_uid=uid,
-        proxy_gid=gid,
-        admin_port=ports["admin_port"],
-        inbound_port=ports["inbound_port"],
-        outbound_port=ports["outbound_port"],
+        proxy=proxy,
+        admin_port=admin_port,
         app_ports=app_ports,
         allowed_peers=tuple(_spiffe_pattern(s, "allowed_peers", v)
                             for v in s.str_list("allowed_peers")),

@@ -14,10 +14,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from agent.proxy.user import ProxyIdentity
 from agent.sidecar.config import SidecarConfig
 from agent.sidecar.process import Runner, SidecarError, envoy_argv
 from agent.sidecar.render import to_yaml
-from agent.sidecar.sds import Chown, ProxyIdentity, os_chown
+from agent.sidecar.sds import Chown, os_chown
 from agent.sidecar.settings import EnvoyPaths
 from meshcore.durable import fsync_dir, write_atomic
 

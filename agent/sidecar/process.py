@@ -1,4 +1,4 @@
-"""Starting Envoy: its command line, the proxy user, and the runner seam.
+"""Starting Envoy: its command line, the drop to the proxy user, and the runner seam.
 
 The runner is the one place a process is created, so tests can start the real
 Envoy inside a network namespace (or count spawns) without patching globals.
@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from agent.proxy.user import ProxyIdentity
 from agent.sidecar.config import SidecarConfig
-from agent.sidecar.sds import ProxyIdentity
 
 
 class SidecarError(Exception):
@@ -26,25 +25,6 @@ class EnvoyNotFound(SidecarError):
         super().__init__(f"envoy binary not found or not executable: {path} "
                          "(set sidecar.envoy_path)")
         self.path = path
-
-
-class ProxyUserMissing(SidecarError):
-    pass
-
-
-def resolve_proxy(
-    config: SidecarConfig, *, getpwnam: Callable[[str], pwd.struct_passwd] = pwd.getpwnam
-) -> ProxyIdentity:
-    """Numeric ``proxy_uid``/``proxy_gid`` win; otherwise look ``proxy_user`` up."""
-    if config.proxy_uid is not None and config.proxy_gid is not None:
-        return ProxyIdentity(config.proxy_uid, config.proxy_gid)
-    try:
-        entry = getpwnam(config.proxy_user)
-    except KeyError:
-        raise ProxyUserMissing(
-            f"proxy user {config.proxy_user!r} does not exist (create it, or set "
-            "sidecar.proxy_uid and sidecar.proxy_gid)") from None
-    return ProxyIdentity(entry.pw_uid, entry.pw_gid)
 
 
 def envoy_argv(config: SidecarConfig, bootstrap: Path, *, validate: bool = False) -> list[str]:

@@ -125,7 +125,7 @@ def _inbound(config: SidecarConfig, mesh: MeshSettings, paths: EnvoyPaths) -> di
     } for port in sorted(set(config.app_ports))]
     return {
         "name": "inbound",
-        **_any_address(config, config.inbound_port),
+        **_any_address(config, config.proxy.inbound_port),
         "listener_filters": _listener_filters(tls_inspector=True),
         "filter_chains": chains,
         # Connections that match no chain (plaintext, unknown port) are closed;
@@ -149,7 +149,7 @@ def _outbound(config: SidecarConfig, paths: EnvoyPaths) -> dict[str, Any]:
         })
     return {
         "name": "outbound",
-        **_any_address(config, config.outbound_port),
+        **_any_address(config, config.proxy.outbound_port),
         "listener_filters": _listener_filters(tls_inspector=False),
         "filter_chains": chains,
         "default_filter_chain": {

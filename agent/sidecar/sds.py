@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.proxy.user import ProxyIdentity
 from agent.sidecar.render import to_yaml
 from agent.sidecar.settings import EnvoyPaths
 from agent.sidecar.tls import secret_documents
@@ -33,14 +34,6 @@ KEEP_GENERATIONS = 2  # the live one and the one before, for reads in flight
 
 def os_chown(path: Path, uid: int, gid: int) -> None:
     os.chown(path, uid, gid, follow_symlinks=False)
-
-
-@dataclass(frozen=True)
-class ProxyIdentity:
-    """The uid/gid Envoy runs as and that owns its mirrored key."""
-
-    uid: int
-    gid: int
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.proxy.user import ProxyIdentity, resolve_proxy_user
 from agent.sidecar.config import SidecarConfig
 from agent.sidecar.install import install_bootstrap
-from agent.sidecar.process import Runner, SubprocessRunner, resolve_proxy
+from agent.sidecar.process import Runner, SubprocessRunner
 from agent.sidecar.render import render_bootstrap
-from agent.sidecar.sds import Chown, Generation, ProxyIdentity, SdsMirror, os_chown
+from agent.sidecar.sds import Chown, Generation, SdsMirror, os_chown
 from agent.sidecar.settings import EnvoyPaths, MeshSettings
 from agent.sidecar.supervisor import LOG, EnvoySupervisor, Probe, SidecarStatus
 from meshcore.clock import Clock, SystemClock
@@ -69,7 +70,7 @@ class Sidecar:
     def prepare(self) -> None:
         """Resolve the proxy user (ProxyUserMissing), create ``envoy/`` and the SDS files."""
         if self._proxy is None:
-            self._proxy = resolve_proxy(self.config)
+            self._proxy = resolve_proxy_user(self.config.proxy)
         self._mirror = SdsMirror(self.paths, self._proxy, chown=self._chown)
         self._mirror.prepare()
 

@@ -18,10 +18,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from agent.proxy.user import ProxyIdentity
 from agent.sidecar.admin import AdminProbe
 from agent.sidecar.config import SidecarConfig
 from agent.sidecar.process import Runner, SidecarError, SubprocessRunner, envoy_argv
-from agent.sidecar.sds import ProxyIdentity
 from meshcore.clock import Clock, SystemClock, sleep_unless
 
 LOG = logging.getLogger("agent.sidecar")

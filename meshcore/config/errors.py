@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from meshcore.exits import EX_CONFIG
 
-__all__ = ["EX_CONFIG", "ConfigError"]
+__all__ = ["EX_CONFIG", "ConfigError", "ConfigWarning"]
 
 
 class ConfigError(Exception):
@@ -23,3 +25,21 @@ class ConfigError(Exception):
         if allowed:
             text += f" (allowed: {allowed})"
         super().__init__(text)
+
+
+@dataclass(frozen=True)
+class ConfigWarning:
+    """A value that still works but should change (e.g. a deprecated key).
+
+    ``str()`` names the file and the key like ``ConfigError`` does, so an
+    operator can find the line: ``FILE: KEY: PROBLEM (use: INSTEAD)``.
+    """
+
+    file: str
+    key: str
+    problem: str
+    instead: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.file}: {self.key}: {self.problem}"
+        return f"{text} (use: {self.instead})" if self.instead else text

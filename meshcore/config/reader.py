@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from meshcore.config.errors import ConfigError
+from meshcore.config.errors import ConfigError, ConfigWarning
 from meshcore.config.source import Source
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -43,6 +43,11 @@ class Section:
     def error(self, name: str, problem: str, allowed: str = "") -> ConfigError:
         dotted = self.key(name)
         return ConfigError(self._source.origin(dotted), dotted, problem, allowed)
+
+    def warning(self, name: str, problem: str, instead: str = "") -> ConfigWarning:
+        """A warning about ``name`` that names the file that set it."""
+        dotted = self.key(name)
+        return ConfigWarning(self._source.origin(dotted), dotted, problem, instead)
 
     def has(self, name: str) -> bool:
         return name in self._data

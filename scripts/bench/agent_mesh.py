@@ -36,16 +36,16 @@ from tests.sidecar.netns import HostPair, NetnsLoop  # noqa: E402
 
 TD = "example.org"
 VM_ID, PEER_ID = f"spiffe://{TD}/ns/shop/sa/vm-app", f"spiffe://{TD}/ns/shop/sa/frontend"
-PROXY = {"proxy_uid": 1337, "proxy_gid": 1337}
+PROXY = {"uid": 1337, "gid": 1337}
 
 
 def dataplane(envoy: str, app_port: int, allowed: str, backend: str,
               outbound: dict[str, object] | None = None) -> dict[str, object]:
-    return {"sidecar": {"enabled": True, "envoy_path": envoy, "app_ports": [app_port],
+    return {"proxy": PROXY,
+            "sidecar": {"enabled": True, "envoy_path": envoy, "app_ports": [app_port],
                         "allowed_peers": [allowed], "drain_time": "0s",
-                        "outbound_services": outbound or {}, **PROXY},
-            "capture": {"enabled": True, "backend": backend, "inbound_ports": [app_port],
-                        **PROXY},
+                        "outbound_services": outbound or {}},
+            "capture": {"enabled": True, "backend": backend, "inbound_ports": [app_port]},
             "log_level": "warning"}
 
 

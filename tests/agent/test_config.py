@@ -110,17 +110,70 @@ def test_bad_config_exits_78_and_says_why(tmp_path: Path) -> None:
     assert "rotation.jitter" in proc.stderr and str(path) in proc.stderr
 
 
-@pytest.mark.parametrize(("extra", "key"), [
-    ("sidecar: {enabled: true, inbound_port: 16006}\ncapture: {enabled: true}\n",
-     "capture.inbound_port"),
-    ("sidecar: {enabled: true, proxy_user: envoy}\ncapture: {enabled: true}\n",
-     "capture.proxy_user"),
-    ("sidecar: {enabled: true, ipv6: false}\ncapture: {enabled: true}\n", "capture.ipv6"),
+@pytest.mark.parametrize(("extra", "key", "allowed"), [
+    # Capture with nothing to serve its ports would strand every outbound connection.
+    ("capture: {enabled: true}\n", "capture.enabled", "capture.external_proxy: true"),
+    ("sidecar: {enabled: false}\ncapture: {enabled: true, external_proxy: false}\n",
+     "capture.enabled", "sidecar.enabled: true"),
+    ("sidecar: {enabled: true}\ncapture: {enabled: true, external_proxy: true}\n",
+     "capture.external_proxy", "sidecar.enabled: false"),
+    ("sidecar: {enabled: true, ipv6: false}\ncapture: {enabled: true}\n", "capture.ipv6",
+     "sidecar.ipv6: true"),
+    ("sidecar: {enabled: true, proxy_user: envoy}\ncapture: {enabled: true, "
+     "proxy_user: istio-proxy}\n", "capture.proxy_user", "only proxy.user"),
 ])
-def test_capture_must_agree_with_the_sidecar(tmp_path: Path, extra: str, key: str) -> None:
+def test_capture_needs_a_proxy_that_agrees(tmp_path: Path, extra: str, key: str,
+                                           allowed: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, BASE + extra))
-    assert info.value.key == key
+    assert (info.value.file, info.value.key) == (str(tmp_path / "agent.yaml"), key)
+    assert allowed in info.value.allowed, info.value
+
+
+def test_capture_with_an_external_proxy(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE + "proxy: {uid: 1337, gid: 1337}\n"
+                               "capture: {enabled: true, external_proxy: true}\n"))
+    assert config.capture.enabled and config.capture.external_proxy
+    assert not config.sidecar.enabled
+    assert (config.capture.proxy.uid, config.capture.proxy.gid) == (1337, 1337)
+
+
+def test_one_proxy_for_sidecar_and_capture(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE + "proxy: {user: envoy, outbound_port: 16001}\n"
+                               "sidecar: {enabled: true}\ncapture: {enabled: true}\n"))
+    assert config.proxy.user == "envoy" and config.proxy.outbound_port == 16001
+    assert config.sidecar.proxy is config.proxy and config.capture.proxy is config.proxy
+    assert config.warnings == ()
+
+
+OLD_SHAPE = ("sidecar: {enabled: true, proxy_uid: 1337, proxy_gid: 1337, inbound_port: 16006}\n"
+             "capture: {enabled: true, proxy_uid: 1337, proxy_gid: 1337}\n")
+
+
+def test_old_proxy_keys_still_work_with_warnings(tmp_path: Path) -> None:
+    """A config written before proxy: existed: the sidecar's and capture's copies."""
+    path = write(tmp_path, BASE, {"10-cloud-init.yaml": OLD_SHAPE})
+    config = load_config(path)
+    assert (config.proxy.uid, config.proxy.gid, config.proxy.inbound_port) == (1337, 1337, 16006)
+    assert config.capture.proxy == config.sidecar.proxy == config.proxy
+    dropin = str(tmp_path / "agent.d" / "10-cloud-init.yaml")
+    assert sorted((w.file, w.key, w.instead) for w in config.warnings) == [
+        (dropin, "capture.proxy_gid", "proxy.gid instead"),
+        (dropin, "capture.proxy_uid", "proxy.uid instead"),
+        (dropin, "sidecar.inbound_port", "proxy.inbound_port instead"),
+        (dropin, "sidecar.proxy_gid", "proxy.gid instead"),
+        (dropin, "sidecar.proxy_uid", "proxy.uid instead"),
+    ]
+
+
+def test_check_shows_the_deprecation_with_file_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "state_dir: " + str(tmp_path / "state") + "\n", {
+        "10-cloud-init.yaml": OLD_SHAPE})
+    proc = subprocess.run([sys.executable, "-m", "agent", "check", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    dropin = tmp_path / "agent.d" / "10-cloud-init.yaml"
+    assert f"warn  config: {dropin}: capture.proxy_uid: is deprecated (use: proxy.uid " \
+           "instead)" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_capture_ipv4_only_with_a_dual_stack_sidecar_is_fine(tmp_path: Path) -> None:

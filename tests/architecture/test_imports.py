@@ -13,8 +13,9 @@ from tests.architecture.imports import ROOT, cycles, project_graph
 
 # Components own their config schema; only composers (the config model, the
 # daemon, the CLIs, status/preflight reports) may load the composed config.
-COMPONENTS = ("agent.attest", "agent.capture", "agent.sidecar", "agent.credentials",
-              "agent.identity", "agent.registrar_client", "agent.rotation", "agent.state")
+COMPONENTS = ("agent.attest", "agent.capture", "agent.sidecar", "agent.proxy",
+              "agent.credentials", "agent.identity", "agent.registrar_client", "agent.rotation",
+              "agent.state")
 COMPOSER_MODULES = ("agent.capture.cli",)
 
 

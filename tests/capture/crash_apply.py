@@ -16,6 +16,7 @@ from pathlib import Path
 from agent.capture.config import CaptureConfig
 from agent.capture.controller import CaptureController
 from agent.capture.runner import Result, SubprocessRunner
+from agent.proxy.config import ProxyConfig
 
 
 class PausingRunner(SubprocessRunner):
@@ -31,7 +32,7 @@ class PausingRunner(SubprocessRunner):
 def main(ns: str, backend: str, state_dir: str, mode: str) -> None:
     prefix = ["ip", "netns", "exec", ns]
     runner = PausingRunner(prefix) if mode == "pause" else SubprocessRunner(prefix)
-    config = CaptureConfig(enabled=True, backend=backend, proxy_uid=1337, proxy_gid=1337,
+    config = CaptureConfig(enabled=True, backend=backend, proxy=ProxyConfig(uid=1337, gid=1337),
                            probe=False, inbound_ports=(8080, 9090))
     controller = CaptureController(config, state_dir=Path(state_dir), runner=runner)
     asyncio.run(controller.apply())

@@ -9,13 +9,26 @@ the answers (or errors).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
+import struct
 import sys
 import threading
 
-from agent.capture.probe import original_dst
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same value
+
+
+def original_dst(conn: socket.socket) -> tuple[str, int]:
+    """The pre-NAT destination of an accepted, redirected connection."""
+    if conn.family == socket.AF_INET:
+        raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        port, packed = struct.unpack_from("!2xH4s", raw)
+        return str(ipaddress.IPv4Address(packed)), port
+    raw = conn.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+    port, packed = struct.unpack_from("!2xH4x16s", raw)
+    return str(ipaddress.IPv6Address(packed)), port
 
 
 def _split(target: str) -> tuple[str, int]:

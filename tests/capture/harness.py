@@ -11,10 +11,11 @@ from agent.capture.config import CaptureConfig
 from agent.capture.controller import CaptureController
 from agent.capture.probe import SubprocessProber
 from agent.capture.runner import SubprocessRunner
+from agent.proxy.config import ProxyConfig
 from tests.capture.netns import Topology, sh
 
-A = CaptureConfig(enabled=True, proxy_uid=1337, proxy_gid=1337, probe=False)
-B = CaptureConfig(enabled=True, proxy_uid=2000, proxy_gid=2001, probe=False, ipv6=False,
+A = CaptureConfig(enabled=True, proxy=ProxyConfig(uid=1337, gid=1337), probe=False)
+B = CaptureConfig(enabled=True, proxy=ProxyConfig(uid=2000, gid=2001), probe=False, ipv6=False,
                   inbound_ports=(8080, 9090), include_outbound_cidrs=("10.0.0.0/8",),
                   exclude_outbound_ports=(5432, 6379), exclude_interfaces=("docker0",))
 

@@ -14,9 +14,11 @@ AGENT = str(Path(sys.executable).with_name("mesh-agent"))
 
 
 def config_text(state: Path, extra: str = "") -> str:
-    return (f"registrar:\n  url: https://registrar.test:8443\nstate_dir: {state}\n"
-            "capture:\n  enabled: true\n  backend: iptables-nft\n  proxy_uid: 1337\n"
-            f"  proxy_gid: 1337\n{extra}")
+    # No sidecar here: the "proxy" is another process (external_proxy) the test starts.
+    return (f"registrar:\n  url: https://10.78.0.9:8443\nstate_dir: {state}\n"
+            "proxy:\n  uid: 1337\n  gid: 1337\n"
+            "capture:\n  enabled: true\n  external_proxy: true\n  backend: iptables-nft\n"
+            f"{extra}")
 
 
 def cli(topo: Topology, *args: str) -> subprocess.CompletedProcess[str]:
@@ -34,9 +36,15 @@ def test_cli_plan_apply_status_remove(vm_ns: Topology, tmp_path: Path) -> None:
     assert plan.returncode == 0, plan.stderr
     assert "-A MESH_REDIRECT -p tcp -j REDIRECT --to-ports 15001" in plan.stdout
     assert "-A MESH_INBOUND -p tcp -m tcp --dport 22 -j RETURN" in plan.stdout
+    assert "# always direct: registrar 10.78.0.9/32 port 8443" in plan.stdout
+    assert "-A MESH_OUTPUT -d 10.78.0.9/32 -p tcp -m tcp --dport 8443 -j RETURN" in plan.stdout
     assert "# backend: iptables-nft (configured" in plan.stdout
     assert ruleset(vm_ns.vm) == baseline  # plan changes nothing
 
+    refused = cli(vm_ns, "apply", "--config", str(conf))  # nobody serves 15001 yet
+    assert refused.returncode == 1 and "nothing listens there" in refused.stderr, refused
+    assert ruleset(vm_ns.vm) == baseline  # rolled back
+    vm_ns.serve(vm_ns.vm, "proxy:4:0.0.0.0:15001", "proxy:6:[::]:15001")
     applied = cli(vm_ns, "apply", "--config", str(conf))
     assert applied.returncode == 0, applied.stderr
     assert "applied and verified: backend iptables-nft" in applied.stdout
@@ -61,3 +69,13 @@ def test_cli_plan_apply_status_remove(vm_ns: Topology, tmp_path: Path) -> None:
     assert ruleset(vm_ns.vm) == baseline
     after = cli(vm_ns, "status", "--config", str(conf), "--state-dir", str(state))
     assert "capture: removed" in after.stdout and "installed: 0 rules" in after.stdout
+
+
+def test_capture_without_a_proxy_is_a_config_error(tmp_path: Path) -> None:
+    conf = tmp_path / "agent.yaml"
+    conf.write_text(config_text(tmp_path / "state").replace("  external_proxy: true\n", ""))
+    result = subprocess.run([AGENT, "capture", "apply", "--config", str(conf)],
+                            capture_output=True, text=True, check=False, timeout=60)
+    assert result.returncode == 78
+    assert f"{conf}: capture.enabled: is true but sidecar.enabled is false" in result.stderr
+    assert "capture.external_proxy: true" in result.stderr

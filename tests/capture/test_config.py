@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, load_config
+from agent.proxy.config import ProxyConfig
 
-BASE = "registrar:\n  url: https://registrar.test:8443\n"
+# Capture needs a proxy to redirect to: our sidecar (or capture.external_proxy).
+BASE = "registrar:\n  url: https://registrar.test:8443\nsidecar:\n  enabled: true\n"
 
 
 def load(tmp_path: Path, capture: str) -> object:
@@ -23,14 +25,13 @@ def test_defaults(tmp_path: Path) -> None:
         "enabled": True, "backend": "auto", "inbound_ports": None,
         "exclude_inbound_ports": (15090, 15021, 15020), "include_outbound_cidrs": None,
         "exclude_outbound_cidrs": (), "exclude_outbound_ports": (), "exclude_interfaces": (),
-        "ipv6": True, "proxy_user": "mesh-proxy", "proxy_uid": None, "proxy_gid": None,
-        "outbound_port": 15001, "inbound_port": 15006, "envoy_down_policy": "fail-closed",
-        "fail_open_after": 30.0, "probe": True}
+        "ipv6": True, "proxy": ProxyConfig(), "external_proxy": False,
+        "envoy_down_policy": "fail-closed", "fail_open_after": 30.0, "probe": True}
 
 
 def test_lists_and_star(tmp_path: Path) -> None:
     c = load(tmp_path, "  inbound_ports: '*'\n  include_outbound_cidrs: [10.0.0.0/8, fd00::/8]\n"
-                       "  exclude_inbound_ports: '22,8080'\n  proxy_uid: 1337\n"
+                       "  exclude_inbound_ports: '22,8080'\n"
                        "  envoy_down_policy: fail-open\n  fail_open_after: 2m\n"
                        "  exclude_interfaces: [docker0]\n")
     assert c.inbound_ports is None  # type: ignore[attr-defined]
@@ -47,9 +48,9 @@ def test_lists_and_star(tmp_path: Path) -> None:
     ("  exclude_interfaces: ['eth0; rm']\n", "capture.exclude_interfaces",
      "Linux interface names"),
     ("  envoy_down_policy: open\n", "capture.envoy_down_policy", "fail-closed|fail-open"),
+    # The deprecated proxy keys are checked by the proxy: section's rules (tests/proxy).
     ("  proxy_uid: 0\n", "capture.proxy_uid", "non-root"),
-    ("  outbound_port: 15006\n", "capture.inbound_port", "two different TCP ports"),
-    ("  inbound_port: 70000\n", "capture.inbound_port", "an integer 1..65535"),
+    ("  external_proxy: yes-please\n", "capture.external_proxy", "true|false"),
     ("  fail_open_after: soon\n", "capture.fail_open_after", "a duration"),
     ("  exclude_ports: [22]\n", "capture.exclude_ports", "exclude_inbound_ports"),
 ])

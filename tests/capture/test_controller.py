@@ -1,5 +1,5 @@
 """The controller's promises beyond the cycles: rollback on a failed probe, a real
-SO_ORIGINAL_DST probe, the backend never flipping, removal without config, the
+probe that only a proxy can answer, the backend never flipping, removal without config, the
 Envoy-down policies, drift repair, IPv6-less kernels, the record and the lock."""
 
 from __future__ import annotations
@@ -42,20 +42,44 @@ def test_failed_verification_rolls_back(vm_ns: Topology, backend: str, tmp_path:
 
 
 @pytest.mark.netns
-def test_real_probe_reads_original_dst(vm_ns: Topology, tmp_path: Path) -> None:
-    """Nothing listens on 15001: the probe owns it and checks SO_ORIGINAL_DST."""
+def test_probe_needs_another_process_to_answer(vm_ns: Topology, tmp_path: Path) -> None:
+    """The agent never answers its own probe: only a proxy owning 15001 can."""
     runner = SubprocessRunner(vm_ns.ns(vm_ns.vm))
     # Another address than below: its unreplied conntrack entry would bypass nat later.
-    probe = Probe(4, ("192.0.2.9",), 15999, 15001)
-    before = asyncio.run(SubprocessProber(runner).probe(probe))
+    before = asyncio.run(SubprocessProber(runner).probe(Probe(4, ("192.0.2.9",), 15999, 15001)))
     assert not before.ok  # not redirected yet: must fail, or the probe proves nothing
-    ctl = controller(vm_ns, cfg(A, backend="nftables", probe=True), tmp_path)
+    ctl = controller(vm_ns, cfg(A, backend="nftables", probe=False), tmp_path)
     asyncio.run(ctl.apply())
+    probes = [Probe(4, ("192.0.2.1",), 15999, 15001), Probe(6, ("2001:db8::1",), 15999, 15001)]
     try:
-        for family, address in ((4, "192.0.2.1"), (6, "2001:db8::1")):
-            result = asyncio.run(SubprocessProber(runner).probe(Probe(family, (address,),
-                                                                      15999, 15001)))
-            assert result.ok and result.original_dst == f"{address}:15999", result
+        for probe in probes:  # redirected, but nobody listens on 15001
+            result = asyncio.run(SubprocessProber(runner).probe(probe))
+            assert not result.ok and "nothing listens there" in result.detail, result
+        # The external proxy: another process owning the outbound port.
+        vm_ns.serve(vm_ns.vm, "proxy:4:0.0.0.0:15001", "proxy:6:[::]:15001")
+        for probe in probes:
+            result = asyncio.run(SubprocessProber(runner).probe(probe))
+            assert result.ok and "answered by the proxy on port 15001" in result.detail, result
+    finally:
+        asyncio.run(ctl.remove())
+
+
+@pytest.mark.netns
+def test_apply_with_nobody_on_the_proxy_port_rolls_back(vm_ns: Topology,
+                                                        tmp_path: Path) -> None:
+    """Capture alone would strand every outbound connection: the probe refuses it."""
+    baseline = ruleset(vm_ns.vm, ignore_empty_legacy=True)
+    ctl = controller(vm_ns, cfg(A, backend="iptables-nft", probe=True), tmp_path)
+    with pytest.raises(CaptureError, match=r"probe failed.*nothing listens there"):
+        asyncio.run(ctl.apply())
+    assert ruleset(vm_ns.vm, ignore_empty_legacy=True) == baseline
+    record = RecordStore(tmp_path).load()
+    assert record is not None and record.phase == "removed"
+    # Once the (external) proxy serves its ports, the same apply verifies and stays.
+    vm_ns.serve(vm_ns.vm, "proxy:4:0.0.0.0:15001", "proxy:6:[::]:15001")
+    record = asyncio.run(ctl.apply())
+    try:
+        assert record.phase == "applied"
     finally:
         asyncio.run(ctl.remove())
 

@@ -34,6 +34,8 @@ def test_hundred_cycles_with_config_changes(vm_ns: Topology, backend: str,
     with_existing_rules(vm_ns.vm, backend)
     baseline = ruleset(vm_ns.vm)
     ns_runner = SubprocessRunner(vm_ns.ns(vm_ns.vm))
+    # The stand-in proxy the probe needs: only a proxy on 15001 can answer it.
+    vm_ns.serve(vm_ns.vm, "proxy:4:0.0.0.0:15001", "proxy:6:[::]:15001")
 
     async def cycles() -> None:
         ctl = CaptureController(cfg(A, backend=backend), state_dir=tmp_path, runner=ns_runner,

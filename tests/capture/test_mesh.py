@@ -22,6 +22,7 @@ from agent.capture.config import CaptureConfig
 from agent.capture.controller import CaptureController
 from agent.capture.probe import SubprocessProber
 from agent.capture.runner import SubprocessRunner
+from agent.proxy.config import ProxyConfig
 from agent.registrar_client.client import RegistrarClient
 from agent.sidecar.config import OutboundService, SidecarConfig
 from tests.capture.netns import Topology
@@ -42,8 +43,8 @@ pytestmark = pytest.mark.netns
 
 def capture(ns: str, backend: str, inbound: tuple[int, ...], state: Path) -> CaptureController:
     runner = SubprocessRunner(["ip", "netns", "exec", ns])
-    config = CaptureConfig(enabled=True, backend=backend, proxy_uid=PROXY.uid,
-                           proxy_gid=PROXY.gid, inbound_ports=inbound)
+    config = CaptureConfig(enabled=True, backend=backend, inbound_ports=inbound,
+                           proxy=ProxyConfig(uid=PROXY.uid, gid=PROXY.gid))
     return CaptureController(config, state_dir=state, runner=runner,
                              prober=SubprocessProber(runner, sys.executable))
 
@@ -87,7 +88,7 @@ def mesh(hosts: HostPair, registrar_factory: Callable[..., RegistrarProcess], en
         "frontend": ("shop", "frontend", 3600)})
     client = RegistrarClient(registrar.url, registrar.ca_file, timeout=10)
     common = {"enabled": True, "envoy_path": envoy_path, "drain_time": 0.0,
-              "proxy_uid": PROXY.uid, "proxy_gid": PROXY.gid}
+              "proxy": ProxyConfig(uid=PROXY.uid, gid=PROXY.gid)}
     vm = Node("vm", hosts.vm.name, state_dirs("vm"), client, registrar.create_token("vm"),
               SidecarConfig(app_ports=(9090,), allowed_peers=(PEER_ID,), outbound_services=(
                   OutboundService("frontend", hosts.peer.address, 8080, PEER_ID),),

@@ -1,7 +1,8 @@
 """Must-show 5: the planner's rule text, IPv6, and the exclusions no config can undo.
 
 Golden files hold the exact transaction text (``UPDATE_GOLDEN=1`` rewrites
-them; review the diff). Table tests pin each semantic separately.
+them, any other value compares; review the diff). Table tests pin each
+semantic separately.
 """
 
 from __future__ import annotations
@@ -20,20 +21,27 @@ from agent.capture.plan import (
     OUTPUT,
     REDIRECT,
     CaptureSettings,
+    Exempt,
     RuleSet,
     plan,
 )
+from agent.proxy.config import ProxyConfig
 
 GOLDEN = Path(__file__).with_name("golden")
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 EMPTY = NatState(True, (), (), 0, 0, ())
+# What the daemon passes for registrar.url https://registrar.example:8443 resolving
+# to one IPv4 and one IPv6 address: every plan carries it.
+REGISTRAR = (Exempt("10.0.0.5/32", 8443, "registrar"), Exempt("fd00::5/128", 8443, "registrar"))
 CUSTOM = CaptureConfig(
     enabled=True, inbound_ports=(22, 8080, 15090), exclude_inbound_ports=(15090,),
     include_outbound_cidrs=("10.0.0.0/8", "fd00::/8"), exclude_outbound_cidrs=("10.1.0.0/16",),
     exclude_outbound_ports=(5432,), exclude_interfaces=("docker0",))
 
 
-def planned(config: CaptureConfig, uid: int = 1337, gid: int = 1338) -> RuleSet:
-    return plan(CaptureSettings(config, uid, gid))
+def planned(config: CaptureConfig, uid: int = 1337, gid: int = 1338,
+            exempt: tuple[Exempt, ...] = REGISTRAR) -> RuleSet:
+    return plan(CaptureSettings(config, uid, gid, exempt))
 
 
 def lines(config: CaptureConfig, family: int) -> list[str]:
@@ -44,7 +52,7 @@ def lines(config: CaptureConfig, family: int) -> list[str]:
 
 def check_golden(name: str, text: str) -> None:
     path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
+    if UPDATE:
         path.write_text(text)
     assert text == path.read_text(), f"{path} differs (UPDATE_GOLDEN=1 to accept)"
 
@@ -87,6 +95,25 @@ def test_forced_exclusions_come_first(config: CaptureConfig, family: int) -> Non
     output = [r for r in fam.rules if r.chain == OUTPUT]
     metadata = "169.254.169.254/32" if family == 4 else "fd00:ec2::254/128"
     assert (output[0].dst, output[0].target, output[0].dst_negated) == (metadata, "RETURN", False)
+    registrar = ("10.0.0.5/32" if family == 4 else "fd00::5/128", 8443, "RETURN")
+    assert (output[1].dst, output[1].dport, output[1].target) == registrar
+
+
+def test_registrar_exemption_comes_before_every_configured_rule() -> None:
+    """Even a config that includes the registrar's network cannot capture it."""
+    config = CaptureConfig(enabled=True, include_outbound_cidrs=("10.0.0.0/8", "fd00::/8"))
+    for family, want in ((4, "-A MESH_OUTPUT -d 10.0.0.5/32 -p tcp -m tcp --dport 8443 "
+                             "-j RETURN"),
+                         (6, "-A MESH_OUTPUT -d fd00::5/128 -p tcp -m tcp --dport 8443 "
+                             "-j RETURN")):
+        got = lines(config, family)
+        assert got.index(want) < min(i for i, line in enumerate(got) if "MESH_REDIRECT" in line
+                                     and "-A MESH_OUTPUT" in line)
+        assert got.index(want) < next(i for i, line in enumerate(got) if "owner" in line)
+    # A destination without a port (a future CA on its own address) is exempt whole.
+    whole = planned(config, exempt=(Exempt("10.9.9.9", None, "ca"),)).family(4)
+    assert whole is not None
+    assert "-A MESH_OUTPUT -d 10.9.9.9/32 -j RETURN" in [render_rule(r) for r in whole.rules]
 
 
 @pytest.mark.parametrize(("config", "family", "want"), [
@@ -138,7 +165,8 @@ def test_ipv6_off_plans_ipv4_only() -> None:
 
 
 def test_ports_chains_and_jumps() -> None:
-    fam = planned(CaptureConfig(enabled=True, outbound_port=16001, inbound_port=16006)).family(4)
+    fam = planned(CaptureConfig(enabled=True, proxy=ProxyConfig(
+        outbound_port=16001, inbound_port=16006))).family(4)
     assert fam is not None
     assert fam.chains == (INBOUND, REDIRECT, IN_REDIRECT, OUTPUT)
     got = [render_rule(r) for r in fam.rules]
@@ -152,6 +180,10 @@ def test_probe_avoids_excluded_and_metadata_addresses() -> None:
         "169.254.169.254/32", "10.0.0.0/30"), exclude_outbound_cidrs=("10.0.0.1/32",)))
     probe = next(p for p in rs.probes if p.family == 4)
     assert probe.addresses == ("10.0.0.2",)
+    exempt_whole = (Exempt("10.0.0.2/32", None, "ca"),)
+    rs = planned(CaptureConfig(enabled=True, include_outbound_cidrs=("10.0.0.0/30",)),
+                 exempt=exempt_whole)
+    assert next(p for p in rs.probes if p.family == 4).addresses == ("10.0.0.1",)
     assert not any(p.family == 6 for p in rs.probes)  # nothing IPv6 is captured
 
 

@@ -1,8 +1,9 @@
 """The whole agent as users run it, twice: a VM and a mesh peer, each a real
 `mesh-agent run` in its own network namespace with its sidecar (real Envoy)
 and traffic capture on, identities from a real registrar. A plain HTTP call
-from the peer reaches the VM's app through mTLS; plaintext cannot; SIGTERM
-takes capture off before Envoy stops."""
+from the peer reaches the VM's app through mTLS; plaintext cannot; the
+registrar stays direct; SIGTERM takes capture off before Envoy stops. The VM
+uses the proxy: section, the peer a config written before it existed."""
 
 from __future__ import annotations
 
@@ -26,17 +27,20 @@ pytestmark = pytest.mark.netns
 TD = "example.org"
 VM_ID = f"spiffe://{TD}/ns/shop/sa/vm-app"
 PEER_ID = f"spiffe://{TD}/ns/shop/sa/frontend"
-PROXY = {"proxy_uid": 1337, "proxy_gid": 1337}
+OLD_PROXY = {"proxy_uid": 1337, "proxy_gid": 1337}  # in sidecar: and capture: (deprecated)
 VM6, PEER6 = "fd00:77::1", "fd00:77::2"
 
 
 def dataplane(envoy: Path, *, app_port: int, allowed: str, backend: str,
-              outbound: dict[str, Any] | None = None) -> dict[str, Any]:
+              outbound: dict[str, Any] | None = None, old_shape: bool = False
+              ) -> dict[str, Any]:
+    old = OLD_PROXY if old_shape else {}
     return {
+        **({} if old_shape else {"proxy": {"uid": 1337, "gid": 1337}}),
         "sidecar": {"enabled": True, "envoy_path": str(envoy), "app_ports": [app_port],
                     "allowed_peers": [allowed], "drain_time": "1s",
-                    "outbound_services": outbound or {}, **PROXY},
-        "capture": {"enabled": True, "backend": backend, "inbound_ports": [app_port], **PROXY},
+                    "outbound_services": outbound or {}, **old},
+        "capture": {"enabled": True, "backend": backend, "inbound_ports": [app_port], **old},
     }
 
 
@@ -68,7 +72,7 @@ def mesh(hosts: HostPair, registrar_factory: Callable[..., RegistrarProcess], en
     peer = AgentProcess(state_dirs("peer"), reg, token=reg.create_token("frontend"),
                         netns=hosts.peer.name,
                         extra=dataplane(envoy_path, app_port=8080, allowed=VM_ID,
-                                        backend="nftables", outbound={
+                                        backend="nftables", old_shape=True, outbound={
                                             "vm-app": {"address": f"{hosts.vm.address}:9090",
                                                        "spiffe_id": VM_ID},
                                             "vm-app6": {"address": f"[{VM6}]:9090",
@@ -94,6 +98,9 @@ def mesh(hosts: HostPair, registrar_factory: Callable[..., RegistrarProcess], en
 def test_two_agents_talk_mtls_and_stop_cleanly(mesh: tuple[AgentProcess, AgentProcess, Any],
                                                hosts: HostPair) -> None:
     vm, peer, app = mesh
+    registrar = vm.config["registrar"]["url"].removeprefix("https://")
+    address, port = registrar.rsplit(":", 1)
+    assert address == hosts.peer.address  # reached through the VM's captured interface
     baseline = nat_rules(hosts.vm.name)
     started = time.monotonic()
     vm.start()
@@ -106,6 +113,13 @@ def test_two_agents_talk_mtls_and_stop_cleanly(mesh: tuple[AgentProcess, AgentPr
     assert status["conditions"] == {"sidecar": True, "capture": True}
     assert status["sidecar"]["state"] == "ready"
     assert "MESH_" in nat_rules(hosts.vm.name)
+    # The registrar is exempt (the VM renews even with Envoy down), nothing else of the peer's.
+    assert f"-A MESH_OUTPUT -d {address}/32 -p tcp -m tcp --dport {port} -j RETURN" in (
+        nat_rules(hosts.vm.name))
+    assert f"capture exempts the registrar: {address}/32 port {port}" in vm.log_text()
+    # The peer's config predates proxy:; it works, and says where the old keys are.
+    assert "capture.proxy_uid: is deprecated (use: proxy.uid instead)" in peer.log_text()
+    assert "is deprecated" not in vm.log_text()
     print(f"VM agent start -> READY with Envoy and capture: {vm_ready_after:.2f}s")
 
     # A plain call from the peer: captured by the peer, mTLS between the Envoys,

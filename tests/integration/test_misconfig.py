@@ -121,3 +121,20 @@ def test_sighup_applies_or_rejects_each_changed_section(registrar_factory: Any,
     # The applied sections are now the running ones; the rejected ones are not.
     assert _sighup(agent).startswith(" rejected attestation, status: need a restart")
     assert agent.stop() == 0
+
+
+def test_capture_without_a_proxy_exits_78_before_spending_the_token(
+        registrar_factory: Any, agent_factory: Any) -> None:
+    """Capture alone would send every outbound connection, renewals included, to a
+    port nobody serves: refused at start, naming the file and the key."""
+    reg = registrar_factory(groups={"web": ("prod", "web-vm", 3600)})
+    agent = agent_factory(reg, token=reg.create_token("web", ttl="10m"))
+    agent.config["capture"] = {"enabled": True}
+    agent.write_config()
+    agent.start()
+    assert agent.wait_exit(30) == 78
+    log = agent.log_text()
+    assert f"{agent.config_path}: capture.enabled: is true but sidecar.enabled is false" in log
+    assert "capture.external_proxy: true" in log
+    assert agent.token_file.exists()
+    assert not (agent.credentials / "current").exists()

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agent.credentials import Credentials, CredentialStore
+from agent.proxy.user import ProxyIdentity
 from agent.registrar_client.client import RegistrarClient
 from agent.sidecar.config import SidecarConfig
 from agent.sidecar.install import install_bootstrap
 from agent.sidecar.process import SubprocessRunner
 from agent.sidecar.render import render_bootstrap
-from agent.sidecar.sds import ProxyIdentity
 from agent.sidecar.service import Sidecar
 from agent.sidecar.settings import MeshSettings, mesh_settings
 from agent.sidecar.supervisor import EnvoySupervisor

@@ -9,29 +9,37 @@ import pytest
 import yaml
 
 from agent.config import ConfigError, load_config
+from agent.proxy.config import ProxyConfig
 from agent.sidecar.config import OutboundService, SidecarConfig
 
 
-def _load(tmp_path: Path, sidecar: dict[str, Any]) -> SidecarConfig:
+def _load(tmp_path: Path, sidecar: dict[str, Any],
+          proxy: dict[str, Any] | None = None) -> SidecarConfig:
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump({"registrar": {"url": "https://reg.example:8443"},
-                                    "sidecar": sidecar}))
+                                    "sidecar": sidecar, "proxy": proxy or {}}))
     return load_config(path).sidecar
 
 
 def test_defaults_follow_istio_ports(tmp_path: Path) -> None:
     config = _load(tmp_path, {"enabled": True})
-    assert (config.admin_port, config.inbound_port, config.outbound_port) == (15000, 15006, 15001)
+    assert config.admin_port == 15000
+    assert config.proxy == ProxyConfig("mesh-proxy", None, None, 15001, 15006)
     assert config.allowed_peers == () and config.app_ports == ()
     assert config.envoy_path == Path("/usr/local/bin/envoy")
-    assert (config.proxy_user, config.proxy_uid, config.proxy_gid) == ("mesh-proxy", None, None)
     assert config.drain_time == 5.0 and config.restart.failure_threshold == 5
+
+
+def test_user_and_ports_come_from_the_proxy_section(tmp_path: Path) -> None:
+    config = _load(tmp_path, {"enabled": True}, {"uid": 1337, "gid": 1337,
+                                                  "outbound_port": 16001})
+    assert config.proxy == ProxyConfig("mesh-proxy", 1337, 1337, 16001, 15006)
 
 
 def test_full_section(tmp_path: Path) -> None:
     config = _load(tmp_path, {
-        "enabled": True, "envoy_path": "/opt/envoy/bin/envoy", "proxy_uid": 1337,
-        "proxy_gid": 1337, "app_ports": [8080, "9090"], "concurrency": 4,
+        "enabled": True, "envoy_path": "/opt/envoy/bin/envoy", "app_ports": [8080, "9090"],
+        "concurrency": 4,
         "allowed_peers": ["spiffe://example.org/ns/a/sa/b", "spiffe://example.org/ns/ops/*"],
         "outbound_services": {"payments": {"address": "10.0.0.7:8443",
                                            "spiffe_id": "spiffe://example.org/ns/pay/sa/api"}},
@@ -48,10 +56,10 @@ def test_full_section(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("sidecar", "key", "allowed"), [
     ({"app_ports": [15006]}, "sidecar.app_ports", "ports other than"),
     ({"app_ports": ["http"]}, "sidecar.app_ports", "TCP ports 1..65535"),
-    ({"inbound_port": 15001}, "sidecar.inbound_port", "three different ports"),
+    ({"admin_port": 15001}, "sidecar.admin_port", "a port other than 15001 and 15006"),
     ({"allowed_peers": ["example.org/ns/a"]}, "sidecar.allowed_peers", "spiffe://"),
     ({"allowed_peers": ["spiffe://td/*/sa/x"]}, "sidecar.allowed_peers", "ending in /*"),
-    ({"proxy_uid": 1337}, "sidecar.proxy_uid", "both numeric"),
+    ({"proxy_uid": 1337}, "sidecar.proxy_uid", "both uid and gid"),
     ({"envoy_path": "envoy"}, "sidecar.envoy_path", "an absolute path"),
     ({"envoy_log_level": "loud"}, "sidecar.envoy_log_level", "trace|debug"),
     ({"drain_time": "forever"}, "sidecar.drain_time", "a duration"),
@@ -77,22 +85,3 @@ def test_errors_name_file_key_and_allowed(tmp_path: Path, sidecar: dict[str, Any
     assert info.value.file == str(tmp_path / "agent.yaml")
     assert info.value.key == key
     assert allowed in info.value.allowed, info.value
-
-
-def test_proxy_identity_numeric_or_looked_up() -> None:
-    import pwd
-
-    from agent.sidecar.process import ProxyUserMissing, resolve_proxy
-
-    def getpwnam(name: str) -> pwd.struct_passwd:
-        if name != "mesh-proxy":
-            raise KeyError(name)
-        return pwd.struct_passwd(("mesh-proxy", "x", 998, 997, "", "/", "/usr/sbin/nologin"))
-
-    config = SidecarConfig(enabled=True)
-    proxy = resolve_proxy(config, getpwnam=getpwnam)
-    assert (proxy.uid, proxy.gid) == (998, 997)
-    numeric = SidecarConfig(enabled=True, proxy_uid=1337, proxy_gid=1337)
-    assert resolve_proxy(numeric, getpwnam=getpwnam).uid == 1337
-    with pytest.raises(ProxyUserMissing, match=r"'nobody-here'.*proxy_uid"):
-        resolve_proxy(SidecarConfig(enabled=True, proxy_user="nobody-here"), getpwnam=getpwnam)

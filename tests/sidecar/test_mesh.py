@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.proxy.config import ProxyConfig
 from agent.registrar_client.client import RegistrarClient
 from agent.sidecar.config import OutboundService, SidecarConfig
 from agent.sidecar.install import ConfigRejected, install_bootstrap
@@ -87,7 +88,7 @@ def mesh(hosts: HostPair, registrar_factory: Callable[..., RegistrarProcess], en
     })
     client = RegistrarClient(registrar.url, registrar.ca_file, timeout=10)
     common = {"enabled": True, "envoy_path": envoy_path, "drain_time": 0.0,
-              "proxy_uid": PROXY.uid, "proxy_gid": PROXY.gid}
+              "proxy": ProxyConfig(uid=PROXY.uid, gid=PROXY.gid)}
     vm = Node("vm", hosts.vm.name, state_dirs("vm"), client, registrar.create_token("vm"),
               SidecarConfig(app_ports=(8080, 9090), allowed_peers=(PEER_ID,),
                             **common))  # type: ignore[arg-type]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 
+from agent.proxy.user import ProxyIdentity
 from agent.sidecar.process import SubprocessRunner, drop_argv
-from agent.sidecar.sds import ProxyIdentity
 
 PROXY = ProxyIdentity(1337, 1337)
 CAPS = "+net_admin,+net_raw,+setuid,+setgid,+chown,+kill"
@@ -64,7 +64,7 @@ def test_the_runner_uses_that_command_line(root: None) -> None:
 PARENT = """
 import asyncio, sys, time
 from agent.sidecar.process import SubprocessRunner
-from agent.sidecar.sds import ProxyIdentity
+from agent.proxy.user import ProxyIdentity
 
 async def main():
     proc = await SubprocessRunner().start(["/bin/sleep", "300"], user=ProxyIdentity(1337, 1337))

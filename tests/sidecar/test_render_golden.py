@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.proxy.config import ProxyConfig
+from agent.proxy.user import ProxyIdentity
 from agent.sidecar.config import OutboundService, SidecarConfig
 from agent.sidecar.install import validate_bootstrap
 from agent.sidecar.process import SubprocessRunner
 from agent.sidecar.render import render_bootstrap, to_yaml
-from agent.sidecar.sds import ProxyIdentity, SdsMirror
+from agent.sidecar.sds import SdsMirror
 from agent.sidecar.settings import EnvoyPaths, MeshSettings
 from agent.sidecar.tls import secret_documents
 from tests.sidecar.pki import MeshCA
@@ -41,7 +43,8 @@ CASES = {
     "dual_stack": SidecarConfig(enabled=True, app_ports=(8080,), outbound_services=(LEDGER,),
                                 ipv6=True),
     "outbound_only": SidecarConfig(enabled=True, outbound_services=(PAYMENTS,),
-                                   admin_port=15100, outbound_port=15101),
+                                   admin_port=15100,
+                                   proxy=ProxyConfig(outbound_port=15101)),
 }
 
 

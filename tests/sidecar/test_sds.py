@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from agent.sidecar.sds import Generation, ProxyIdentity, SdsMirror
+from agent.proxy.user import ProxyIdentity
+from agent.sidecar.sds import Generation, SdsMirror
 from agent.sidecar.settings import EnvoyPaths
 from tests.sidecar.pki import MeshCA
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.proxy.user import ProxyIdentity
 from agent.sidecar.admin import AdminProbe
 from agent.sidecar.config import RestartPolicy, SidecarConfig
 from agent.sidecar.process import SubprocessRunner
-from agent.sidecar.sds import ProxyIdentity
 from agent.sidecar.supervisor import (
     EnvoyState,
     EnvoySupervisor,

@@ -30,7 +30,8 @@ def join_token_user_data(*, ca_pem: str, token: str, agent_yaml: str,
 
 
 def agent_drop_in(*, url: str, renew_at: float | None = None,
-                  capture: bool = True, sidecar: bool = False) -> str:
+                  capture: bool = True, sidecar: bool = True) -> str:
+    # Capture needs a proxy (capture.enabled alone is a config error): our sidecar.
     data: dict[str, object] = {"registrar": {"url": url}, "attestation": {"method": "token"}}
     if renew_at is not None:
         data["rotation"] = {"renew_at": renew_at}
