@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 
@@ -83,3 +84,28 @@ def strict_problems(cert: x509.Certificate, *, anchor: bool) -> list[str]:
     if len(cert.issuer) == 0:
         problems.append("has an empty issuer")
     return problems
+
+
+def leaf_problems(cert: x509.Certificate) -> list[str]:
+    """What a strict verifier would refuse in end-entity ``cert`` (our server certificate):
+    registrars initialised before key identifiers were added lack the AKI."""
+    aki = _extension(cert, x509.AuthorityKeyIdentifier)
+    if aki is None or not isinstance(aki.value, x509.AuthorityKeyIdentifier) or (
+            aki.value.key_identifier is None):
+        return ["has no Authority Key Identifier (keyIdentifier)"]
+    return ["has a critical Authority Key Identifier"] if aki.critical else []
+
+
+def strict_report(server: x509.Certificate, ca_cert: x509.Certificate,
+                  chain: list[x509.Certificate], roots: list[x509.Certificate]) -> list[str]:
+    """Every strict-X.509 problem of a registrar's certificates, labelled by role."""
+    root_ids = {r.fingerprint(hashes.SHA256()) for r in roots}
+    out = [f"server certificate {p}" for p in leaf_problems(server)]
+    out += [f"signing CA certificate {p}" for p in strict_problems(
+        ca_cert, anchor=ca_cert.fingerprint(hashes.SHA256()) in root_ids)]
+    out += [f"intermediate {c.subject.rfc4514_string()} {p}" for c in chain
+            if c != ca_cert and c.fingerprint(hashes.SHA256()) not in root_ids
+            for p in strict_problems(c, anchor=False)]
+    out += [f"root {r.subject.rfc4514_string()} {p}" for r in roots
+            for p in strict_problems(r, anchor=True)]
+    return out

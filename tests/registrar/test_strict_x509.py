@@ -187,6 +187,37 @@ def test_the_agents_client_verifies_strictly(
         asyncio.run(client.bundle())
     assert refused.value.reason == "registrar_untrusted"
     assert "Missing Subject Key Identifier" in refused.value.message
+    assert ("will refuse this registrar: signing CA certificate has no Subject Key "
+            "Identifier") in lenient.log_text()
+    assert "strict X.509" not in registrar.log_text()
+
+
+def test_a_server_certificate_from_an_older_init_is_named_at_start(
+        registrar_factory: Callable[..., RegistrarProcess]) -> None:
+    """The failure Debian 13 reported (``Missing Authority Key Identifier``): the
+    registrar warns at start-up, and the agent's client refuses it on Python 3.11 too."""
+    reg = registrar_factory(start=False, strict=False)
+    state = reg.state_dir
+    server, *chain = x509.load_pem_x509_certificates((state / "server-cert.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((state / "ca-key.pem").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    old = x509.CertificateBuilder(
+        issuer_name=server.issuer, subject_name=server.subject,
+        public_key=server.public_key(), serial_number=x509.random_serial_number(),
+        not_valid_before=server.not_valid_before_utc, not_valid_after=server.not_valid_after_utc,
+        extensions=[e for e in server.extensions
+                    if not isinstance(e.value, x509.AuthorityKeyIdentifier)],
+    ).sign(ca_key, hashes.SHA256())
+    (state / "server-cert.pem").write_bytes(b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in (old, *chain)))
+    reg.start()
+    assert ("will refuse this registrar: server certificate has no Authority Key "
+            "Identifier") in reg.log_text()
+    client = RegistrarClient(reg.url, reg.ca_file, timeout=10)
+    with pytest.raises(RegistrarError) as refused:
+        asyncio.run(client.bundle())
+    assert refused.value.reason == "registrar_untrusted"
+    assert "Missing Authority Key Identifier" in refused.value.message
 
 
 def test_import_refuses_a_ca_strict_verifiers_would_refuse(tmp_path: Path) -> None:
