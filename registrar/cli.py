@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--import-ca", type=Path, metavar="DIR",
                       help="Istio plug-in CA directory (ca-cert.pem, ca-key.pem, "
                            "root-cert.pem, cert-chain.pem)")
+    init.add_argument("--allow-nonstrict-ca", action="store_true",
+                      help="import a CA that strict X.509 verifiers (Python 3.13, "
+                           "openssl -x509_strict) would refuse; only for lenient fleets")
 
     srv = sub.add_parser("serve", help="run the HTTPS API")
     srv.add_argument("--config", required=True, type=Path)
@@ -80,10 +83,13 @@ def _iso(when: float) -> str:
 def _init(args: argparse.Namespace) -> int:
     try:
         result = init_state(args.state_dir.resolve(), args.trust_domain,
-                            args.server_name or ["localhost", "127.0.0.1"], args.import_ca)
+                            args.server_name or ["localhost", "127.0.0.1"], args.import_ca,
+                            allow_nonstrict=args.allow_nonstrict_ca)
     except InitError as exc:
         print(f"mesh-registrar init: {exc}", file=sys.stderr)
         return EX_DATAERR
+    for warning in result.warnings:
+        print(f"mesh-registrar init: warning: {warning}", file=sys.stderr)
     how = "imported" if result.imported else "created"
     print(f"CA {how} in {result.state_dir}\n"
           f"config: {result.config_path}\n"

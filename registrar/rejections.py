@@ -50,6 +50,7 @@ REASONS: Final[dict[str, ReasonSpec]] = {
     "identity_unknown": ReasonSpec(403, "reattest"),
     "identity_revoked": ReasonSpec(403, "reattest"),
     "identity_evicted": ReasonSpec(403, "reattest"),
+    "certificate_superseded": ReasonSpec(403, "reattest"),
     "rate_limited": ReasonSpec(429, "retry"),
     "internal": ReasonSpec(500, "retry"),
 }

@@ -25,7 +25,8 @@ from registrar.api.protocol import listen
 from registrar.api.ratelimit import RateLimiter
 from registrar.api.service import Service
 from registrar.attestation.registry import VerifierDeps, build_verifiers
-from registrar.ca.authority import load_authority
+from registrar.ca.authority import load_authority, load_pem_certs
+from registrar.ca.keyids import strict_report
 from registrar.config import RegistrarConfig
 from registrar.store.challenges import ChallengeStore
 from registrar.store.db import connect
@@ -79,6 +80,18 @@ def _run(config: RegistrarConfig, *, reuse_port: bool) -> None:
     uvloop.run(_serve(config, reuse_port=reuse_port))
 
 
+def warn_if_not_strict(config: RegistrarConfig) -> list[str]:
+    """Log what Python 3.13 / Debian 13 agents would refuse in our certificates (a state
+    made by an older ``init``, or a CA imported with ``--allow-nonstrict-ca``)."""
+    problems = strict_report(load_pem_certs(config.tls_cert)[0],
+                             load_pem_certs(config.ca.cert)[0],
+                             load_pem_certs(config.ca.chain), load_pem_certs(config.ca.roots))
+    for problem in problems:
+        log.warning("strict X.509 verifiers (Python 3.13, Debian 13) will refuse this "
+                    "registrar: %s", problem)
+    return problems
+
+
 def serve(config: RegistrarConfig) -> int:
     # Create and migrate the database once, before workers race to do it, and build
     # the verifiers once so a bad evidence option exits 78 here, not in every worker.
@@ -91,6 +104,7 @@ def serve(config: RegistrarConfig) -> int:
             log.info("forgot %d certificates that expired over a day ago", pruned)
     finally:
         conn.close()
+    warn_if_not_strict(config)
     if config.workers == 1:
         _run(config, reuse_port=False)
         return 0

@@ -23,6 +23,7 @@ from agent.credentials import Credentials, CredentialStore
 from agent.identity.host import HostInfo
 from agent.identity.keys import PrivateKey, build_csr, generate_key
 from agent.registrar_client import Issued, RegistrarClient, RegistrarError
+from agent.registrar_client.errors import SUPERSEDED
 from agent.rotation.retry import policy
 from agent.rotation.schedule import delay_until, renewal_time
 from agent.state.store import AgentState, StateFile
@@ -195,6 +196,16 @@ class IdentityManager:
             log.warning("re-attesting", extra={"attestor": attestor.name, "cause": cause.reason})
             await self.attest()
             return
+        if cause.reason == SUPERSEDED:
+            # Someone renewed with a newer certificate of this workload (a copy of this
+            # VM's key, a restored snapshot): this lineage is dead and serving it on
+            # would hide the fork, so stop now and say so.
+            self._health.update(phase="expired")
+            raise CannotContinue(
+                "the registrar refused renewal (certificate_superseded): a newer certificate "
+                "of this workload has already renewed, so this one never will. If this VM "
+                "was cloned or restored from a snapshot, the copy holds the live identity. "
+                + self._no_evidence_message(attestor))
         creds = self._health.current.credentials
         if creds is not None and creds.valid_at(self._clock.now()):
             log.error("cannot renew and no evidence to re-attest; serving the current "

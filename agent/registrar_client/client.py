@@ -45,6 +45,9 @@ class RegistrarClient:
                 f"cannot load the registrar trust anchor {self.ca_file}: {exc}",
                 url=self.url) from None
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        # Python 3.13 sets this by default; setting it everywhere means a registrar
+        # certificate that Debian 13 would refuse is refused on every Python alike.
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT
         if client_cert is not None:
             chain, key = client_cert
             ctx.load_cert_chain(certfile=str(chain), keyfile=str(key))

@@ -14,6 +14,10 @@ import httpx
 
 Action = Literal["retry", "reattest", "fatal"]
 ACTIONS: tuple[Action, ...] = ("retry", "reattest", "fatal")
+# Reasons whose action the agent knows itself, whatever the body says: a newer
+# certificate of ours has renewed, so renewing with this one can never work again.
+SUPERSEDED = "certificate_superseded"
+KNOWN_ACTIONS: dict[str, Action] = {SUPERSEDED: "reattest"}
 
 
 class RegistrarError(Exception):
@@ -68,7 +72,7 @@ def from_response(response: httpx.Response) -> RegistrarError:
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("reason"), str):
-        action = body.get("action")
+        action = KNOWN_ACTIONS.get(body["reason"], body.get("action"))
         if action not in ACTIONS:
             action = _default_action(response.status_code)
         if retry_after is None and isinstance(body.get("retry_after"), int | float):

@@ -21,7 +21,7 @@ from registrar.ca.csr import check_csr
 from registrar.config import Group, RegistrarConfig
 from registrar.rejections import Rejected
 from registrar.store.challenges import ChallengeStore
-from registrar.store.inventory import Inventory
+from registrar.store.inventory import CertOwner, Inventory
 
 log = logging.getLogger("registrar.decisions")
 
@@ -105,7 +105,7 @@ class Service:
                         verified.subject)
 
     # -- renew ------------------------------------------------------------------
-    def _owner_checked(self, peer: x509.Certificate | None) -> tuple[str, int, Group, str]:
+    def _owner_checked(self, peer: x509.Certificate | None) -> tuple[CertOwner, Group]:
         if peer is None:
             raise Rejected("client_cert_required",
                            "renew needs the current certificate as the TLS client certificate")
@@ -127,21 +127,33 @@ class Service:
         if workload.state in _STATE_REASONS:
             raise Rejected(_STATE_REASONS[workload.state],
                            f"workload {workload.id} is {workload.state}; attest again")
+        if owner.standing == "superseded":
+            raise _superseded(workload.id)
         group = self._config.groups.get(workload.group)
         if group is None or group.spiffe_id != owner.spiffe_id:
             raise Rejected("identity_unknown", f"workload {workload.id}'s group "
                            f"{workload.group!r} no longer gives {owner.spiffe_id}; attest again")
-        return owner.spiffe_id, workload.id, group, workload.subject
+        return owner, group
 
     async def renew(self, body: Mapping[str, Any], peer: x509.Certificate | None,
                     remote: str) -> Decision:
-        spiffe_id, workload_id, group, subject = self._owner_checked(peer)
+        owner, group = self._owner_checked(peer)
+        spiffe_id, workload_id = owner.spiffe_id, owner.workload.id
         only_keys(body, _RENEW_KEYS, {"csr"})
         hostname, addresses = host_fields(body)
         csr = check_csr(string_field(body, "csr"))
         csr.require_identity(spiffe_id)
         issued = self._authority.issue(csr.public_key, spiffe_id, group.cert_ttl)
-        self._inventory.record_renewal(workload_id, hostname=hostname, addresses=addresses,
-                                       serial=issued.serial_hex, spiffe_id=spiffe_id,
-                                       not_after=issued.not_after.timestamp())
-        return Decision(self._credentials(issued, spiffe_id, group), spiffe_id, subject)
+        if not self._inventory.record_renewal(
+                workload_id, presented=owner.serial, hostname=hostname, addresses=addresses,
+                serial=issued.serial_hex, spiffe_id=spiffe_id,
+                not_after=issued.not_after.timestamp()):
+            raise _superseded(workload_id)  # a newer certificate renewed meanwhile
+        return Decision(self._credentials(issued, spiffe_id, group), spiffe_id,
+                        owner.workload.subject)
+
+
+def _superseded(workload_id: int) -> Rejected:
+    return Rejected("certificate_superseded",
+                    f"workload {workload_id} has renewed with a newer certificate since this "
+                    "one was issued; only the newest may renew. Attest again")

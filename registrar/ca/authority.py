@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from registrar.ca.csr import PublicKey
+from registrar.ca.keyids import authority_key_id
 from registrar.config import CaFiles
 
 BACKDATE = dt.timedelta(seconds=10)
@@ -74,10 +75,12 @@ class Authority:
         self._intermediates_pem = pem(intermediates)
         self._hash = hashes.SHA256() if isinstance(key, ec.EllipticCurvePrivateKey) or (
             key.key_size < 3072) else hashes.SHA384()
-        self._ski = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
+        # Leaves name their issuer by its own SKI, so strict verifiers can build the chain.
+        self._aki = authority_key_id(cert).extension
 
     def issue(self, public_key: PublicKey, spiffe_id: str, ttl: float) -> Issued:
-        """A workload leaf: URI SAN (critical, empty subject), CA:false, server+client auth."""
+        """A workload leaf: URI SAN (critical, empty subject), CA:false, server+client auth,
+        and both key identifiers (RFC 5280; strict verifiers require the AKI)."""
         now = self._clock()
         not_before = now - BACKDATE
         issuer_end = self.cert.not_valid_after_utc
@@ -102,7 +105,9 @@ class Authority:
             .add_extension(x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False)
-            .add_extension(self._ski, critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key),
+                           critical=False)
+            .add_extension(self._aki, critical=False)
         )
         leaf = builder.sign(self._key, self._hash)
         lifetime = not_after - not_before

@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshcore.durable import write_atomic
-from registrar.ca.authority import SigningKey, load_pem_certs, load_signing_key, pem, utcnow
+from registrar.ca.authority import SigningKey, pem, utcnow
+from registrar.ca.keyids import authority_key_id
+from registrar.ca.plugin import ImportRefused, load_plugin_ca
 
-ISTIO_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
 ROOT_TTL = dt.timedelta(days=3650)
 INTERMEDIATE_TTL = dt.timedelta(days=1825)
 SERVER_TTL = dt.timedelta(days=365)
@@ -42,6 +43,7 @@ class InitResult:
     config_path: Path
     trust_anchor: Path
     imported: bool
+    warnings: tuple[str, ...] = ()
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -56,9 +58,15 @@ def _key_pem(key: SigningKey) -> bytes:
 def _ca_cert(subject: str, *, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None,
              issuer_key: SigningKey, ttl: dt.timedelta, path_length: int | None,
              trust_domain: str) -> x509.Certificate:
+    """A CA certificate as the SPIFFE X.509-SVID spec wants it: keyCertSign and cRLSign
+    only (digitalSignature is for leaves), the trust domain's URI SAN, and both key
+    identifiers (strict verifiers refuse a CA without them)."""
     now = utcnow()
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
                       x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    aki = (authority_key_id(issuer).extension if issuer else
+           x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski))
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -69,13 +77,13 @@ def _ca_cert(subject: str, *, key: ec.EllipticCurvePrivateKey, issuer: x509.Cert
         .not_valid_after(now + ttl)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+            digital_signature=False, key_cert_sign=True, crl_sign=True, content_commitment=False,
             key_encipherment=False, data_encipherment=False, key_agreement=False,
             encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            issuer_key.public_key()), critical=False)
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]), critical=False)
+        .add_extension(ski, critical=False)
+        .add_extension(aki, critical=False)
     )
     return builder.sign(issuer_key, hashes.SHA256())
 
@@ -99,7 +107,14 @@ def _server_cert(names: list[str], key: ec.EllipticCurvePrivateKey, issuer: x509
         .not_valid_after(min(now + SERVER_TTL, issuer.not_valid_after_utc))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, key_cert_sign=False, crl_sign=False,
+            content_commitment=False, key_encipherment=False, data_encipherment=False,
+            key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .add_extension(authority_key_id(issuer).extension, critical=False)
         .sign(issuer_key, hashes.SHA256())
     )
 
@@ -132,26 +147,20 @@ groups:
 
 
 def init_state(state_dir: Path, trust_domain: str, server_names: list[str],
-               import_dir: Path | None = None) -> InitResult:
+               import_dir: Path | None = None, *, allow_nonstrict: bool = False) -> InitResult:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     existing = [n for n in ("ca-cert.pem", "ca-key.pem") if (state_dir / n).exists()]
     if existing:
         raise InitError(f"{state_dir}: a CA already exists ({', '.join(existing)}); "
                         "refusing to overwrite it. Use a new --state-dir.")
+    warnings: tuple[str, ...] = ()
     if import_dir is not None:
-        missing = [n for n in ISTIO_FILES if not (import_dir / n).is_file()]
-        if missing:
-            raise InitError(f"{import_dir}: missing {', '.join(missing)} "
-                            f"(Istio plug-in layout: {', '.join(ISTIO_FILES)})")
         try:
-            ca_cert = load_pem_certs(import_dir / "ca-cert.pem")[0]
-            ca_key = load_signing_key(import_dir / "ca-key.pem")
-            roots = load_pem_certs(import_dir / "root-cert.pem")
-            chain = load_pem_certs(import_dir / "cert-chain.pem")
-        except (ValueError, IndexError) as exc:
-            raise InitError(f"{import_dir}: cannot load the CA files: {exc}") from None
-        if ca_cert.public_key() != ca_key.public_key():
-            raise InitError(f"{import_dir}: ca-key.pem does not match ca-cert.pem")
+            plugin = load_plugin_ca(import_dir, allow_nonstrict=allow_nonstrict)
+        except ImportRefused as exc:
+            raise InitError(str(exc)) from None
+        ca_cert, ca_key, roots, chain = plugin.cert, plugin.key, plugin.roots, plugin.chain
+        warnings = plugin.warnings
         key_pem = _key_pem(ca_key)
     else:
         root_key = _key()
@@ -183,6 +192,7 @@ def init_state(state_dir: Path, trust_domain: str, server_names: list[str],
     if not config_path.exists():
         write_atomic(config_path, starter_config(state_dir, trust_domain).encode(), mode=0o640)
     return InitResult(state_dir=state_dir, config_path=config_path,
-                      trust_anchor=state_dir / "root-cert.pem", imported=import_dir is not None)
+                      trust_anchor=state_dir / "root-cert.pem", imported=import_dir is not None,
+                      warnings=warnings)
 
 

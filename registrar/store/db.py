@@ -55,6 +55,15 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX challenges_expiry ON challenges(expires_at);
     """,
+    # 2: only a workload's current certificate (or, during a handover, the one just
+    # issued for it) may renew. Existing workloads start from their newest certificate.
+    """
+    ALTER TABLE workloads ADD COLUMN current_serial TEXT;
+    ALTER TABLE workloads ADD COLUMN pending_serial TEXT;
+    UPDATE workloads SET current_serial = (
+        SELECT c.serial FROM certs c WHERE c.workload_id = workloads.id
+        ORDER BY c.issued_at DESC, c.rowid DESC LIMIT 1);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

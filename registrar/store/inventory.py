@@ -3,6 +3,14 @@
 A workload is keyed by (evidence type, subject): attesting again with the same
 subject re-uses its row (re-attestation is a normal path) and makes it active
 again only if it was evicted; a revoked workload stays revoked.
+
+Each workload records the serial that may renew (``current_serial``) and, during
+a handover, the one just issued (``pending_serial``). Renewing with the current
+certificate issues a new pending one (replacing any earlier pending one, whose
+response may have been lost); renewing with the pending one promotes it to
+current, and from then on every older certificate is superseded. So one
+certificate cannot fork several identities: of all the certificates a renewal
+race hands out, only the last recorded can ever renew.
 """
 
 from __future__ import annotations
@@ -12,10 +20,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from registrar.store.db import transaction
 
 STATES = ("active", "evicted", "revoked")
+Standing = Literal["current", "pending", "superseded"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class CertOwner:
     spiffe_id: str
     not_after: float
     workload: Workload
+    standing: Standing
 
 
 _COLUMNS = ("w.id, w.subject, w.evidence_type, w.spiffe_id, w.group_name, w.hostname, "
@@ -68,14 +79,16 @@ class Inventory:
         with transaction(self._conn) as conn:
             row = conn.execute(
                 "INSERT INTO workloads (subject, evidence_type, spiffe_id, group_name, hostname,"  # noqa: S608
-                " addresses, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                " addresses, first_seen, last_seen, current_serial)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (evidence_type, subject) DO UPDATE SET spiffe_id = excluded.spiffe_id,"
                 " group_name = excluded.group_name, hostname = excluded.hostname,"
                 " addresses = excluded.addresses, last_seen = excluded.last_seen,"
-                " state = CASE WHEN state = 'revoked' THEN 'revoked' ELSE 'active' END "
+                " state = CASE WHEN state = 'revoked' THEN 'revoked' ELSE 'active' END,"
+                " current_serial = excluded.current_serial, pending_serial = NULL "
                 f"RETURNING {_COLUMNS.replace('w.', '')}",
                 (subject, evidence_type, spiffe_id, group, hostname, json.dumps(list(addresses)),
-                 now, now)).fetchone()
+                 now, now, serial)).fetchone()
             workload = _workload(row)
             conn.execute("INSERT INTO certs (serial, workload_id, spiffe_id, issued_at, not_after)"
                          " VALUES (?, ?, ?, ?, ?)",
@@ -97,26 +110,39 @@ class Inventory:
 
     def owner(self, serial: str) -> CertOwner | None:
         row = self._conn.execute(
-            f"SELECT c.serial, c.spiffe_id, c.not_after, {_COLUMNS} FROM certs c "  # noqa: S608
-            "JOIN workloads w ON w.id = c.workload_id WHERE c.serial = ?", (serial,)).fetchone()
+            f"SELECT c.serial, c.spiffe_id, c.not_after, w.current_serial, w.pending_serial,"  # noqa: S608
+            f" {_COLUMNS} FROM certs c JOIN workloads w ON w.id = c.workload_id"
+            " WHERE c.serial = ?", (serial,)).fetchone()
         if row is None:
             return None
+        standing: Standing = ("current" if row[3] == serial else
+                              "pending" if row[4] == serial else "superseded")
         return CertOwner(serial=row[0], spiffe_id=row[1], not_after=row[2],
-                         workload=_workload(row[3:]))
+                         workload=_workload(row[5:]), standing=standing)
 
-    def record_renewal(self, workload_id: int, *, hostname: str | None,
+    def record_renewal(self, workload_id: int, *, presented: str, hostname: str | None,
                        addresses: Sequence[str] | None, serial: str, spiffe_id: str,
-                       not_after: float) -> None:
+                       not_after: float) -> bool:
+        """Record ``serial`` as the workload's pending certificate if ``presented`` may
+        still renew. One ``UPDATE ... WHERE`` decides, so across worker processes a
+        renewal racing a promotion either sees the old state or loses (False, nothing
+        recorded: the caller refuses it as superseded)."""
         now = self._clock()
         with transaction(self._conn) as conn:
-            conn.execute(
+            cursor = conn.execute(
                 "UPDATE workloads SET last_seen = ?, hostname = COALESCE(?, hostname),"
-                " addresses = COALESCE(?, addresses) WHERE id = ?",
+                " addresses = COALESCE(?, addresses),"
+                " current_serial = CASE WHEN pending_serial = ? THEN pending_serial"
+                " ELSE current_serial END, pending_serial = ?"
+                " WHERE id = ? AND ? IN (current_serial, pending_serial)",
                 (now, hostname, None if addresses is None else json.dumps(list(addresses)),
-                 workload_id))
+                 presented, serial, workload_id, presented))
+            if cursor.rowcount != 1:
+                return False
             conn.execute("INSERT INTO certs (serial, workload_id, spiffe_id, issued_at, not_after)"
                          " VALUES (?, ?, ?, ?, ?)", (serial, workload_id, spiffe_id, now,
                                                      not_after))
+        return True
 
     def set_state(self, workload_id: int, state: str) -> bool:
         if state not in STATES:

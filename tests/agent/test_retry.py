@@ -90,3 +90,22 @@ def test_stops_at_the_deadline() -> None:
     assert isinstance(exc, RegistrarError)
     assert clock.t == pytest.approx(300.0)
     assert 3 < calls < 100
+
+
+@pytest.mark.parametrize("action", ["fatal", "retry", None, "bogus"])
+def test_superseded_always_means_reattest(action: str | None) -> None:
+    """Renewing with a superseded certificate can never work, whatever the body says:
+    the agent re-attests (or exits 79), it neither retries nor gives up as fatal."""
+    import json
+
+    import httpx
+
+    from agent.registrar_client.errors import from_response
+    body: dict[str, object] = {"reason": "certificate_superseded", "message": "newer exists"}
+    if action is not None:
+        body["action"] = action
+    response = httpx.Response(403, content=json.dumps(body).encode(),
+                              request=httpx.Request("POST", "https://r.example/v1/renew"))
+    error = from_response(response)
+    assert (error.action, error.reason, error.status) == ("reattest", "certificate_superseded",
+                                                          403)
