@@ -13,12 +13,12 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import uvloop
 from aiohttp import web
 
+from meshcore.clock import Clock, SystemClock
 from registrar.api.app import Api
 from registrar.api.metrics import Metrics, enable_multiprocess
 from registrar.api.protocol import listen
@@ -36,21 +36,23 @@ from registrar.tlsctx import tls_context
 log = logging.getLogger("registrar.server")
 
 
-def build_app(config: RegistrarConfig) -> web.Application:
+def build_app(config: RegistrarConfig, clock: Clock) -> web.Application:
+    """The application, with ``clock`` the one source of time for every part."""
     conn = connect(config.database)
-    tokens = TokenStore(conn)
-    authority = load_authority(config.ca)
-    challenges = ChallengeStore(conn, config.challenge_ttl)
-    verifiers = build_verifiers(VerifierDeps(config=config, tokens=tokens))
+    tokens = TokenStore(conn, clock)
+    authority = load_authority(config.ca, clock.now)
+    challenges = ChallengeStore(conn, config.challenge_ttl, clock)
+    verifiers = build_verifiers(VerifierDeps(config=config, tokens=tokens, clock=clock))
     service = Service(config=config, authority=authority, verifiers=verifiers,
-                      challenges=challenges, inventory=Inventory(conn))
+                      challenges=challenges, inventory=Inventory(conn, clock), clock=clock.now)
     api = Api(config=config, service=service, authority=authority, challenges=challenges,
-              limiter=RateLimiter(config.limits.rates), metrics=Metrics(tokens.outstanding))
+              limiter=RateLimiter(config.limits.rates, clock),
+              metrics=Metrics(tokens.outstanding))
     return api.build()
 
 
 async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
-    app = build_app(config)
+    app = build_app(config, SystemClock())
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     listener = await listen(runner, host=config.host, port=config.port,
@@ -83,10 +85,11 @@ def serve(config: RegistrarConfig) -> int:
     # Create and migrate the database once, before workers race to do it, and build
     # the verifiers once so a bad evidence option exits 78 here, not in every worker.
     conn = connect(config.database)
+    clock = SystemClock()
     try:
-        build_verifiers(VerifierDeps(config=config, tokens=TokenStore(conn)))
+        build_verifiers(VerifierDeps(config=config, tokens=TokenStore(conn, clock), clock=clock))
         # Certificates expired for a day can never renew again: keep the table small.
-        pruned = Inventory(conn).prune_certs(time.time() - 86400)
+        pruned = Inventory(conn, clock).prune_certs(clock.now().timestamp() - 86400)
         if pruned:
             log.info("forgot %d certificates that expired over a day ago", pruned)
     finally:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from meshcore.clock import Clock
 from registrar.store.db import transaction
 
 STATES = ("active", "evicted", "revoked")
@@ -53,7 +53,7 @@ def _workload(row: Sequence[object]) -> Workload:
 
 
 class Inventory:
-    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
         self._conn = conn
         self._clock = clock
 
@@ -64,7 +64,7 @@ class Inventory:
 
         A revoked workload is not revived by re-attesting: that is the operator's call.
         """
-        now = self._clock()
+        now = self._clock.now().timestamp()
         with transaction(self._conn) as conn:
             row = conn.execute(
                 "INSERT INTO workloads (subject, evidence_type, spiffe_id, group_name, hostname,"  # noqa: S608
@@ -87,7 +87,7 @@ class Inventory:
         caller when ``subject`` has no workload yet or was evicted; False otherwise
         (active or revoked). The row it creates is completed by ``record_attestation``.
         """
-        now = self._clock()
+        now = self._clock.now().timestamp()
         cursor = self._conn.execute(
             "INSERT INTO workloads (subject, evidence_type, spiffe_id, group_name, first_seen,"
             " last_seen) VALUES (?, ?, '', '', ?, ?) ON CONFLICT (evidence_type, subject)"
@@ -107,7 +107,7 @@ class Inventory:
     def record_renewal(self, workload_id: int, *, hostname: str | None,
                        addresses: Sequence[str] | None, serial: str, spiffe_id: str,
                        not_after: float) -> None:
-        now = self._clock()
+        now = self._clock.now().timestamp()
         with transaction(self._conn) as conn:
             conn.execute(
                 "UPDATE workloads SET last_seen = ?, hostname = COALESCE(?, hostname),"
