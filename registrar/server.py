@@ -20,7 +20,7 @@ from aiohttp import web
 
 from meshcore.clock import Clock, SystemClock
 from registrar.api.app import Api
-from registrar.api.metrics import Metrics, enable_multiprocess
+from registrar.api.metrics import SHARED_FILE, Metrics, prepare_shared
 from registrar.api.protocol import listen
 from registrar.api.ratelimit import RateLimiter
 from registrar.api.service import Service
@@ -47,8 +47,16 @@ def build_app(config: RegistrarConfig, clock: Clock) -> web.Application:
                       challenges=challenges, inventory=Inventory(conn, clock), clock=clock.now)
     api = Api(config=config, service=service, authority=authority, challenges=challenges,
               limiter=RateLimiter(config.limits.rates, clock),
-              metrics=Metrics(tokens.outstanding))
+              metrics=Metrics(tokens.outstanding, _shared_metrics(config)))
     return api.build()
+
+
+def _metrics_dir(config: RegistrarConfig) -> Path:
+    return config.state_dir / "metrics"
+
+
+def _shared_metrics(config: RegistrarConfig) -> Path | None:
+    return _metrics_dir(config) / SHARED_FILE if config.workers > 1 else None
 
 
 async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
@@ -97,7 +105,7 @@ def serve(config: RegistrarConfig) -> int:
     if config.workers == 1:
         _run(config, reuse_port=False)
         return 0
-    enable_multiprocess(config.state_dir / "metrics")
+    prepare_shared(_metrics_dir(config))
     children: list[int] = []
     for _ in range(config.workers):
         pid = os.fork()

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from meshcore.clock import SystemClock
 from meshcore.secret import Secret
+from registrar.api.metrics import Metrics, prepare_shared
 from registrar.api.ratelimit import RateLimiter, TokenBucket
 from registrar.ca.csr import check_csr
 from registrar.config import Rate
@@ -138,3 +139,20 @@ def test_rate_limiter_retry_after_follows_the_injected_clock() -> None:
     assert limiter.retry_after("attest") == 1  # 0.5 s left, never 0
     clock.advance(0.5)
     assert limiter.retry_after("attest") is None
+
+
+def test_metrics_histogram_is_cumulative_and_shared_file_sums_writers(tmp_path: Path) -> None:
+    shared = prepare_shared(tmp_path / "metrics")
+    workers = [Metrics(lambda: 0, shared) for _ in range(2)]
+    workers[0].decision("attest", None, 0.003)
+    workers[1].decision("attest", None, 7.0)
+    workers[1].decision("attest", "token_spent", 0.003)
+    text = workers[0].render().decode()
+    assert 'registrar_request_seconds_bucket{le="0.0025",operation="attest"} 0.0' in text
+    assert 'registrar_request_seconds_bucket{le="0.005",operation="attest"} 2.0' in text
+    assert 'registrar_request_seconds_bucket{le="2.5",operation="attest"} 2.0' in text
+    assert 'registrar_request_seconds_bucket{le="+Inf",operation="attest"} 3.0' in text
+    assert 'registrar_request_seconds_sum{operation="attest"} 7.006' in text
+    assert ('registrar_requests_total{operation="attest",reason="token_spent",'
+            'result="rejected"} 1.0') in text
+    assert text == workers[1].render().decode()
