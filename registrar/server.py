@@ -21,7 +21,7 @@ from aiohttp import web
 from meshcore.clock import Clock, SystemClock
 from registrar.api.app import Api
 from registrar.api.metrics import SHARED_FILE, Metrics, prepare_shared
-from registrar.api.protocol import listen
+from registrar.api.protocol import listen, runner_options
 from registrar.api.ratelimit import RateLimiter
 from registrar.api.service import Service
 from registrar.attestation.registry import VerifierDeps, build_verifiers
@@ -61,11 +61,10 @@ def _shared_metrics(config: RegistrarConfig) -> Path | None:
 
 async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
     app = build_app(config, SystemClock())
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, **runner_options(config.limits.max_header_bytes))
     await runner.setup()
     listener = await listen(runner, host=config.host, port=config.port,
-                            ssl_context=tls_context(config), reuse_port=reuse_port,
-                            max_header_bytes=config.limits.max_header_bytes)
+                            ssl_context=tls_context(config), reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -17,6 +17,7 @@ from aiohttp import web
 from cryptography import x509
 
 from registrar.api.metrics import Metrics
+from registrar.api.protocol import answer
 from registrar.api.ratelimit import RateLimiter
 from registrar.api.service import Decision, Service
 from registrar.api.wire import error_response, read_json, timestamp
@@ -40,6 +41,21 @@ def peer_certificate(request: web.Request) -> x509.Certificate | None:
         return None
     der = ssl_object.getpeercert(binary_form=True)
     return None if der is None else x509.load_der_x509_certificate(der)
+
+
+def _http_rejection(status: int) -> Rejected:
+    """aiohttp's own HTTP errors (routing, mostly) as the API's Error body."""
+    if status == 404:
+        return Rejected("not_found", "no such path")
+    if status == 405:
+        return Rejected("method_not_allowed", "method not allowed on this path")
+    if status == 413:
+        return Rejected("body_too_large", "request body too large")
+    if status == 415:
+        return Rejected("unsupported_media_type", "unsupported content type")
+    if status < 500:
+        return Rejected("bad_request", "malformed request")
+    return Rejected("internal", "internal error; retry later", retry_after=1)
 
 
 def _remote(request: web.Request) -> str:
@@ -69,6 +85,13 @@ class Api:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every answer is written here, inside the connection guard's window
+        (registrar/api/protocol.py): anything else on the wire is aiohttp's own."""
+        response = await self._respond(request, handler)
+        await answer(request, response)
+        return response
+
+    async def _respond(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Rate limit first (cheapest), then turn every failure into an Error body."""
         family = _FAMILIES.get(request.path)
         try:
@@ -82,8 +105,8 @@ class Api:
             if exc.reason == "rate_limited" and family in ("attest", "renew"):
                 self._metrics.decision(family, exc.reason, 0.0)
             return error_response(exc)
-        except web.HTTPException:
-            raise
+        except web.HTTPException as exc:  # the router's 404 and 405
+            return error_response(_http_rejection(exc.status))
         except Exception:
             log.exception("internal error handling %s", request.path)
             return error_response(Rejected("internal", "internal error; retry later",
