@@ -20,6 +20,7 @@ from aiohttp import web
 
 from meshcore.clock import Clock, SystemClock
 from registrar.api.app import Api
+from registrar.api.connections import ConnectionGate, file_limit, usable_connections
 from registrar.api.metrics import SHARED_FILE, Metrics, prepare_shared
 from registrar.api.protocol import listen, runner_options
 from registrar.api.ratelimit import RateLimiter
@@ -60,11 +61,21 @@ def _shared_metrics(config: RegistrarConfig) -> Path | None:
 
 
 async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
-    app = build_app(config, SystemClock())
-    runner = web.AppRunner(app, **runner_options(config.limits.max_header_bytes))
+    clock = SystemClock()
+    limits = config.limits
+    runner = web.AppRunner(build_app(config, clock), **runner_options(
+        limits.max_header_bytes, limits.request_timeout))
     await runner.setup()
+    files = file_limit()
+    total = usable_connections(limits.max_connections, files)
+    if total < limits.max_connections:
+        log.warning("limits.max_connections lowered from %d to %d: this process may open "
+                    "%d files (raise LimitNOFILE)", limits.max_connections, total, files)
+    gate = ConnectionGate(total=total, per_address=limits.max_connections_per_address,
+                          clock=clock)
     listener = await listen(runner, host=config.host, port=config.port,
-                            ssl_context=tls_context(config), reuse_port=reuse_port)
+                            ssl_context=tls_context(config), reuse_port=reuse_port,
+                            gate=gate, request_timeout=limits.request_timeout)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

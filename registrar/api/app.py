@@ -17,7 +17,7 @@ from aiohttp import web
 from cryptography import x509
 
 from registrar.api.metrics import Metrics
-from registrar.api.protocol import answer
+from registrar.api.protocol import answer, request_started
 from registrar.api.ratelimit import RateLimiter
 from registrar.api.service import Decision, Service
 from registrar.api.wire import error_response, read_json, timestamp
@@ -87,6 +87,7 @@ class Api:
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Every answer is written here, inside the connection guard's window
         (registrar/api/protocol.py): anything else on the wire is aiohttp's own."""
+        request_started(request)
         response = await self._respond(request, handler)
         await answer(request, response)
         return response

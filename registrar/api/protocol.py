@@ -11,6 +11,13 @@ which the guard replaces with our JSON error before closing the connection. The
 only other write aiohttp makes by itself, the ``100 Continue`` interim answer,
 passes through. Nothing about a failed request is logged: its bytes could hold
 anything (aiohttp's own logger is silenced for the same reason).
+
+The guard also bounds time per connection (``request_timeout``): from the
+connection's start or the end of the last answer until a request's head has
+arrived, and from there until its answer starts (body included), each at
+most that long; past it the connection is aborted. A client trickling a head
+or a body, or idling on a kept-alive connection, cannot hold a file forever.
+How many connections there may be is ``registrar/api/connections.py``'s.
 """
 
 from __future__ import annotations
@@ -24,12 +31,11 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from registrar.api.connections import ConnectionGate
 from registrar.rejections import Rejected
 
 log = logging.getLogger("registrar.http")
 
-# Idle keep-alive connections are cheap but not free; agents renew rarely.
-KEEPALIVE_SECONDS = 75.0
 # A peer that opens TCP and never finishes the TLS handshake is dropped after this.
 HANDSHAKE_SECONDS = 10.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -40,10 +46,10 @@ _AIOHTTP_LOG.addHandler(logging.NullHandler())
 _AIOHTTP_LOG.propagate = False
 
 
-def runner_options(max_header_bytes: int) -> dict[str, Any]:
+def runner_options(max_header_bytes: int, request_timeout: float) -> dict[str, Any]:
     """Keyword arguments for ``web.AppRunner`` (passed on to aiohttp's handler)."""
     return {"max_line_size": max_header_bytes, "max_field_size": max_header_bytes,
-            "keepalive_timeout": KEEPALIVE_SECONDS, "access_log": None,
+            "keepalive_timeout": request_timeout, "access_log": None,
             "logger": _AIOHTTP_LOG, "handle_signals": False}
 
 
@@ -60,11 +66,29 @@ def _raw_error(rejection: Rejected) -> bytes:
 class AnswerGuard(asyncio.Transport):
     """The transport aiohttp's handler writes to (see the module docstring)."""
 
-    def __init__(self, real: asyncio.Transport) -> None:
+    def __init__(self, real: asyncio.Transport, timeout: float) -> None:
         super().__init__()
         self._real = real
+        self._timeout = timeout
         self.answering = False
         self._replaced = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.restart_timer()
+
+    def restart_timer(self) -> None:
+        """A new period of at most ``timeout`` for the client's next step."""
+        self.stop_timer()
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
+
+    def stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        log.debug("closing a connection that sent no complete request within %.0f s",
+                  self._timeout)
+        self._real.abort()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.answering or bytes(data) == _CONTINUE:
@@ -98,9 +122,11 @@ class AnswerGuard(asyncio.Transport):
         return self._real.is_closing()
 
     def close(self) -> None:
+        self.stop_timer()
         self._real.close()
 
     def abort(self) -> None:
+        self.stop_timer()
         self._real.abort()
 
     def is_reading(self) -> bool:
@@ -126,22 +152,40 @@ class AnswerGuard(asyncio.Transport):
 
 
 class _Guarded(asyncio.Protocol):
-    """Hands aiohttp's handler an ``AnswerGuard`` instead of the real transport."""
+    """Hands aiohttp's handler an ``AnswerGuard`` instead of the real transport,
+    if the gate lets the connection in at all."""
 
-    def __init__(self, inner: asyncio.Protocol) -> None:
+    def __init__(self, inner: asyncio.Protocol, gate: ConnectionGate, timeout: float) -> None:
         self._inner = inner
+        self._gate = gate
+        self._timeout = timeout
+        self._guard: AnswerGuard | None = None
+        self._address: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) else "-"
+        if not self._gate.admit(address):
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._address = address
         # uvloop's TLS transport has the Transport methods without the base class.
-        self._inner.connection_made(AnswerGuard(cast(asyncio.Transport, transport)))
+        self._guard = AnswerGuard(cast(asyncio.Transport, transport), self._timeout)
+        self._inner.connection_made(self._guard)
 
     def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
+        if self._guard is not None:
+            self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        return self._inner.eof_received() if self._guard is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._guard is None:
+            return
+        self._guard.stop_timer()
+        assert self._address is not None
+        self._gate.release(self._address)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -151,6 +195,13 @@ class _Guarded(asyncio.Protocol):
         self._inner.resume_writing()
 
 
+def request_started(request: web.BaseRequest) -> None:
+    """The head has arrived: the body and the handling get a period of their own."""
+    guard = request.transport
+    if isinstance(guard, AnswerGuard):
+        guard.restart_timer()
+
+
 async def answer(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """Write the application's whole response now, inside the guard's window."""
     # aiohttp would name itself and Python with their versions: no help to anyone
@@ -158,6 +209,7 @@ async def answer(request: web.BaseRequest, response: web.StreamResponse) -> None
     response.headers["Server"] = "mesh-registrar"
     guard = request.transport
     if isinstance(guard, AnswerGuard):
+        guard.stop_timer()  # a client slow to read is the kernel's send buffer's problem
         guard.answering = True
     try:
         await response.prepare(request)
@@ -165,14 +217,16 @@ async def answer(request: web.BaseRequest, response: web.StreamResponse) -> None
     finally:
         if isinstance(guard, AnswerGuard):
             guard.answering = False
+            guard.restart_timer()
 
 
 async def listen(runner: web.AppRunner, *, host: str, port: int, ssl_context: ssl.SSLContext,
-                 reuse_port: bool) -> asyncio.Server:
+                 reuse_port: bool, gate: ConnectionGate,
+                 request_timeout: float) -> asyncio.Server:
     """Listen on ``runner``'s (set up) server, each connection behind a guard."""
     handlers = runner.server
     assert handlers is not None, "runner.setup() first"
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: _Guarded(handlers()), host, port, ssl=ssl_context,
+        lambda: _Guarded(handlers(), gate, request_timeout), host, port, ssl=ssl_context,
         ssl_handshake_timeout=HANDSHAKE_SECONDS, reuse_port=reuse_port, backlog=1024)
