@@ -75,9 +75,9 @@ class Api:
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self._guard],
                               client_max_size=self._config.limits.max_body_bytes)
-        app.router.add_post("/v1/challenge", self._challenge)
-        app.router.add_post("/v1/attest", self._attest)
-        app.router.add_post("/v1/renew", self._renew)
+        app.router.add_post("/v1/challenge", self._challenge, expect_handler=self._expect)
+        app.router.add_post("/v1/attest", self._attest, expect_handler=self._expect)
+        app.router.add_post("/v1/renew", self._renew, expect_handler=self._expect)
         app.router.add_get("/v1/bundle", self._bundle)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics_page)
@@ -89,6 +89,27 @@ class Api:
         (registrar/api/protocol.py): anything else on the wire is aiohttp's own."""
         request_started(request)
         response = await self._respond(request, handler)
+        await answer(request, response)
+        return response
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: invite only a body we would read. (This runs
+        before the middleware, so it answers through ``answer`` itself.)"""
+        if tuple(request.version) != (1, 1):
+            return None
+        limit = self._config.limits.max_body_bytes
+        length = request.content_length
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            rejection = Rejected("bad_request", "the only Expect value taken is 100-continue")
+        elif length is not None and length > limit:
+            rejection = Rejected("body_too_large", f"body is {length} bytes; the limit is "
+                                 f"{limit}")
+        else:
+            if request.transport is not None:
+                request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return None
+        response = error_response(rejection)
+        response.force_close()  # the client may send the body anyway
         await answer(request, response)
         return response
 

@@ -192,6 +192,30 @@ def test_garbage_after_a_good_request_on_one_connection_gets_a_json_error(
     assert calls.healthy(registrar)
 
 
+def _exchange(reg: RegistrarProcess, head: bytes) -> bytes:
+    with calls.tls(reg).wrap_socket(
+            socket.create_connection(("127.0.0.1", reg.port), timeout=10),
+            server_hostname="127.0.0.1") as s:
+        s.sendall(head)
+        return s.recv(65536)
+
+
+def test_expect_100_continue_is_refused_for_a_body_over_the_limit(
+        registrar: RegistrarProcess) -> None:
+    head = b"POST /v1/attest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    answer = _exchange(registrar, head + b"Content-Length: 10000000\r\n"
+                       b"Expect: 100-continue\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:40]
+    assert b"100 Continue" not in answer
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["reason"] == "body_too_large"
+    # A body within the limit is invited as before.
+    assert _exchange(registrar, head + b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+                     ) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    odd = _exchange(registrar, head + b"Content-Length: 2\r\nExpect: teapot\r\n\r\n")
+    assert odd.startswith(b"HTTP/1.1 400 ") and b"application/json" in odd
+    assert calls.healthy(registrar)
+
+
 def test_renew_without_client_cert(registrar: RegistrarProcess) -> None:
     with calls.client(registrar) as c:
         status, body = calls.post(c, "/v1/renew", json={"csr": csr_pem(ec_key())})
