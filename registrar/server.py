@@ -47,6 +47,8 @@ def build_app(config: RegistrarConfig, clock: Clock) -> web.Application:
     service = Service(config=config, authority=authority, verifiers=verifiers,
                       challenges=challenges, inventory=Inventory(conn, clock), clock=clock.now)
     api = Api(config=config, service=service, authority=authority, challenges=challenges,
+              challenge_types=tuple(sorted(
+                  name for name, v in verifiers.items() if v.needs_challenge)),
               limiter=RateLimiter(config.limits.rates, clock),
               metrics=Metrics(tokens.outstanding, _shared_metrics(config)))
     return api.build()

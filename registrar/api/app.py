@@ -64,7 +64,10 @@ def _remote(request: web.Request) -> str:
 
 class Api:
     def __init__(self, *, config: RegistrarConfig, service: Service, authority: Authority,
-                 challenges: ChallengeStore, limiter: RateLimiter, metrics: Metrics) -> None:
+                 challenges: ChallengeStore, limiter: RateLimiter, metrics: Metrics,
+                 challenge_types: tuple[str, ...]) -> None:
+        """``challenge_types``: the enabled evidence types that bind a challenge."""
+        self._challenge_types = challenge_types
         self._config = config
         self._service = service
         self._authority = authority
@@ -163,6 +166,8 @@ class Api:
         return await self._decide("renew", request, run)
 
     async def _challenge(self, request: web.Request) -> web.Response:
+        if not self._challenge_types:  # nothing would consume it: store nothing
+            raise Rejected("unsupported_evidence", "no enabled evidence type takes a challenge")
         nonce, expires = self._challenges.issue()
         return web.json_response({"nonce": nonce, "expires_at": timestamp(
             dt.datetime.fromtimestamp(expires, dt.UTC))})
