@@ -21,6 +21,7 @@ from aiohttp import web
 from meshcore.clock import Clock, SystemClock
 from registrar.api.app import Api
 from registrar.api.connections import ConnectionGate, file_limit, usable_connections
+from registrar.api.faults import FaultLog
 from registrar.api.metrics import SHARED_FILE, Metrics, prepare_shared
 from registrar.api.protocol import listen, runner_options
 from registrar.api.ratelimit import RateLimiter
@@ -49,7 +50,7 @@ def build_app(config: RegistrarConfig, clock: Clock) -> web.Application:
     api = Api(config=config, service=service, authority=authority, challenges=challenges,
               challenge_types=tuple(sorted(
                   name for name, v in verifiers.items() if v.needs_challenge)),
-              limiter=RateLimiter(config.limits.rates, clock),
+              limiter=RateLimiter(config.limits.rates, clock), faults=FaultLog(clock),
               metrics=Metrics(tokens.outstanding, _shared_metrics(config)))
     return api.build()
 

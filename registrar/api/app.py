@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from cryptography import x509
 
+from registrar.api.faults import FaultLog
 from registrar.api.metrics import Metrics
 from registrar.api.protocol import answer, request_started
 from registrar.api.ratelimit import RateLimiter
@@ -65,9 +66,10 @@ def _remote(request: web.Request) -> str:
 class Api:
     def __init__(self, *, config: RegistrarConfig, service: Service, authority: Authority,
                  challenges: ChallengeStore, limiter: RateLimiter, metrics: Metrics,
-                 challenge_types: tuple[str, ...]) -> None:
+                 challenge_types: tuple[str, ...], faults: FaultLog) -> None:
         """``challenge_types``: the enabled evidence types that bind a challenge."""
         self._challenge_types = challenge_types
+        self._faults = faults
         self._config = config
         self._service = service
         self._authority = authority
@@ -132,8 +134,12 @@ class Api:
             return error_response(exc)
         except web.HTTPException as exc:  # the router's 404 and 405
             return error_response(_http_rejection(exc.status))
-        except Exception:
-            log.exception("internal error handling %s", request.path)
+        except ConnectionError:  # the client went away mid-request: not our error
+            log.debug("client %s disconnected during %s", _remote(request), family or "-")
+            return error_response(Rejected("bad_request", "connection lost"))
+        except Exception as exc:
+            self._faults.report(exc, request.path if family else "-")
+            self._metrics.decision(family or "other", "internal", 0.0)
             return error_response(Rejected("internal", "internal error; retry later",
                                            retry_after=1))
 

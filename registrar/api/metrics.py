@@ -11,6 +11,7 @@ inventory at scrape time, so it is right in both modes.
 
 from __future__ import annotations
 
+import math
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -97,9 +98,13 @@ class _TokensOutstanding(Collector):
         self._count = count
 
     def collect(self) -> Iterator[Metric]:
+        try:
+            value = float(self._count())
+        except sqlite3.Error:  # a broken database must not take the other metrics along
+            value = math.nan
         yield GaugeMetricFamily("registrar_tokens_outstanding",
-                                "Join tokens that are neither spent, revoked nor expired.",
-                                value=float(self._count()))
+                                "Join tokens that are neither spent, revoked nor expired "
+                                "(NaN: the database cannot be read).", value=value)
 
 
 class Metrics:
