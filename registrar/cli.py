@@ -11,10 +11,10 @@ import argparse
 import datetime as dt
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from meshcore.clock import SystemClock
 from meshcore.config.errors import ConfigError
 from meshcore.config.reader import parse_duration
 from meshcore.exits import EX_CONFIG, EX_DATAERR, EX_NOT_OK, EX_USAGE
@@ -98,7 +98,8 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace, config: RegistrarConfig) -> int:
-    store = TokenStore(connect(config.database))
+    clock = SystemClock()
+    store = TokenStore(connect(config.database), clock)
     if args.action == "create":
         if args.group not in config.groups:
             raise ConfigError(config.source_file, "groups", f"no group named {args.group!r}",
@@ -115,7 +116,7 @@ def _token(args: argparse.Namespace, config: RegistrarConfig) -> int:
         print(token.reveal())  # the only place a token is ever shown
         return 0
     if args.action == "list":
-        now = time.time()
+        now = clock.now().timestamp()
         rows = [{"id": r.id, "group": r.group, "expires_at": _iso(r.expires_at),
                  "state": r.state(now)} for r in store.list()]
         if args.json:
@@ -132,7 +133,7 @@ def _token(args: argparse.Namespace, config: RegistrarConfig) -> int:
 
 
 def _workloads(args: argparse.Namespace, config: RegistrarConfig) -> int:
-    inventory = Inventory(connect(config.database))
+    inventory = Inventory(connect(config.database), SystemClock())
     if args.action == "list":
         rows = [{"id": w.id, "subject": w.subject, "evidence_type": w.evidence_type,
                  "spiffe_id": w.spiffe_id, "group": w.group, "hostname": w.hostname,

@@ -60,6 +60,9 @@ class Limits:
     max_body_bytes: int
     max_header_bytes: int
     rates: dict[str, Rate]
+    request_timeout: float
+    max_connections: int
+    max_connections_per_address: int
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,11 @@ def _limits(s: Section) -> Limits:
                                  maximum=4 * 1024 * 1024),
         max_header_bytes=s.integer("max_header_bytes", 8190, minimum=1024, maximum=65536),
         rates=rates,
+        request_timeout=s.duration("request_timeout", 75.0, minimum=1.0, maximum=3600.0),
+        max_connections=s.integer("max_connections", 10_000, minimum=16,
+                                  maximum=1_000_000),
+        max_connections_per_address=s.integer("max_connections_per_address", 128,
+                                              minimum=1, maximum=1_000_000),
     )
     s.finish()
     return limits

@@ -51,6 +51,8 @@ REASONS: Final[dict[str, ReasonSpec]] = {
     "identity_revoked": ReasonSpec(403, "reattest"),
     "identity_evicted": ReasonSpec(403, "reattest"),
     "certificate_superseded": ReasonSpec(403, "reattest"),
+    "not_found": ReasonSpec(404, "fatal"),
+    "method_not_allowed": ReasonSpec(405, "fatal"),
     "rate_limited": ReasonSpec(429, "retry"),
     "internal": ReasonSpec(500, "retry"),
 }

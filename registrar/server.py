@@ -13,15 +13,17 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import uvloop
 from aiohttp import web
 
+from meshcore.clock import Clock, SystemClock
 from registrar.api.app import Api
-from registrar.api.metrics import Metrics, enable_multiprocess
-from registrar.api.protocol import listen
+from registrar.api.connections import ConnectionGate, file_limit, usable_connections
+from registrar.api.faults import FaultLog
+from registrar.api.metrics import SHARED_FILE, Metrics, prepare_shared
+from registrar.api.protocol import listen, runner_options
 from registrar.api.ratelimit import RateLimiter
 from registrar.api.service import Service
 from registrar.attestation.registry import VerifierDeps, build_verifiers
@@ -37,26 +39,47 @@ from registrar.tlsctx import tls_context
 log = logging.getLogger("registrar.server")
 
 
-def build_app(config: RegistrarConfig) -> web.Application:
+def build_app(config: RegistrarConfig, clock: Clock) -> web.Application:
+    """The application, with ``clock`` the one source of time for every part."""
     conn = connect(config.database)
-    tokens = TokenStore(conn)
-    authority = load_authority(config.ca)
-    challenges = ChallengeStore(conn, config.challenge_ttl)
-    verifiers = build_verifiers(VerifierDeps(config=config, tokens=tokens))
+    tokens = TokenStore(conn, clock)
+    authority = load_authority(config.ca, clock.now)
+    challenges = ChallengeStore(conn, config.challenge_ttl, clock)
+    verifiers = build_verifiers(VerifierDeps(config=config, tokens=tokens, clock=clock))
     service = Service(config=config, authority=authority, verifiers=verifiers,
-                      challenges=challenges, inventory=Inventory(conn))
+                      challenges=challenges, inventory=Inventory(conn, clock), clock=clock.now)
     api = Api(config=config, service=service, authority=authority, challenges=challenges,
-              limiter=RateLimiter(config.limits.rates), metrics=Metrics(tokens.outstanding))
+              challenge_types=tuple(sorted(
+                  name for name, v in verifiers.items() if v.needs_challenge)),
+              limiter=RateLimiter(config.limits.rates, clock), faults=FaultLog(clock),
+              metrics=Metrics(tokens.outstanding, _shared_metrics(config)))
     return api.build()
 
 
+def _metrics_dir(config: RegistrarConfig) -> Path:
+    return config.state_dir / "metrics"
+
+
+def _shared_metrics(config: RegistrarConfig) -> Path | None:
+    return _metrics_dir(config) / SHARED_FILE if config.workers > 1 else None
+
+
 async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
-    app = build_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    clock = SystemClock()
+    limits = config.limits
+    runner = web.AppRunner(build_app(config, clock), **runner_options(
+        limits.max_header_bytes, limits.request_timeout))
     await runner.setup()
+    files = file_limit()
+    total = usable_connections(limits.max_connections, files)
+    if total < limits.max_connections:
+        log.warning("limits.max_connections lowered from %d to %d: this process may open "
+                    "%d files (raise LimitNOFILE)", limits.max_connections, total, files)
+    gate = ConnectionGate(total=total, per_address=limits.max_connections_per_address,
+                          clock=clock)
     listener = await listen(runner, host=config.host, port=config.port,
                             ssl_context=tls_context(config), reuse_port=reuse_port,
-                            max_header_bytes=config.limits.max_header_bytes)
+                            gate=gate, request_timeout=limits.request_timeout)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -96,10 +119,11 @@ def serve(config: RegistrarConfig) -> int:
     # Create and migrate the database once, before workers race to do it, and build
     # the verifiers once so a bad evidence option exits 78 here, not in every worker.
     conn = connect(config.database)
+    clock = SystemClock()
     try:
-        build_verifiers(VerifierDeps(config=config, tokens=TokenStore(conn)))
+        build_verifiers(VerifierDeps(config=config, tokens=TokenStore(conn, clock), clock=clock))
         # Certificates expired for a day can never renew again: keep the table small.
-        pruned = Inventory(conn).prune_certs(time.time() - 86400)
+        pruned = Inventory(conn, clock).prune_certs(clock.now().timestamp() - 86400)
         if pruned:
             log.info("forgot %d certificates that expired over a day ago", pruned)
     finally:
@@ -108,7 +132,7 @@ def serve(config: RegistrarConfig) -> int:
     if config.workers == 1:
         _run(config, reuse_port=False)
         return 0
-    enable_multiprocess(config.state_dir / "metrics")
+    prepare_shared(_metrics_dir(config))
     children: list[int] = []
     for _ in range(config.workers):
         pid = os.fork()

@@ -16,7 +16,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from cryptography import x509
 
+from registrar.api.faults import FaultLog
 from registrar.api.metrics import Metrics
+from registrar.api.protocol import answer, request_started
 from registrar.api.ratelimit import RateLimiter
 from registrar.api.service import Decision, Service
 from registrar.api.wire import error_response, read_json, timestamp
@@ -42,13 +44,32 @@ def peer_certificate(request: web.Request) -> x509.Certificate | None:
     return None if der is None else x509.load_der_x509_certificate(der)
 
 
+def _http_rejection(status: int) -> Rejected:
+    """aiohttp's own HTTP errors (routing, mostly) as the API's Error body."""
+    if status == 404:
+        return Rejected("not_found", "no such path")
+    if status == 405:
+        return Rejected("method_not_allowed", "method not allowed on this path")
+    if status == 413:
+        return Rejected("body_too_large", "request body too large")
+    if status == 415:
+        return Rejected("unsupported_media_type", "unsupported content type")
+    if status < 500:
+        return Rejected("bad_request", "malformed request")
+    return Rejected("internal", "internal error; retry later", retry_after=1)
+
+
 def _remote(request: web.Request) -> str:
     return request.remote or "-"
 
 
 class Api:
     def __init__(self, *, config: RegistrarConfig, service: Service, authority: Authority,
-                 challenges: ChallengeStore, limiter: RateLimiter, metrics: Metrics) -> None:
+                 challenges: ChallengeStore, limiter: RateLimiter, metrics: Metrics,
+                 challenge_types: tuple[str, ...], faults: FaultLog) -> None:
+        """``challenge_types``: the enabled evidence types that bind a challenge."""
+        self._challenge_types = challenge_types
+        self._faults = faults
         self._config = config
         self._service = service
         self._authority = authority
@@ -59,9 +80,9 @@ class Api:
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self._guard],
                               client_max_size=self._config.limits.max_body_bytes)
-        app.router.add_post("/v1/challenge", self._challenge)
-        app.router.add_post("/v1/attest", self._attest)
-        app.router.add_post("/v1/renew", self._renew)
+        app.router.add_post("/v1/challenge", self._challenge, expect_handler=self._expect)
+        app.router.add_post("/v1/attest", self._attest, expect_handler=self._expect)
+        app.router.add_post("/v1/renew", self._renew, expect_handler=self._expect)
         app.router.add_get("/v1/bundle", self._bundle)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics_page)
@@ -69,6 +90,35 @@ class Api:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every answer is written here, inside the connection guard's window
+        (registrar/api/protocol.py): anything else on the wire is aiohttp's own."""
+        request_started(request)
+        response = await self._respond(request, handler)
+        await answer(request, response)
+        return response
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: invite only a body we would read. (This runs
+        before the middleware, so it answers through ``answer`` itself.)"""
+        if tuple(request.version) != (1, 1):
+            return None
+        limit = self._config.limits.max_body_bytes
+        length = request.content_length
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            rejection = Rejected("bad_request", "the only Expect value taken is 100-continue")
+        elif length is not None and length > limit:
+            rejection = Rejected("body_too_large", f"body is {length} bytes; the limit is "
+                                 f"{limit}")
+        else:
+            if request.transport is not None:
+                request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return None
+        response = error_response(rejection)
+        response.force_close()  # the client may send the body anyway
+        await answer(request, response)
+        return response
+
+    async def _respond(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Rate limit first (cheapest), then turn every failure into an Error body."""
         family = _FAMILIES.get(request.path)
         try:
@@ -82,10 +132,14 @@ class Api:
             if exc.reason == "rate_limited" and family in ("attest", "renew"):
                 self._metrics.decision(family, exc.reason, 0.0)
             return error_response(exc)
-        except web.HTTPException:
-            raise
-        except Exception:
-            log.exception("internal error handling %s", request.path)
+        except web.HTTPException as exc:  # the router's 404 and 405
+            return error_response(_http_rejection(exc.status))
+        except ConnectionError:  # the client went away mid-request: not our error
+            log.debug("client %s disconnected during %s", _remote(request), family or "-")
+            return error_response(Rejected("bad_request", "connection lost"))
+        except Exception as exc:
+            self._faults.report(exc, request.path if family else "-")
+            self._metrics.decision(family or "other", "internal", 0.0)
             return error_response(Rejected("internal", "internal error; retry later",
                                            retry_after=1))
 
@@ -118,6 +172,8 @@ class Api:
         return await self._decide("renew", request, run)
 
     async def _challenge(self, request: web.Request) -> web.Response:
+        if not self._challenge_types:  # nothing would consume it: store nothing
+            raise Rejected("unsupported_evidence", "no enabled evidence type takes a challenge")
         nonce, expires = self._challenges.issue()
         return web.json_response({"nonce": nonce, "expires_at": timestamp(
             dt.datetime.fromtimestamp(expires, dt.UTC))})

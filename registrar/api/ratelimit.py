@@ -7,23 +7,23 @@ process (each worker has its own buckets).
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
+from meshcore.clock import Clock
 from registrar.config import Rate
 
 
 class TokenBucket:
-    def __init__(self, rate: Rate, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: Rate, clock: Clock) -> None:
         self._rate = rate.per_second
         self._burst = float(rate.burst)
         self._level = float(rate.burst)
         self._clock = clock
-        self._stamp = clock()
+        self._stamp = clock.monotonic()
 
     def take(self) -> float:
         """0.0 if a request may pass now, else the seconds until one may."""
-        now = self._clock()
+        now = self._clock.monotonic()
         self._level = min(self._burst, self._level + (now - self._stamp) * self._rate)
         self._stamp = now
         if self._level >= 1.0:
@@ -34,7 +34,7 @@ class TokenBucket:
 
 class RateLimiter:
     def __init__(self, rates: Mapping[str, Rate],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Clock) -> None:
         self._buckets = {family: TokenBucket(rate, clock) for family, rate in rates.items()}
 
     def retry_after(self, family: str) -> int | None:

@@ -44,6 +44,11 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
         raise Rejected("bad_request", "body must be a JSON object")
     if _depth(value) > MAX_DEPTH:
         raise Rejected("bad_request", f"JSON nested deeper than {MAX_DEPTH}")
+    try:  # JSON may escape a lone surrogate ("\ud800"), which no UTF-8 store can hold
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise Rejected("bad_request", "a string holds a lone surrogate (not Unicode text)"
+                       ) from None
     return value
 
 

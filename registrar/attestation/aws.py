@@ -11,8 +11,7 @@ until an operator evicts it or the policy says ``reattest: always``.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Literal, Protocol
 
 from cryptography import x509
 
+from meshcore.clock import Clock
 from registrar.attestation import pkcs7
 from registrar.attestation.base import Verified
 from registrar.attestation.groups import GroupRules
@@ -89,7 +89,7 @@ class AwsVerifier:
     needs_challenge = False
 
     def __init__(self, config: AwsConfig, *, ledger: InstanceLedger | None = None,
-                 clock: Callable[[], float] = time.time,
+                 clock: Clock,
                  certs: Mapping[str, x509.Certificate] | None = None) -> None:
         self._config = config
         self._clock = clock
@@ -152,7 +152,7 @@ class AwsVerifier:
                 pending = datetime.fromisoformat(str(doc.get("pendingTime"))).timestamp()
             except ValueError:
                 raise Rejected("evidence_invalid", "document pendingTime unreadable") from None
-            if self._clock() - pending > limit:
+            if self._clock.now().timestamp() - pending > limit:
                 raise Rejected("evidence_instance_too_old",
                                f"EC2 instance started more than {limit:.0f} s ago")
         return claims

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from meshcore.clock import Clock
 from registrar.store.db import connect
 from registrar.store.inventory import Inventory
 
@@ -22,7 +21,7 @@ EVIDENCE_TYPE = "aws"
 
 
 class InventoryLedger:
-    def __init__(self, database: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, database: Path, *, clock: Clock) -> None:
         self._database = database
         self._clock = clock
         self._lock = threading.Lock()

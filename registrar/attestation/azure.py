@@ -10,10 +10,9 @@ The signed content holds the nonce, which must be this attestation's challenge.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from cryptography import x509
 from cryptography.x509 import DNSName
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from meshcore.clock import Clock
 from registrar.attestation import pkcs7
 from registrar.attestation.base import Verified
 from registrar.attestation.groups import GroupRules
@@ -53,7 +53,7 @@ class AzureVerifier:
     evidence_type = "azure"
     needs_challenge = True
 
-    def __init__(self, config: AzureConfig, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: AzureConfig, *, clock: Clock) -> None:
         if not config.roots:
             raise ValueError("azure verifier needs at least one pinned root certificate")
         self._config = config
@@ -93,7 +93,7 @@ class AzureVerifier:
                         claims=claims, group=group)
 
     def _chain(self, signer: x509.Certificate, extra: list[x509.Certificate]) -> None:
-        now = datetime.fromtimestamp(self._clock(), UTC)
+        now = self._clock.now()
         builder = PolicyBuilder().store(self._store).time(now)
         intermediates = list(self._config.intermediates) + extra
         for name in self._config.signer_names:
@@ -114,7 +114,7 @@ class AzureVerifier:
             expires = datetime.strptime(str(stamp["expiresOn"]), _TIME_FORMAT).timestamp()
         except (TypeError, KeyError, ValueError):
             raise Rejected("evidence_invalid", "attested document timeStamp unreadable") from None
-        if self._clock() > expires + 60:
+        if self._clock.now().timestamp() > expires + 60:
             raise Rejected("evidence_expired", "attested document expired")
 
 

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from meshcore.clock import Clock
 from meshcore.config.reader import Section
 from meshcore.config.source import Source
 from registrar.attestation.aws import AwsConfig, AwsVerifier
@@ -69,7 +70,8 @@ def _age(s: Section) -> float | None:
     return age or None
 
 
-def gce_verifier(options: Mapping[str, Any], config: RegistrarConfig) -> GceVerifier:
+def gce_verifier(options: Mapping[str, Any], config: RegistrarConfig,
+                 clock: Clock) -> GceVerifier:
     s = _section("gce", options, config)
     jwks_url = s.url("jwks_url", GOOGLE_JWKS_URL, schemes=("https", "http"))
     verifier_config = GceConfig(
@@ -80,11 +82,12 @@ def gce_verifier(options: Mapping[str, Any], config: RegistrarConfig) -> GceVeri
         groups=_groups(s, "gce", config))
     refresh = s.duration("jwks_min_refresh", 30.0, minimum=1.0, maximum=3600.0)
     s.finish()
-    return GceVerifier(verifier_config,
-                       keys=JwksCache(jwks_url, min_refresh_interval=refresh))
+    return GceVerifier(verifier_config, clock=clock,
+                       keys=JwksCache(jwks_url, min_refresh_interval=refresh, clock=clock))
 
 
-def aws_verifier(options: Mapping[str, Any], config: RegistrarConfig) -> AwsVerifier:
+def aws_verifier(options: Mapping[str, Any], config: RegistrarConfig,
+                 clock: Clock) -> AwsVerifier:
     s = _section("aws", options, config)
     cert_dir = s.path("cert_dir") if s.has("cert_dir") else None
     if cert_dir is not None and not cert_dir.is_dir():
@@ -100,7 +103,8 @@ def aws_verifier(options: Mapping[str, Any], config: RegistrarConfig) -> AwsVeri
         groups=_groups(s, "aws", config))
     s.finish()
     try:
-        return AwsVerifier(verifier_config, ledger=InventoryLedger(config.database))
+        return AwsVerifier(verifier_config, clock=clock,
+                           ledger=InventoryLedger(config.database, clock=clock))
     except ValueError as exc:
         raise s.error("cert_dir", str(exc)) from None
 
@@ -118,7 +122,8 @@ def _pem_file(s: Section, key: str, required: bool) -> tuple[Any, ...]:
     return certs
 
 
-def azure_verifier(options: Mapping[str, Any], config: RegistrarConfig) -> AzureVerifier:
+def azure_verifier(options: Mapping[str, Any], config: RegistrarConfig,
+                   clock: Clock) -> AzureVerifier:
     s = _section("azure", options, config)
     verifier_config = AzureConfig(
         roots=_pem_file(s, "root_file", required=True),
@@ -127,4 +132,4 @@ def azure_verifier(options: Mapping[str, Any], config: RegistrarConfig) -> Azure
         allowed_subscriptions=s.str_list("allowed_subscriptions"),
         groups=_groups(s, "azure", config))
     s.finish()
-    return AzureVerifier(verifier_config)
+    return AzureVerifier(verifier_config, clock=clock)

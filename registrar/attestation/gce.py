@@ -11,13 +11,13 @@ one-time use of the token itself, instance age, project allow-list, group.
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
 
+from meshcore.clock import Clock
 from registrar.attestation.base import Verified
 from registrar.attestation.groups import GroupRules
 from registrar.attestation.jwks import GOOGLE_JWKS_URL, JwksCache
@@ -67,7 +67,7 @@ class GceVerifier:
     needs_challenge = True
 
     def __init__(self, config: GceConfig, *, keys: JwksCache,
-                 clock: Callable[[], float] = time.time,
+                 clock: Clock,
                  replay: ReplayCache | None = None) -> None:
         self._config = config
         self._keys = keys
@@ -99,7 +99,7 @@ class GceVerifier:
             raise Rejected("evidence_signature_invalid", "GCE token signature invalid") from None
         except jwt.PyJWTError:
             raise Rejected("evidence_invalid", "GCE token is malformed") from None
-        now = self._clock()
+        now = self._clock.now().timestamp()
         self._check_claims(claims, challenge, now)
         verified = self._identity(claims, now)
         if not self._replay.first_use(token, float(claims["exp"]) + self._config.leeway, now):

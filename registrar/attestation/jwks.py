@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt import PyJWK
 from jwt.exceptions import PyJWKError
 
+from meshcore.clock import Clock
 from registrar.rejections import Rejected
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ MAX_JWKS_BYTES = 256 * 1024
 
 class JwksCache:
     def __init__(self, url: str, *, transport: httpx.AsyncBaseTransport | None = None,
-                 clock: Callable[[], float] = time.monotonic, max_age: float = 3600.0,
+                 clock: Clock, max_age: float = 3600.0,
                  min_refresh_interval: float = 30.0, timeout: float = 5.0,
                  verify: Any = True) -> None:
         self._url = url
@@ -61,11 +61,12 @@ class JwksCache:
         return found
 
     def _stale(self) -> bool:
-        return self._fetched_at is None or self._clock() - self._fetched_at > self._max_age
+        return (self._fetched_at is None
+                or self._clock.monotonic() - self._fetched_at > self._max_age)
 
     async def _refresh(self, *, forced: bool) -> None:
         async with self._lock:
-            now = self._clock()
+            now = self._clock.monotonic()
             if self._attempted_at is not None and now - self._attempted_at < self._min_refresh:
                 return  # another caller just refreshed (or failed to); do not hammer
             if not forced and not self._stale():

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshcore.clock import Clock
 from meshcore.config.errors import ConfigError
 from registrar.attestation.base import Verifier
 from registrar.attestation.cloud_options import aws_verifier, azure_verifier, gce_verifier
@@ -27,19 +28,20 @@ from registrar.store.tokens import TokenStore
 
 @dataclass(frozen=True)
 class VerifierDeps:
-    """What verifiers may use: the stores and the config (no globals)."""
+    """What verifiers may use: the stores, the config and the clock (no globals)."""
 
     config: RegistrarConfig
     tokens: TokenStore
+    clock: Clock
 
 
 Factory = Callable[[Mapping[str, Any], VerifierDeps], Verifier]
 
 FACTORIES: Mapping[str, Factory] = {
     "join_token": lambda options, deps: JoinTokenVerifier(deps.tokens),
-    "gce": lambda options, deps: gce_verifier(options, deps.config),
-    "aws": lambda options, deps: aws_verifier(options, deps.config),
-    "azure": lambda options, deps: azure_verifier(options, deps.config),
+    "gce": lambda options, deps: gce_verifier(options, deps.config, deps.clock),
+    "aws": lambda options, deps: aws_verifier(options, deps.config, deps.clock),
+    "azure": lambda options, deps: azure_verifier(options, deps.config, deps.clock),
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID
 
@@ -39,10 +40,15 @@ def check_csr(pem: str) -> CheckedCsr:
         raise Rejected("csr_invalid", f"CSR larger than {MAX_CSR_CHARS} characters")
     try:
         csr = x509.load_pem_x509_csr(pem.encode("ascii"))
-        key = csr.public_key()
         extensions = csr.extensions
-    except (ValueError, UnicodeEncodeError, TypeError) as exc:
+    except (ValueError, UnicodeEncodeError, TypeError, x509.InvalidVersion,
+            x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise Rejected("csr_invalid", "cannot parse the CSR as PEM PKCS#10") from exc
+    try:
+        key = csr.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:  # unknown algorithm or curve OID
+        raise Rejected("csr_key_unsupported",
+                       "unknown key type; allowed: RSA >= 2048, ECDSA P-256/P-384") from exc
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
             raise Rejected("csr_key_unsupported",

@@ -5,9 +5,8 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import string
-import time
-from collections.abc import Callable
 
+from meshcore.clock import Clock
 from registrar.rejections import Rejected
 
 NONCE_CHARS = 32
@@ -16,7 +15,7 @@ _ALPHABET = string.ascii_letters + string.digits
 
 class ChallengeStore:
     def __init__(self, conn: sqlite3.Connection, ttl: float,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Clock) -> None:
         self._conn = conn
         self._ttl = ttl
         self._clock = clock
@@ -24,7 +23,7 @@ class ChallengeStore:
     def issue(self) -> tuple[str, float]:
         """A fresh nonce (32 alphanumerics: fits Azure's limit) and its expiry."""
         nonce = "".join(secrets.choice(_ALPHABET) for _ in range(NONCE_CHARS))
-        now = self._clock()
+        now = self._clock.now().timestamp()
         expires = now + self._ttl
         self._conn.execute("DELETE FROM challenges WHERE expires_at < ?", (now - 60,))
         self._conn.execute("INSERT INTO challenges (nonce, expires_at) VALUES (?, ?)",
@@ -36,7 +35,8 @@ class ChallengeStore:
         if not nonce or len(nonce) != NONCE_CHARS or not nonce.isalnum():
             raise Rejected("challenge_invalid", "missing or malformed challenge")
         cursor = self._conn.execute(
-            "DELETE FROM challenges WHERE nonce = ? AND expires_at > ?", (nonce, self._clock()))
+            "DELETE FROM challenges WHERE nonce = ? AND expires_at > ?",
+            (nonce, self._clock.now().timestamp()))
         if cursor.rowcount != 1:
             raise Rejected("challenge_invalid", "unknown, expired or already used challenge")
         return nonce

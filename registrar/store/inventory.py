@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from meshcore.clock import Clock
 from registrar.store.db import transaction
 
 STATES = ("active", "evicted", "revoked")
@@ -64,7 +64,7 @@ def _workload(row: Sequence[object]) -> Workload:
 
 
 class Inventory:
-    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
         self._conn = conn
         self._clock = clock
 
@@ -75,7 +75,7 @@ class Inventory:
 
         A revoked workload is not revived by re-attesting: that is the operator's call.
         """
-        now = self._clock()
+        now = self._clock.now().timestamp()
         with transaction(self._conn) as conn:
             row = conn.execute(
                 "INSERT INTO workloads (subject, evidence_type, spiffe_id, group_name, hostname,"  # noqa: S608
@@ -100,7 +100,7 @@ class Inventory:
         caller when ``subject`` has no workload yet or was evicted; False otherwise
         (active or revoked). The row it creates is completed by ``record_attestation``.
         """
-        now = self._clock()
+        now = self._clock.now().timestamp()
         cursor = self._conn.execute(
             "INSERT INTO workloads (subject, evidence_type, spiffe_id, group_name, first_seen,"
             " last_seen) VALUES (?, ?, '', '', ?, ?) ON CONFLICT (evidence_type, subject)"
@@ -127,7 +127,7 @@ class Inventory:
         still renew. One ``UPDATE ... WHERE`` decides, so across worker processes a
         renewal racing a promotion either sees the old state or loses (False, nothing
         recorded: the caller refuses it as superseded)."""
-        now = self._clock()
+        now = self._clock.now().timestamp()
         with transaction(self._conn) as conn:
             cursor = conn.execute(
                 "UPDATE workloads SET last_seen = ?, hostname = COALESCE(?, hostname),"

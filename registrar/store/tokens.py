@@ -11,10 +11,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 import sqlite3
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from meshcore.clock import Clock
 from meshcore.secret import Secret
 from registrar.rejections import Rejected
 
@@ -51,7 +50,7 @@ _COLUMNS = "id, group_name, created_at, expires_at, used_at, revoked_at"
 
 
 class TokenStore:
-    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
         self._conn = conn
         self._clock = clock
 
@@ -59,7 +58,7 @@ class TokenStore:
         """A new token for ``group``: returns (id, token). The token is shown once."""
         token = secrets.token_urlsafe(TOKEN_BYTES)
         token_id = secrets.token_hex(8)
-        now = self._clock()
+        now = self._clock.now().timestamp()
         self._conn.execute(
             "INSERT INTO tokens (id, hash, group_name, created_at, expires_at) "
             "VALUES (?, ?, ?, ?, ?)", (token_id, token_hash(token), group, now, now + ttl))
@@ -67,7 +66,7 @@ class TokenStore:
 
     def create_many(self, group: str, ttl: float, count: int) -> list[Secret]:
         """Bulk creation in one transaction (benchmarks, fleet provisioning)."""
-        now = self._clock()
+        now = self._clock.now().timestamp()
         tokens = [secrets.token_urlsafe(TOKEN_BYTES) for _ in range(count)]
         self._conn.execute("BEGIN IMMEDIATE")
         try:
@@ -94,14 +93,14 @@ class TokenStore:
         row = self._row("hash", token_hash(value))
         if row is None:
             raise Rejected("token_invalid", "unknown join token")
-        state = row.state(self._clock())
+        state = row.state(self._clock.now().timestamp())
         if state != "valid":
             raise Rejected(_REASON_BY_STATE[state], f"join token {row.id} is {state}")
         return row
 
     def spend(self, token_id: str) -> None:
         """Spend atomically; the loser of a race gets the reason the row now has."""
-        now = self._clock()
+        now = self._clock.now().timestamp()
         cursor = self._conn.execute(
             "UPDATE tokens SET used_at = ? WHERE id = ? AND used_at IS NULL "
             "AND revoked_at IS NULL AND expires_at > ?", (now, token_id, now))
@@ -115,7 +114,7 @@ class TokenStore:
     def revoke(self, token_id: str) -> bool:
         cursor = self._conn.execute(
             "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-            (self._clock(), token_id))
+            (self._clock.now().timestamp(), token_id))
         return cursor.rowcount == 1
 
     def list(self) -> list[TokenRow]:
@@ -125,5 +124,5 @@ class TokenStore:
     def outstanding(self) -> int:
         row = self._conn.execute(
             "SELECT COUNT(*) FROM tokens WHERE used_at IS NULL AND revoked_at IS NULL "
-            "AND expires_at > ?", (self._clock(),)).fetchone()
+            "AND expires_at > ?", (self._clock.now().timestamp(),)).fetchone()
         return int(row[0])

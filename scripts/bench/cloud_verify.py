@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from meshcore.clock import SystemClock  # noqa: E402
 from registrar.attestation.aws import AwsConfig, AwsVerifier  # noqa: E402
 from registrar.attestation.azure import AzureConfig, AzureVerifier  # noqa: E402
 from registrar.attestation.gce import GceConfig, GceVerifier  # noqa: E402
@@ -50,14 +51,18 @@ def main() -> None:
     pki = CloudPki.create(Path(tempfile.mkdtemp(prefix="cloud-bench-")))
     nonces = [f"{i:032d}" for i in range(n)]
     with serving(FakeGce(pki).app()) as url:
-        gce = GceVerifier(GceConfig(groups=RULES), keys=JwksCache(url + "/oauth2/v3/certs"))
+        clock = SystemClock()
+        gce = GceVerifier(GceConfig(groups=RULES), clock=clock,
+                          keys=JwksCache(url + "/oauth2/v3/certs", clock=clock))
         gce_items = [({"token": pki.gce_token(c)}, c) for c in nonces]
-        aws = AwsVerifier(AwsConfig(cert_dir=pki.root / "aws", reattest="always", groups=RULES))
+        aws = AwsVerifier(AwsConfig(cert_dir=pki.root / "aws", reattest="always", groups=RULES),
+                          clock=clock)
         doc = pki.aws_document()
         aws_ev = {"document": base64.b64encode(doc).decode(), "pkcs7": pki.aws_pkcs7(doc)}
         aws_items = [(aws_ev, None)] * n
         azure = AzureVerifier(AzureConfig(roots=(pki.azure_root,),
-                                          intermediates=(pki.azure_intermediate,), groups=RULES))
+                                          intermediates=(pki.azure_intermediate,), groups=RULES),
+                              clock=clock)
         azure_items = [({"document": pki.azure_signature(pki.azure_content(c))}, c)
                        for c in nonces[: max(1, n // 4)]]
         print(f"cloud_verify: n={n} (azure n={len(azure_items)}), one process, one core")

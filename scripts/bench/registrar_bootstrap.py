@@ -35,6 +35,7 @@ from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
+from meshcore.clock import SystemClock  # noqa: E402
 from registrar.store.db import connect  # noqa: E402
 from registrar.store.tokens import TokenStore  # noqa: E402
 from tests.fixtures.registrar import RegistrarProcess  # noqa: E402
@@ -120,7 +121,7 @@ def main() -> int:
                                           "burst": max(1, int(args.attest_rate))}}}})
     reg.init()
     t0 = time.perf_counter()
-    tokens = [t.reveal() for t in TokenStore(connect(reg.state_dir / "registrar.db"))
+    tokens = [t.reveal() for t in TokenStore(connect(reg.state_dir / "registrar.db"), SystemClock())
               .create_many("bench", 3600, args.total)]
     t_tokens = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -42,11 +42,13 @@ from tests.fixtures.registrar import RegistrarProcess  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from registrar_bootstrap import make_csr  # noqa: E402
 
+from meshcore.clock import SystemClock  # noqa: E402
+
 
 def enrol(reg: RegistrarProcess, count: int, out: Path) -> list[tuple[Path, Path]]:
     config = build_config(reg.config_path)
     authority = load_authority(config.ca)
-    inventory = Inventory(connect(config.database))
+    inventory = Inventory(connect(config.database), SystemClock())
     group = config.groups["bench"]
     files = []
     for i in range(count):

@@ -38,3 +38,24 @@ def relabel(b64: str, named: x509.Certificate, embed: list[x509.Certificate]) ->
         cms.CertificateChoices(name="certificate", value=asn1_x509.Certificate.load(
             c.public_bytes(serialization.Encoding.DER))) for c in embed])
     return _dump(info)
+
+
+def signed_ranges(der: bytes) -> list[range]:
+    """Where in ``der`` the signed content, the signed attributes and the signature
+    value lie: a changed byte there must never verify."""
+    signer = cms.ContentInfo.load(der)["content"]
+    parts = [signer["encap_content_info"]["content"].contents,
+             signer["signer_infos"][0]["signature"].contents]
+    attrs = signer["signer_infos"][0]["signed_attrs"]
+    if attrs.native is not None:
+        parts.append(attrs.contents)
+    ranges = []
+    for part in parts:
+        start = der.find(part)
+        assert start >= 0 and der.find(part, start + 1) < 0, "ambiguous part"
+        ranges.append(range(start, start + len(part)))
+    return ranges
+
+
+def flip(der: bytes, pos: int, mask: int) -> bytes:
+    return der[:pos] + bytes([der[pos] ^ mask]) + der[pos + 1:]

@@ -15,6 +15,7 @@ from agent.attest.aws import AwsAttestor
 from agent.attest.azure import AzureAttestor
 from agent.attest.base import AttestError
 from agent.attest.gce import GceAttestor
+from meshcore.clock import SystemClock
 from meshcore.secret import Secret
 from registrar.attestation.aws import AwsConfig, AwsVerifier
 from registrar.attestation.azure import AzureConfig, AzureVerifier
@@ -49,7 +50,8 @@ def test_gce_token_is_bound_to_the_challenge(pki: CloudPki,
     assert asyncio.run(attestor.detect())
     evidence = asyncio.run(attestor.evidence(CHALLENGE))
     assert evidence.type == "gce"
-    verifier = GceVerifier(GceConfig(groups=ANY), keys=JwksCache(url + "/oauth2/v3/certs"))
+    verifier = GceVerifier(GceConfig(groups=ANY), clock=SystemClock(),
+                          keys=JwksCache(url + "/oauth2/v3/certs", clock=SystemClock()))
     got = asyncio.run(verifier.verify(evidence.wire(), CHALLENGE))
     assert got.claims["instance_id"] == fake.instance_id
     for secret in secrets_of(dict(evidence.fields)):
@@ -72,7 +74,8 @@ def test_aws_imdsv2_flow_and_stale_token(pki: CloudPki, caplog: pytest.LogCaptur
     assert fake.unauthorized == 1 and fake.puts == 3  # probe, first PUT, one renewal
     fields = evidence.wire()
     assert base64.b64decode(fields["document"]) == fake.document
-    verifier = AwsVerifier(AwsConfig(cert_dir=pki.root / "aws", groups=ANY))
+    verifier = AwsVerifier(AwsConfig(cert_dir=pki.root / "aws", groups=ANY),
+                          clock=SystemClock())
     assert asyncio.run(verifier.verify(fields, None)).claims["instance_id"] == \
         "i-0123456789abcdef0"
     for secret in secrets_of(dict(evidence.fields)):
@@ -104,7 +107,8 @@ def test_azure_document_carries_the_nonce(pki: CloudPki, caplog: pytest.LogCaptu
         with pytest.raises(AttestError):
             asyncio.run(attestor.evidence("not-alnum!"))
     verifier = AzureVerifier(AzureConfig(roots=(pki.azure_root,),
-                                         intermediates=(pki.azure_intermediate,), groups=ANY))
+                                         intermediates=(pki.azure_intermediate,), groups=ANY),
+                             clock=SystemClock())
     got = asyncio.run(verifier.verify(evidence.wire(), CHALLENGE))
     assert got.claims["vm_id"] == fake.vm_id
     for secret in secrets_of(dict(evidence.fields)):

@@ -8,6 +8,7 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from meshcore.clock import SystemClock
 from registrar.attestation.aws_ledger import InventoryLedger
 from registrar.store.db import connect
 
@@ -15,7 +16,7 @@ from registrar.store.db import connect
 def test_one_of_many_parallel_first_uses_wins_across_workers(tmp_path: Path) -> None:
     db = tmp_path / "registrar.db"
     connect(db).close()
-    ledgers = [InventoryLedger(db) for _ in range(4)]  # one per "worker"
+    ledgers = [InventoryLedger(db, clock=SystemClock()) for _ in range(4)]  # one per "worker"
     with ThreadPoolExecutor(max_workers=16) as pool:
         wins = list(pool.map(lambda i: ledgers[i % 4].claim("i-0abc"), range(32)))
     assert wins.count(True) == 1
@@ -26,7 +27,7 @@ def test_one_of_many_parallel_first_uses_wins_across_workers(tmp_path: Path) -> 
 def test_eviction_allows_exactly_one_more_first_use(tmp_path: Path) -> None:
     db = tmp_path / "registrar.db"
     connect(db).close()
-    ledger = InventoryLedger(db)
+    ledger = InventoryLedger(db, clock=SystemClock())
     assert ledger.claim("i-1") is True
     assert ledger.claim("i-1") is False
     conn = sqlite3.connect(db)

@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from registrar.attestation.aws import SHIPPED_CERTS, AwsConfig, AwsVerifier, load_region_certs
+from registrar.attestation.base import Verified
 from registrar.attestation.groups import GroupRule, GroupRules
 from registrar.rejections import Rejected
-from tests.cloud.pkcs7_surgery import truncate_signature
+from tests.cloud.pkcs7_surgery import flip, signed_ranges, truncate_signature
+from tests.fakes.clock import FakeClock
 from tests.fakes.cloud_pki import AWS_SUBJECT, CloudPki, issue, new_key, sign_pkcs7
 
 NOW = 1_800_000_000.0
@@ -22,7 +24,7 @@ RULES = GroupRules((GroupRule("billing", "aws", {"account_id": "123456789012",
 
 def make(pki: CloudPki, **config: Any) -> AwsVerifier:
     return AwsVerifier(AwsConfig(cert_dir=pki.root / "aws", groups=RULES, **config),
-                       clock=lambda: NOW)
+                       clock=FakeClock(NOW))
 
 
 def evidence(document: bytes, pkcs7: str) -> dict[str, str]:
@@ -134,7 +136,7 @@ def test_shipped_certs_cover_all_partitions_and_pin_real_keys(pki: CloudPki):
     # Without the test override, the real AWS us-east-1 cert is pinned and a test
     # signature must not pass.
     d = doc()
-    verifier = AwsVerifier(AwsConfig(groups=RULES), clock=lambda: NOW)
+    verifier = AwsVerifier(AwsConfig(groups=RULES), clock=FakeClock(NOW))
     assert reason(verifier, evidence(d, pki.aws_pkcs7(d))) == "evidence_signature_invalid"
 
 
@@ -157,22 +159,34 @@ def test_ber_indefinite_length_pkcs7_like_openssl_streaming(pki: CloudPki, tmp_p
 
 def test_malformed_input_is_always_a_rejection_never_a_crash(pki: CloudPki):
     """Parse cost before authentication is bounded and every malformed shape maps
-    to a reason (a stray exception would be a 500 and a retry storm)."""
+    to a reason (a stray exception would be a 500 and a retry storm). A shape is
+    accepted only where a flipped byte is unsigned, and then proves nothing new."""
     import os
     d = doc()
     raw = base64.b64decode(pki.aws_pkcs7(d))
-    shapes = [raw[:cut] for cut in range(0, len(raw), 37)]
-    shapes += [bytes(b ^ 0xFF if i == pos else b for i, b in enumerate(raw))
-               for pos in range(0, len(raw), 53)]
-    shapes += [os.urandom(n) for n in (1, 16, 700)]
     verifier = make(pki, reattest="always")
-    for shape in shapes:
-        ev = evidence(d, base64.b64encode(shape).decode())
+    genuine = asyncio.run(verifier.verify(evidence(d, pki.aws_pkcs7(d)), None))
+
+    def outcome(shape: bytes) -> Verified | None:
         try:
-            asyncio.run(verifier.verify(ev, None))
+            return asyncio.run(verifier.verify(evidence(d, base64.b64encode(shape).decode()),
+                                               None))
         except Rejected:
-            continue
-        # A flipped byte in an unsigned part (e.g. a certificate list) may still verify.
+            return None
+
+    for cut in range(0, len(raw), 37):
+        assert outcome(raw[:cut]) is None, f"accepted a PKCS#7 cut to {cut} bytes"
+    signed, checked = signed_ranges(raw), 0
+    for pos in range(0, len(raw), 53):
+        got = outcome(flip(raw, pos, 0xFF))
+        if any(pos in part for part in signed):
+            checked += 1
+            assert got is None, f"accepted a flipped signed byte at {pos}"
+        else:  # e.g. the certificate list: unsigned, so it may verify, but unchanged
+            assert got is None or got == genuine, pos
+    assert checked >= 5
+    for n in (1, 16, 700):
+        assert outcome(os.urandom(n)) is None
     for bad in ({"document": "!!", "pkcs7": "AA=="}, {"pkcs7": "AA=="},
                 {"document": "A" * 20000, "pkcs7": "AA=="}, {"document": 3, "pkcs7": []}):
         with pytest.raises(Rejected) as caught:

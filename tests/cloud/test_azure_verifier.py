@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 
+from meshcore.clock import SystemClock
 from registrar.attestation.azure import AzureConfig, AzureVerifier
+from registrar.attestation.base import Verified
 from registrar.attestation.groups import GroupRule, GroupRules
 from registrar.rejections import Rejected
-from tests.cloud.pkcs7_surgery import relabel
+from tests.cloud.pkcs7_surgery import flip, relabel, signed_ranges
+from tests.fakes.clock import FakeClock
 from tests.fakes.cloud_pki import CloudPki, _name, issue, new_key, sign_pkcs7
 
 NONCE = "N0nce" * 6 + "ab"
@@ -22,7 +25,7 @@ RULES = GroupRules((GroupRule("batch", "azure",
 def make(pki: CloudPki, now: float | None = None, **config: Any) -> AzureVerifier:
     cfg = AzureConfig(roots=(pki.azure_root,), intermediates=(pki.azure_intermediate,),
                       groups=RULES, **config)
-    return AzureVerifier(cfg) if now is None else AzureVerifier(cfg, clock=lambda: now)
+    return AzureVerifier(cfg, clock=SystemClock() if now is None else FakeClock(now))
 
 
 def reason(verifier: AzureVerifier, document: str, challenge: str | None = NONCE) -> str:
@@ -82,13 +85,27 @@ def test_subscription_allow_list_expiry_and_group(pki: CloudPki):
 
 
 def test_malformed_input_is_always_a_rejection_never_a_crash(pki: CloudPki):
+    """Every cut or flipped shape is a rejection with a reason, not a crash; a flip
+    is accepted only outside the signed bytes, and then proves nothing new."""
     raw = base64.b64decode(pki.azure_signature(pki.azure_content(NONCE)))
-    shapes = [raw[:cut] for cut in range(0, len(raw), 61)]
-    shapes += [bytes(b ^ 0x55 if i == pos else b for i, b in enumerate(raw))
-               for pos in range(0, len(raw), 47)]
     verifier = make(pki)
-    for shape in shapes:
+    genuine = asyncio.run(verifier.verify({"document": base64.b64encode(raw).decode()}, NONCE))
+
+    def outcome(shape: bytes) -> Verified | None:
         try:
-            asyncio.run(verifier.verify({"document": base64.b64encode(shape).decode()}, NONCE))
+            return asyncio.run(verifier.verify({"document": base64.b64encode(shape).decode()},
+                                               NONCE))
         except Rejected:
-            continue
+            return None
+
+    for cut in range(0, len(raw), 61):
+        assert outcome(raw[:cut]) is None, f"accepted a PKCS#7 cut to {cut} bytes"
+    signed, checked = signed_ranges(raw), 0
+    for pos in range(0, len(raw), 47):
+        got = outcome(flip(raw, pos, 0x55))
+        if any(pos in part for part in signed):
+            checked += 1
+            assert got is None, f"accepted a flipped signed byte at {pos}"
+        else:  # e.g. the certificate list: unsigned, so it may verify, but unchanged
+            assert got is None or got == genuine, pos
+    assert checked >= 5

@@ -16,6 +16,7 @@ from registrar.attestation.gce import GceConfig, GceVerifier
 from registrar.attestation.groups import GroupRule, GroupRules
 from registrar.attestation.jwks import JwksCache
 from registrar.rejections import Rejected
+from tests.fakes.clock import FakeClock
 from tests.fakes.cloud_pki import CloudPki, new_key
 from tests.fakes.gce_metadata import FakeGce
 
@@ -25,17 +26,9 @@ RULES = GroupRules((GroupRule("web", "gce", {"project_id": "mesh-test",
                                               "service_account": "vm@*"}),))
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def make(url: str, **config: Any) -> tuple[GceVerifier, JwksCache]:
-    keys = JwksCache(url + "/oauth2/v3/certs", clock=Clock(), min_refresh_interval=30)
-    return GceVerifier(GceConfig(groups=RULES, **config), keys=keys, clock=lambda: NOW), keys
+    keys = JwksCache(url + "/oauth2/v3/certs", clock=FakeClock(), min_refresh_interval=30)
+    return GceVerifier(GceConfig(groups=RULES, **config), keys=keys, clock=FakeClock(NOW)), keys
 
 
 def reason(verifier: GceVerifier, token: str, challenge: str | None = CHALLENGE) -> str:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from registrar.attestation.jwks import JwksCache, parse_jwks
 from registrar.rejections import Rejected
+from tests.fakes.clock import FakeClock
 from tests.fakes.cloud_pki import new_key
 from tests.fakes.serve import serving
 
@@ -40,31 +41,24 @@ class Server:
         return app
 
 
-class Clock:
-    t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_rotation_is_picked_up_after_the_refresh_interval():
-    server, clock = Server(), Clock()
+    server, clock = Server(), FakeClock(monotonic=0.0)
     k1, k2 = new_key(), new_key()
     server.keys = [jwk(k1, "one")]
     with serving(server.app()) as url:
         cache = JwksCache(url + "/certs", clock=clock, min_refresh_interval=30, max_age=3600)
         asyncio.run(cache.key("one"))
         server.keys = [jwk(k1, "one"), jwk(k2, "two")]  # Google adds a key
-        clock.t = 10
+        clock.advance(10)
         with pytest.raises(Rejected) as caught:
             asyncio.run(cache.key("two"))  # too soon after the last fetch: no refresh
         assert caught.value.reason == "evidence_key_unknown"
         assert server.calls == 1
-        clock.t = 31
+        clock.advance(21)
         assert asyncio.run(cache.key("two")) is not None  # one refresh, key found
         assert server.calls == 2
         server.status = 503  # Google unreachable: cached keys keep working
-        clock.t = 4000
+        clock.advance(3969)
         asyncio.run(cache.key("one"))
         assert server.calls == 3
 
@@ -73,7 +67,7 @@ def test_first_fetch_failure_is_a_retryable_internal_error():
     server = Server()
     server.status = 500
     with serving(server.app()) as url, pytest.raises(Rejected) as caught:
-        asyncio.run(JwksCache(url + "/certs").key("any"))
+        asyncio.run(JwksCache(url + "/certs", clock=FakeClock()).key("any"))
     assert caught.value.reason == "internal"
     assert caught.value.action == "retry"
 

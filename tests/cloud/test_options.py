@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from meshcore.clock import SystemClock
 from meshcore.config.errors import ConfigError
 from registrar.attestation.cloud_options import aws_verifier, azure_verifier, gce_verifier
 from registrar.config import Group, RegistrarConfig
@@ -41,7 +42,7 @@ RULE = [{"group": "web", "match": {"project_id": "p"}}]
 def test_errors_name_the_key(tmp_path: Path, build: Any, options: dict[str, Any], key: str,
                              hint: str):
     with pytest.raises(ConfigError) as caught:
-        build(options, config(tmp_path))
+        build(options, config(tmp_path), SystemClock())
     assert caught.value.file == str(tmp_path / "registrar.yaml")
     assert caught.value.key.startswith(key), caught.value
     assert hint in str(caught.value)
@@ -49,9 +50,11 @@ def test_errors_name_the_key(tmp_path: Path, build: Any, options: dict[str, Any]
 
 def test_valid_options_build(tmp_path: Path, pki: CloudPki):
     cfg = config(tmp_path)
-    assert gce_verifier({"groups": RULE, "max_instance_age": "1h"}, cfg).evidence_type == "gce"
+    clock = SystemClock()
+    assert gce_verifier({"groups": RULE, "max_instance_age": "1h"}, cfg,
+                        clock).evidence_type == "gce"
     assert aws_verifier({"groups": [{"group": "web"}], "cert_dir": str(pki.root / "aws")},
-                        cfg).evidence_type == "aws"
+                        cfg, clock).evidence_type == "aws"
     assert azure_verifier({"groups": [{"group": "web"}],
                            "root_file": str(pki.root / "azure/root.pem")},
-                          cfg).evidence_type == "azure"
+                          cfg, clock).evidence_type == "azure"

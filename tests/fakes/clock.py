@@ -1,6 +1,7 @@
 """Virtual time for tests about a schedule: ``sleep`` advances the clock at once
-and records what was asked, so backoff and rotation timing are asserted
-exactly without waiting. ``FixedRng`` makes jitter a known fraction."""
+and records what was asked, so backoff, rotation timing and rate limits are
+asserted exactly without waiting. ``FixedRng`` makes jitter a known fraction.
+Implements ``meshcore.clock.Clock``."""
 
 from __future__ import annotations
 
@@ -11,18 +12,28 @@ EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 class FakeClock:
-    """A ``meshcore.clock.Clock`` whose time moves only by ``sleep``/``advance``."""
+    """A clock whose time moves only by ``sleep``/``advance``.
 
-    def __init__(self, start: dt.datetime = EPOCH) -> None:
-        self.start = start
-        self.t = 0.0
+    ``start`` is the wall-clock time at t=0, as a datetime or a Unix timestamp.
+    """
+
+    def __init__(self, start: dt.datetime | float = EPOCH, monotonic: float = 1000.0) -> None:
+        self.start = (start if isinstance(start, dt.datetime)
+                      else dt.datetime.fromtimestamp(start, dt.UTC))
+        self.t = 0.0  # seconds advanced so far
+        self._mono0 = monotonic
         self.sleeps: list[float] = []
+
+    @property
+    def wall(self) -> float:
+        """Wall-clock time as a Unix timestamp."""
+        return self.start.timestamp() + self.t
 
     def now(self) -> dt.datetime:
         return self.start + dt.timedelta(seconds=self.t)
 
     def monotonic(self) -> float:
-        return self.t
+        return self._mono0 + self.t
 
     def advance(self, seconds: float) -> None:
         self.t += seconds

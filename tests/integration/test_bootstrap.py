@@ -53,7 +53,9 @@ def test_first_boot_with_a_token_then_restart_reuses_stored_credentials(
 
 def test_restart_without_token_renews_over_mtls(registrar_factory: Any,
                                                 agent_factory: Any) -> None:
-    reg = registrar_factory(groups={"web": ("prod", "web-vm", 8)})
+    # 20 s certificates: the restart lands past the renewal point (10 s) with
+    # ~10 s to spare before expiry, enough for a slow, loaded machine.
+    reg = registrar_factory(groups={"web": ("prod", "web-vm", 20)})
     agent = agent_factory(reg, token=reg.create_token("web", ttl="10m"),
                           extra={"rotation": {"renew_at": 0.5, "jitter": 0.0}})
     agent.start()
@@ -61,7 +63,7 @@ def test_restart_without_token_renews_over_mtls(registrar_factory: Any,
     first = agent.status()["serial"]
     assert agent.stop() == 0
     assert not agent.token_file.exists()
-    time.sleep(4.5)  # past the renewal point (4 s of 8), before expiry
+    time.sleep(10.5)  # past the renewal point (10 s of 20), before expiry
     agent.start()
     agent.wait_ready()
     deadline = time.monotonic() + 20

@@ -74,6 +74,9 @@ def test_registrar_unit_runs_without_capabilities() -> None:
     assert v["[Service]User"] == ["mesh-registrar"]
     assert v["[Service]CapabilityBoundingSet"] == [""]
     assert v["[Service]RestartPreventExitStatus"] == ["78"]
+    # Well above the default connection caps' needs (tests/registrar/test_connections.py
+    # shows what 1,024 files allow).
+    assert int(v["[Service]LimitNOFILE"][0]) >= 65536
 
 
 def test_units_parse_as_ini() -> None:

@@ -52,3 +52,9 @@ def check(response: httpx.Response) -> Any:
 
 def reasons_enum() -> set[str]:
     return set(spec()["components"]["schemas"]["Error"]["properties"]["reason"]["enum"])
+
+
+def check_error_body(body: Any) -> None:
+    """An ``Error`` body, for answers on paths or methods the spec does not list."""
+    schema = {"$ref": "#/components/schemas/Error", "components": spec()["components"]}
+    jsonschema.validate(body, schema, cls=jsonschema.Draft4Validator)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 
 import httpx
 from cryptography import x509
@@ -95,10 +96,27 @@ def test_bad_csr_does_not_burn_the_token(registrar: RegistrarProcess) -> None:
     assert status == 200 and body["spiffe_id"] == SPIFFE_WEB
 
 
-def test_challenge_is_32_alphanumerics(registrar: RegistrarProcess) -> None:
-    with calls.client(registrar) as c:
+def test_challenge_is_32_alphanumerics(
+        registrar_factory: Callable[..., RegistrarProcess]) -> None:
+    reg = registrar_factory(config={"evidence": {"join_token": {}, "gce": {
+        "groups": [{"group": "default", "match": {"project_id": "p"}}]}}})
+    with calls.client(reg) as c:
         nonces = {calls.post(c, "/v1/challenge")[1]["nonce"] for _ in range(3)}
     assert len(nonces) == 3 and all(len(n) == 32 and n.isalnum() for n in nonces)
+
+
+def test_no_challenge_without_an_evidence_type_that_takes_one(
+        registrar: RegistrarProcess) -> None:
+    """Join tokens only: an unauthenticated caller cannot make the registrar store
+    anything."""
+    import sqlite3
+    with calls.client(registrar) as c:
+        for _ in range(20):
+            status, body = calls.post(c, "/v1/challenge")
+            assert (status, body["reason"]) == (400, "unsupported_evidence")
+    conn = sqlite3.connect(registrar.state_dir / "registrar.db")
+    assert conn.execute("SELECT count(*) FROM challenges").fetchone() == (0,)
+    conn.close()
 
 
 def test_token_list_shows_state_never_the_token(registrar: RegistrarProcess) -> None:

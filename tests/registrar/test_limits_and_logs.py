@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,3 +103,37 @@ def test_metrics_count_decisions_across_workers(
                              'reason="token_spent",result="rejected"}') == 1
         assert _metric(text, 'registrar_request_seconds_count{operation="attest"}') == 5
         assert _metric(text, "registrar_tokens_outstanding") == 2
+
+
+def test_client_disconnects_mid_body_are_not_errors(registrar: RegistrarProcess) -> None:
+    for _ in range(30):
+        with calls.tls(registrar).wrap_socket(
+                socket.create_connection(("127.0.0.1", registrar.port), timeout=10),
+                server_hostname="127.0.0.1") as s:
+            s.sendall(b"POST /v1/attest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                      b"\r\nContent-Length: 1000\r\n\r\n{\"csr\": ")
+    assert calls.healthy(registrar)
+    log = registrar.log_text()
+    assert "ERROR" not in log and "Traceback" not in log, log[-2000:]
+
+
+def test_internal_errors_are_counted_and_logged_once_per_cause(
+        registrar: RegistrarProcess) -> None:
+    import sqlite3
+    token = registrar.create_token("web")
+    conn = sqlite3.connect(registrar.state_dir / "registrar.db")
+    conn.execute("ALTER TABLE tokens RENAME TO tokens_gone")  # a broken database
+    conn.commit()
+    conn.close()
+    with calls.client(registrar) as c:
+        for _ in range(20):
+            status, body = calls.post(c, "/v1/attest", json=calls.attest_body(
+                token, csr_pem(ec_key())))
+            assert (status, body["reason"], body["action"]) == (500, "internal", "retry")
+        metrics = calls.get(c, "/metrics")[1]
+    assert _metric(metrics, 'registrar_requests_total{operation="attest",reason="internal",'
+                            'result="rejected"}') == 20
+    assert "registrar_tokens_outstanding NaN" in metrics  # the rest of the page still works
+    log = registrar.log_text()
+    assert log.count("Traceback") == 1
+    assert log.count("internal error handling /v1/attest: OperationalError at ") == 1

@@ -2,21 +2,43 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fixtures.registrar import RegistrarProcess
 from tests.registrar import calls, spec
-from tests.registrar.csrs import bad_signature_pem, csr_pem, ec_key, rsa_1024_pem
+from tests.registrar.csrs import (
+    EDI_PARTY_NAME,
+    X400_ADDRESS,
+    bad_signature_pem,
+    csr_pem,
+    duplicate_basic_constraints_pem,
+    duplicate_san_pem,
+    ec_key,
+    raw_san_pem,
+    rsa_1024_pem,
+    unknown_curve_pem,
+    unknown_key_algorithm_pem,
+    version_2_pem,
+)
 
 Case = Callable[[RegistrarProcess], dict[str, Any]]
 
 
 def _json(body: dict[str, Any]) -> dict[str, Any]:
     return {"json": body}
+
+
+def _raw_json(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` as ASCII JSON: httpx cannot encode a lone surrogate, JSON escapes it."""
+    return {"content": json.dumps(body).encode(),
+            "headers": {"content-type": "application/json"}}
 
 
 def _with_token(make_csr: Callable[[], str]) -> Case:
@@ -44,6 +66,19 @@ CASES: dict[str, tuple[Case, int, str]] = {
     "csr_rsa_1024": (_with_token(rsa_1024_pem), 400, "csr_key_unsupported"),
     "csr_bad_signature": (_with_token(lambda: bad_signature_pem(ec_key())), 400,
                           "csr_signature_invalid"),
+    "csr_unknown_key_algorithm": (_with_token(unknown_key_algorithm_pem), 400,
+                                  "csr_key_unsupported"),
+    "csr_unknown_curve": (_with_token(unknown_curve_pem), 400, "csr_key_unsupported"),
+    "csr_duplicate_san": (_with_token(duplicate_san_pem), 400, "csr_invalid"),
+    "csr_duplicate_basic_constraints": (_with_token(duplicate_basic_constraints_pem), 400,
+                                        "csr_invalid"),
+    "csr_x400_address_san": (_with_token(lambda: raw_san_pem(X400_ADDRESS)), 400,
+                             "csr_invalid"),
+    "csr_edi_party_name_san": (_with_token(lambda: raw_san_pem(EDI_PARTY_NAME)), 400,
+                               "csr_invalid"),
+    "csr_version_2": (_with_token(version_2_pem), 400, "csr_invalid"),
+    "token_lone_surrogate": (lambda reg: _raw_json(calls.attest_body(
+        "\ud800", csr_pem(ec_key()))), 400, "bad_request"),
     "csr_garbage": (_with_token(lambda: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n"),
                     400, "csr_invalid"),
     "oversized_body": (lambda reg: {"content": b"{" + b" " * 70_000 + b"}",
@@ -79,6 +114,28 @@ def test_attest_refusal(registrar: RegistrarProcess, name: str) -> None:
     assert calls.healthy(registrar)
 
 
+@pytest.mark.parametrize("where", ["attest", "renew"])
+def test_lone_surrogate_hostname_is_a_400_and_spends_nothing(
+        registrar: RegistrarProcess, tmp_path: Path, where: str) -> None:
+    from tests.registrar.test_renew import enrol, mtls
+    token, csr = registrar.create_token("web", "10m"), csr_pem(ec_key())
+    hostile = {**calls.attest_body(token, csr), "hostname": "vm\ud800"}
+    if where == "attest":
+        with calls.client(registrar) as c:
+            status, body = calls.post(c, "/v1/attest", **_raw_json(hostile))
+            assert (status, body["reason"]) == (400, "bad_request"), body
+            # The token was not spent: the same request, without the bad hostname, works.
+            assert calls.post(c, "/v1/attest", json=calls.attest_body(token, csr))[0] == 200
+    else:
+        cert, key = enrol(registrar, tmp_path)
+        with mtls(registrar, cert, key) as c:
+            status, body = calls.post(c, "/v1/renew", **_raw_json(
+                {"csr": csr, "hostname": "vm\ud800"}))
+            assert (status, body["reason"]) == (400, "bad_request"), body
+            assert calls.post(c, "/v1/renew", json={"csr": csr})[0] == 200
+    assert "Traceback" not in registrar.log_text()
+
+
 def test_token_for_a_group_removed_from_config_is_refused(
         registrar_factory: Callable[..., RegistrarProcess]) -> None:
     reg = registrar_factory(groups={"old": ("default", "old", 60), "new": ("default", "n", 60)})
@@ -110,12 +167,74 @@ def test_unparseable_requests_get_a_json_error_that_echoes_nothing(
     assert calls.healthy(registrar)
 
 
+def test_garbage_after_a_good_request_on_one_connection_gets_a_json_error(
+        registrar: RegistrarProcess) -> None:
+    """On a kept-alive connection, after a normal answer, garbage gets the API's
+    Error instead of aiohttp's text page quoting the garbage."""
+    token = registrar.create_token("web", "10m")
+    with calls.tls(registrar).wrap_socket(
+            socket.create_connection(("127.0.0.1", registrar.port), timeout=10),
+            server_hostname="127.0.0.1") as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b'{"status": "ok"}')
+        assert b"\r\nServer: mesh-registrar\r\n" in first and b"aiohttp" not in first
+        s.sendall(token.encode() + b" / HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(body) == {"reason": "bad_request", "action": "fatal",
+                                "message": "request line or headers too large or malformed"}
+    assert token.encode() not in received and token not in registrar.log_text()
+    assert calls.healthy(registrar)
+
+
+def _exchange(reg: RegistrarProcess, head: bytes) -> bytes:
+    with calls.tls(reg).wrap_socket(
+            socket.create_connection(("127.0.0.1", reg.port), timeout=10),
+            server_hostname="127.0.0.1") as s:
+        s.sendall(head)
+        return s.recv(65536)
+
+
+def test_expect_100_continue_is_refused_for_a_body_over_the_limit(
+        registrar: RegistrarProcess) -> None:
+    head = b"POST /v1/attest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    answer = _exchange(registrar, head + b"Content-Length: 10000000\r\n"
+                       b"Expect: 100-continue\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:40]
+    assert b"100 Continue" not in answer
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["reason"] == "body_too_large"
+    # A body within the limit is invited as before.
+    assert _exchange(registrar, head + b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+                     ) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    odd = _exchange(registrar, head + b"Content-Length: 2\r\nExpect: teapot\r\n\r\n")
+    assert odd.startswith(b"HTTP/1.1 400 ") and b"application/json" in odd
+    assert calls.healthy(registrar)
+
+
 def test_renew_without_client_cert(registrar: RegistrarProcess) -> None:
     with calls.client(registrar) as c:
         status, body = calls.post(c, "/v1/renew", json={"csr": csr_pem(ec_key())})
     assert (status, body["reason"], body["action"]) == (401, "client_cert_required", "reattest")
 
 
-def test_unknown_path_is_not_served(registrar: RegistrarProcess) -> None:
+@pytest.mark.parametrize(("method", "path", "status", "reason"), [
+    ("GET", "/v1/secret", 404, "not_found"),
+    ("POST", "/", 404, "not_found"),
+    ("GET", "/v1/attest", 405, "method_not_allowed"),
+    ("DELETE", "/v1/bundle", 405, "method_not_allowed"),
+])
+def test_unknown_paths_and_methods_get_a_json_error(
+        registrar: RegistrarProcess, method: str, path: str, status: int, reason: str) -> None:
     with calls.client(registrar) as c:
-        assert c.get("/v1/secret").status_code == 404
+        response = c.request(method, path)
+    assert response.status_code == status
+    assert response.headers["server"] == "mesh-registrar"  # no versions
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == {"reason": reason, "action": "fatal",
+                               "message": response.json()["message"]}
+    spec.check_error_body(response.json())

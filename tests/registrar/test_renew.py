@@ -128,19 +128,38 @@ def test_cert_from_our_ca_unknown_to_the_inventory_is_refused(
     assert pem([issued.certificate])  # the forged leaf really is a PEM cert
 
 
-@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
-def test_no_tls_session_resumption(registrar: RegistrarProcess, version: ssl.TLSVersion) -> None:
+def test_tls_1_2_is_refused(registrar: RegistrarProcess) -> None:
+    """TLS 1.2 would resume by session ID from OpenSSL's cache (Python cannot turn it
+    off), skipping the client chain check: the registrar serves TLS 1.3 only."""
     ctx = calls.tls(registrar)
-    ctx.maximum_version = version
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLError), ctx.wrap_socket(
+            socket.create_connection(("127.0.0.1", registrar.port)),
+            server_hostname="127.0.0.1"):
+        pass
+    assert calls.healthy(registrar)
+
+
+def test_no_tls_session_resumption(registrar: RegistrarProcess, tmp_path: Path) -> None:
+    """A client offering its previous session gets a full handshake, and presents
+    (and the server verifies) its certificate again."""
+    cert, key = enrol(registrar, tmp_path)
+    ctx = calls.tls(registrar, cert, key)
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     with ctx.wrap_socket(socket.create_connection(("127.0.0.1", registrar.port)),
                          server_hostname="127.0.0.1") as s:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s.sendall(request)
         assert b"200" in s.recv(4096)
+        s.recv(4096)  # TLS 1.3 tickets, if any, arrive after the handshake
         session = s.session
+    assert session is not None
     with ctx.wrap_socket(socket.create_connection(("127.0.0.1", registrar.port)),
                          server_hostname="127.0.0.1", session=session) as s2:
-        assert s2.version() == ("TLSv1.2" if version == ssl.TLSVersion.TLSv1_2 else "TLSv1.3")
+        s2.sendall(request)
+        assert b"200" in s2.recv(4096)
+        assert s2.version() == "TLSv1.3"
         assert not s2.session_reused
+        assert session.has_ticket is False
 
 
 def test_renew_with_an_expired_cert_fails_the_handshake(

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from meshcore.clock import SystemClock
 from registrar.api.service import Service
 from registrar.attestation.base import Verified
 from registrar.ca.authority import load_authority
@@ -47,9 +48,10 @@ def setup(tmp_path: Path) -> tuple[Service, ChallengeStore, NonceVerifier, Inven
     result = init_state(tmp_path / "s", "example.org", ["localhost"])
     config = build_config(result.config_path)
     conn = connect(config.database)
-    challenges = ChallengeStore(conn, ttl=60)
+    clock = SystemClock()
+    challenges = ChallengeStore(conn, ttl=60, clock=clock)
     verifier = NonceVerifier()
-    inventory = Inventory(conn)
+    inventory = Inventory(conn, clock)
     service = Service(config=config, authority=load_authority(config.ca),
                       verifiers={"nonce": verifier}, challenges=challenges, inventory=inventory)
     return service, challenges, verifier, inventory

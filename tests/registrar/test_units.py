@@ -7,14 +7,17 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from meshcore.clock import SystemClock
 from meshcore.secret import Secret
-from registrar.api.ratelimit import TokenBucket
+from registrar.api.metrics import Metrics, prepare_shared
+from registrar.api.ratelimit import RateLimiter, TokenBucket
 from registrar.ca.csr import check_csr
 from registrar.config import Rate
 from registrar.rejections import Rejected
 from registrar.store.challenges import ChallengeStore
 from registrar.store.db import connect
 from registrar.store.tokens import TokenStore
+from tests.fakes.clock import FakeClock
 from tests.registrar.csrs import bad_signature_pem, csr_pem, ec_key
 
 ID = "spiffe://td/ns/a/sa/b"
@@ -44,19 +47,19 @@ def test_csr_policy(make: object, reason: str | None) -> None:
 
 
 def test_token_bucket_refills_at_rate() -> None:
-    now = [0.0]
-    bucket = TokenBucket(Rate(per_second=2.0, burst=3), clock=lambda: now[0])
+    clock = FakeClock()
+    bucket = TokenBucket(Rate(per_second=2.0, burst=3), clock=clock)
     assert [bucket.take() for _ in range(3)] == [0.0, 0.0, 0.0]
     assert bucket.take() == pytest.approx(0.5)
-    now[0] = 0.5
+    clock.advance(0.5)
     assert bucket.take() == 0.0
-    now[0] = 100.0
+    clock.advance(100.0)
     assert [bucket.take() for _ in range(4)][-1] > 0  # capped at burst
 
 
 def test_token_store_states_and_single_spend(tmp_path: Path) -> None:
-    now = [1000.0]
-    store = TokenStore(connect(tmp_path / "db"), clock=lambda: now[0])
+    clock = FakeClock()
+    store = TokenStore(connect(tmp_path / "db"), clock=clock)
     _, token = store.create("g", ttl=60)
     assert token.reveal() not in repr(token) and len(token.reveal()) >= 43
     row = store.check(token)
@@ -65,7 +68,7 @@ def test_token_store_states_and_single_spend(tmp_path: Path) -> None:
         store.spend(row.id)
     assert spent.value.reason == "token_spent"
     _, other = store.create("g", ttl=60)
-    now[0] += 61
+    clock.advance(61)
     with pytest.raises(Rejected) as expired:
         store.check(other)
     assert expired.value.reason == "token_expired"
@@ -78,14 +81,14 @@ def test_token_store_states_and_single_spend(tmp_path: Path) -> None:
 
 
 def test_challenge_is_single_use_and_expires(tmp_path: Path) -> None:
-    now = [0.0]
-    store = ChallengeStore(connect(tmp_path / "db"), ttl=10, clock=lambda: now[0])
+    clock = FakeClock()
+    store = ChallengeStore(connect(tmp_path / "db"), ttl=10, clock=clock)
     nonce, expires = store.issue()
-    assert expires == 10 and store.consume(nonce) == nonce
+    assert expires == clock.wall + 10 and store.consume(nonce) == nonce
     with pytest.raises(Rejected):
         store.consume(nonce)
     late, _ = store.issue()
-    now[0] = 11
+    clock.advance(11)
     with pytest.raises(Rejected) as exc:
         store.consume(late)
     assert exc.value.reason == "challenge_invalid"
@@ -112,7 +115,7 @@ def test_first_use_claim_is_atomic_across_connections(tmp_path: Path) -> None:
     from registrar.store.inventory import Inventory
     db = tmp_path / "db"
     connect(db).close()
-    inventories = [Inventory(connect(db)) for _ in range(8)]
+    inventories = [Inventory(connect(db), SystemClock()) for _ in range(8)]
     with ThreadPoolExecutor(8) as pool:
         wins = list(pool.map(lambda inv: inv.claim_first_use("aws", "aws:1:i-1"), inventories))
     assert wins.count(True) == 1
@@ -123,3 +126,33 @@ def test_first_use_claim_is_atomic_across_connections(tmp_path: Path) -> None:
     assert first.claim_first_use("aws", "aws:1:i-1")  # evicted: one more first use
     first.set_state(workload.id, "revoked")
     assert not first.claim_first_use("aws", "aws:1:i-1")
+
+
+def test_rate_limiter_retry_after_follows_the_injected_clock() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"attest": Rate(per_second=0.25, burst=1),
+                           "read": Rate(per_second=1.0, burst=1)}, clock)
+    assert limiter.retry_after("attest") is None
+    assert limiter.retry_after("attest") == 4  # whole seconds, rounded up
+    assert limiter.retry_after("read") is None  # each family has its own bucket
+    clock.advance(3.5)
+    assert limiter.retry_after("attest") == 1  # 0.5 s left, never 0
+    clock.advance(0.5)
+    assert limiter.retry_after("attest") is None
+
+
+def test_metrics_histogram_is_cumulative_and_shared_file_sums_writers(tmp_path: Path) -> None:
+    shared = prepare_shared(tmp_path / "metrics")
+    workers = [Metrics(lambda: 0, shared) for _ in range(2)]
+    workers[0].decision("attest", None, 0.003)
+    workers[1].decision("attest", None, 7.0)
+    workers[1].decision("attest", "token_spent", 0.003)
+    text = workers[0].render().decode()
+    assert 'registrar_request_seconds_bucket{le="0.0025",operation="attest"} 0.0' in text
+    assert 'registrar_request_seconds_bucket{le="0.005",operation="attest"} 2.0' in text
+    assert 'registrar_request_seconds_bucket{le="2.5",operation="attest"} 2.0' in text
+    assert 'registrar_request_seconds_bucket{le="+Inf",operation="attest"} 3.0' in text
+    assert 'registrar_request_seconds_sum{operation="attest"} 7.006' in text
+    assert ('registrar_requests_total{operation="attest",reason="token_spent",'
+            'result="rejected"} 1.0') in text
+    assert text == workers[1].render().decode()
