@@ -104,6 +104,7 @@ def test_schema_1_databases_migrate_to_their_newest_certificate(tmp_path: Path) 
     """An inventory written before schema 2 keeps renewing with each workload's newest
     certificate; older ones become superseded."""
     from registrar.store.db import MIGRATIONS
+    from meshcore.clock import SystemClock
     from registrar.store.inventory import Inventory
     path = tmp_path / "registrar.db"
     old = sqlite3.connect(path, isolation_level=None)
@@ -116,7 +117,7 @@ def test_schema_1_databases_migrate_to_their_newest_certificate(tmp_path: Path) 
         old.execute("INSERT INTO certs VALUES (?, 1, 'spiffe://x/a', ?, 9e9)",
                     (serial, issued_at))
     old.close()
-    inventory = Inventory(connect(path))
+    inventory = Inventory(connect(path), SystemClock())
     standings = {s: owner.standing for s in ("aa", "bb", "cc")
                  if (owner := inventory.owner(s)) is not None}
     assert standings == {"aa": "superseded", "bb": "superseded", "cc": "current"}
