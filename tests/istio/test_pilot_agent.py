@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -151,3 +152,47 @@ def test_mtls_by_hostname_between_pilot_agent_vms_and_deny_policy(
     assert "RBAC" in denied, denied
     # ...while the client is still allowed.
     _call(client, f"http://{HOST}:{PORT}/again", 200)
+
+
+@pytest.mark.parametrize("why", ["expired", "wrong audience", "wrong issuer"])
+def test_istiod_refuses_a_bad_istio_token(istiod: Istiod, pilot_agent_vm: PilotAgentFactory,
+                                          why: str) -> None:
+    """JWT_RULE is really enforced: no certificate for a token it must refuse."""
+    token = {"expired": istiod.mint_token("vm-bad", "bad-sa", ttl=-120),
+             "wrong audience": istiod.mint_token("vm-bad", "bad-sa", aud="not-istio-ca"),
+             "wrong issuer": istiod.mint_token("vm-bad", "bad-sa", issuer="https://evil.test")}
+    offset = len(istiod.log_text())
+    agent = pilot_agent_vm("bad", "vm-bad", "bad-sa", token=token[why], start=False)
+    agent.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not istiod.rejections(offset):
+        time.sleep(0.5)
+    assert istiod.rejections(offset), istiod.log_text()[offset:][-2000:]
+    assert not (agent.certs / "cert-chain.pem").exists()
+    # (Envoy's own control_plane.connected_state only covers its link to
+    # pilot-agent's local XDS proxy; istiod's view is the one that counts.)
+    assert not _synced(istiod, agent)
+
+
+def _synced(istiod: Istiod, agent: PilotAgentVm) -> dict[str, Any] | None:
+    """istiod's sync status for this VM's proxy, if it is a connected XDS client."""
+    proxy = f"{agent.name}.{agent.files.namespace}"
+    for entry in istiod.debug_json("/debug/syncz"):
+        if entry.get("proxy") == proxy:
+            return dict(entry)
+    return None
+
+
+def test_istiod_restart_pilot_agent_reconnects(istiod: Istiod,
+                                               pilot_agent_vm: PilotAgentFactory) -> None:
+    agent = pilot_agent_vm("restart", "vm-restart", "restart-sa")
+    assert agent.stat("control_plane.connected_state") == 1
+    serial = _chain(agent)[0].serial_number
+    istiod.restart()
+    deadline = time.monotonic() + 60
+    while agent.stat("control_plane.connected_state") != 1:
+        assert time.monotonic() < deadline, agent.problems()[-10:]
+        time.sleep(0.5)
+    # Same CA after the restart: the certificate the VM holds is still good for XDS.
+    assert _chain(agent)[0].serial_number == serial
+    assert istiod.tls_handshake()
