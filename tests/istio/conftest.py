@@ -13,7 +13,6 @@ import pytest
 
 from tests.fixtures.istiod import Istiod, istiod
 from tests.istio.pilot_agent import PilotAgentVm
-from tests.istio.vmfiles import VmFiles
 
 PilotAgentFactory = Callable[..., PilotAgentVm]
 
@@ -32,11 +31,8 @@ def pilot_agent_vm(istiod: Istiod) -> Iterator[PilotAgentFactory]:
              labels: Mapping[str, str] | None = None, token: str | None = None,
              capture: bool = True, start: bool = True) -> PilotAgentVm:
         vm = istiod.network.add_vm(label)
-        files = VmFiles(group=label, namespace=namespace, service_account=service_account,
-                        istiod_ip=istiod.address, root_cert=istiod.root_cert.read_bytes(),
-                        token=token or istiod.mint_token(namespace, service_account),
-                        labels=dict(labels or {}), internal_ip=vm.ip,
-                        cluster_id=istiod.cluster_id, trust_domain=istiod.trust_domain)
+        files = istiod.vm_files(label, namespace, service_account, vm.ip, labels=labels,
+                                token=token)
         agent = PilotAgentVm(istiod, vm, files, base / label, name=f"{label}-vm")
         made.append(agent)
         agent.install()
