@@ -163,13 +163,15 @@ def test_mtls_by_hostname_between_pilot_agent_vms_and_deny_policy(
     _call(client, f"http://{HOST}:{PORT}/again", 200)
 
 
-@pytest.mark.parametrize("why", ["expired", "wrong audience", "wrong issuer"])
+@pytest.mark.parametrize("why", ["expired", "wrong audience", "wrong issuer",
+                                 "audience not a list"])
 def test_istiod_refuses_a_bad_istio_token(istiod: Istiod, pilot_agent_vm: PilotAgentFactory,
                                           why: str) -> None:
     """JWT_RULE is really enforced: no certificate for a token it must refuse."""
     token = {"expired": istiod.mint_token("vm-bad", "bad-sa", ttl=-120),
              "wrong audience": istiod.mint_token("vm-bad", "bad-sa", aud="not-istio-ca"),
-             "wrong issuer": istiod.mint_token("vm-bad", "bad-sa", issuer="https://evil.test")}
+             "wrong issuer": istiod.mint_token("vm-bad", "bad-sa", issuer="https://evil.test"),
+             "audience not a list": istiod.mint_token("vm-bad", "bad-sa", aud_as_string=True)}
     offset = len(istiod.log_text())
     agent = pilot_agent_vm("bad", "vm-bad", "bad-sa", token=token[why], start=False)
     agent.start()

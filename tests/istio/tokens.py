@@ -48,11 +48,14 @@ class TokenIssuer:
 
     def mint(self, namespace: str, service_account: str, ttl: float = 3600, *,
              aud: str | Sequence[str] = (AUDIENCE,), issuer: str | None = None,
-             now: float | None = None) -> str:
+             now: float | None = None, aud_as_string: bool = False) -> str:
         """A token for ``system:serviceaccount:NS:SA``; ``ttl`` may be negative
-        (already expired). ``aud`` is always encoded as a list."""
+        (already expired). ``aud`` is encoded as a list, as Kubernetes does,
+        unless ``aud_as_string`` (a single string, which istiod refuses)."""
         issued = time.time() if now is None else now
-        audiences = [aud] if isinstance(aud, str) else list(aud)
+        audiences: str | list[str] = [aud] if isinstance(aud, str) else list(aud)
+        if aud_as_string:
+            audiences = audiences[0]
         claims: dict[str, Any] = {
             "iss": issuer or self.issuer,
             "sub": f"system:serviceaccount:{namespace}:{service_account}",
