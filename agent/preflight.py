@@ -28,6 +28,7 @@ class Result:
 
 
 def _trust_anchor(config: AgentConfig) -> Result:
+    assert config.registrar is not None
     path = config.registrar.ca_file
     try:
         certs = x509.load_pem_x509_certificates(path.read_bytes())
@@ -39,6 +40,7 @@ def _trust_anchor(config: AgentConfig) -> Result:
 
 
 def _registrar(config: AgentConfig) -> Result:
+    assert config.registrar is not None
     client = RegistrarClient(config.registrar.url, config.registrar.ca_file,
                              timeout=min(config.registrar.timeout, 5.0))
     try:
@@ -98,5 +100,17 @@ CHECKS: tuple[Callable[[AgentConfig], Result], ...] = (
     _trust_anchor, _clock, _state_dir, _evidence, _metadata, _registrar)
 
 
+def _istio(config: AgentConfig) -> list[Result]:
+    from agent.istio import preflight
+
+    assert config.istio is not None
+    has_creds = os.path.lexists(config.state_dir / "credentials" / "current")
+    return [Result(f.name, True, f"{f.detail}; not needed: credentials on disk renew over mTLS")
+            if f.first_only and has_creds else Result(f.name, f.ok, f.detail)
+            for f in preflight.run(config.istio)]
+
+
 def run_checks(config: AgentConfig) -> list[Result]:
+    if config.istio is not None:
+        return [_clock(config), _state_dir(config), *_istio(config)]
     return [check(config) for check in CHECKS]

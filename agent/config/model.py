@@ -11,6 +11,7 @@ from pathlib import Path
 
 from agent.attest.config import AttestationConfig, parse_attestation
 from agent.capture.config import CaptureConfig, parse_capture
+from agent.istio.config import MESH_TYPES, IstioConfig, parse_istio
 from agent.sidecar.config import SidecarConfig, parse_sidecar
 from meshcore.config.reader import Section
 from meshcore.config.source import Source, load_source
@@ -45,7 +46,9 @@ class StatusConfig:
 @dataclass(frozen=True)
 class AgentConfig:
     source_file: str
-    registrar: RegistrarConfig
+    mesh_type: str                     # "static" (mesh-registrar) or "istio"
+    registrar: RegistrarConfig | None  # static mode only
+    istio: IstioConfig | None          # istio mode only
     attestation: AttestationConfig
     key_type: str
     rotation: RotationConfig
@@ -85,10 +88,21 @@ def build_config(source: Source) -> AgentConfig:
     """Validate merged config data into an ``AgentConfig`` (raises ConfigError)."""
     root = Section(source)
     sections = {name: root.section(name) for name in (
-        "registrar", "attestation", "identity", "rotation", "status", "sidecar", "capture")}
+        "mesh", "registrar", "istio", "attestation", "identity", "rotation", "status",
+        "sidecar", "capture")}
+    mesh_type = sections["mesh"].text("type", "static", choices=MESH_TYPES)
+    istio = mesh_type == "istio"
+    if istio and root.has("registrar"):
+        raise sections["mesh"].error("type", "is istio, but a registrar section is set",
+                                     "either mesh.type: istio (istiod's CA) or a registrar")
+    if not istio and root.has("istio"):
+        raise root.error("istio", "is set, but mesh.type is static",
+                         "mesh: {type: istio} to use it")
     config = AgentConfig(
         source_file=source.default_file,
-        registrar=_registrar(sections["registrar"]),
+        mesh_type=mesh_type,
+        registrar=None if istio else _registrar(sections["registrar"]),
+        istio=parse_istio(sections["istio"]) if istio else None,
         attestation=parse_attestation(sections["attestation"]),
         key_type=sections["identity"].text("key_type", "ecdsa-p256", choices=KEY_TYPES),
         rotation=_rotation(sections["rotation"]),

@@ -9,9 +9,11 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent.attest import registry
+from agent.attest.base import Attestor
 from agent.config import ConfigError, load_config
 from agent.config.model import AgentConfig
 from agent.credentials import CredentialStore
@@ -19,7 +21,10 @@ from agent.daemon import logs
 from agent.daemon.dataplane import DataPlane, DataPlaneConfigError
 from agent.daemon.notify import Notifier
 from agent.identity.host import local_host_info
+from agent.identity.issuer import IssuerClient
 from agent.identity.manager import CannotContinue, IdentityManager, Tuning
+from agent.istio.attestor import IstioTokenAttestor
+from agent.istio.ca_client import IstioCAClient
 from agent.registrar_client import RegistrarClient
 from agent.state.store import StateFile
 from agent.status.health import Health
@@ -40,9 +45,23 @@ def tuning_of(config: AgentConfig) -> Tuning:
                   min_backoff=r.min_backoff, max_backoff=r.max_backoff)
 
 
-def client_of(config: AgentConfig) -> RegistrarClient:
+def client_of(config: AgentConfig) -> IssuerClient:
+    """mesh-registrar, or istiod's CA in Istio mode."""
+    if config.istio is not None:
+        return IstioCAClient(config.istio.vm, cert_ttl=config.istio.cert_ttl,
+                             timeout=config.istio.timeout)
+    assert config.registrar is not None
     return RegistrarClient(config.registrar.url, config.registrar.ca_file,
                            timeout=config.registrar.timeout)
+
+
+def attestor_of(config: AgentConfig, clock: Clock) -> Callable[[], Awaitable[Attestor]]:
+    istio = config.istio
+    if istio is not None:
+        async def istio_token() -> Attestor:
+            return IstioTokenAttestor(istio.vm.token_path, clock)
+        return istio_token
+    return lambda: registry.choose(config.attestation)
 
 
 class Daemon:
@@ -58,7 +77,7 @@ class Daemon:
             store=CredentialStore(state_dir / "credentials"),
             state_file=StateFile(state_dir / "state.json"),
             client=client_of(config),
-            choose_attestor=lambda: registry.choose(self.config.attestation),
+            choose_attestor=attestor_of(config, self.clock),
             clock=self.clock, health=self.health, tuning=tuning_of(config),
             host=local_host_info)
         self.dataplane = DataPlane(config, self.health)
@@ -88,7 +107,8 @@ class Daemon:
                       extra={"error": str(exc)})
             self.notifier.ready(self.health.summary(self.clock.now()))
             return
-        needs_restart = [name for name in ("state_dir", "status", "sidecar", "capture")
+        needs_restart = [name for name in ("mesh_type", "state_dir", "status", "sidecar",
+                                                   "capture")
                          if getattr(new, name) != getattr(self.config, name)]
         self.config = new
         self.manager.tuning = tuning_of(new)
@@ -200,5 +220,6 @@ def run_daemon(config_path: Path) -> int:
         log.error("invalid configuration: %s", exc)
         return EX_CONFIG
     logs.setup(config.log_level)
-    log.info("starting", extra={"config": str(config_path), "registrar": config.registrar.url})
+    log.info("starting", extra={"config": str(config_path), "mesh": config.mesh_type,
+                                "issuer": client_of(config).url})
     return asyncio.run(Daemon(config_path, config).run())
