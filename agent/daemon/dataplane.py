@@ -13,6 +13,7 @@ import logging
 import stat
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.capture.controller import CaptureController, ipv6_available
 from agent.capture.runner import CaptureError
@@ -21,9 +22,12 @@ from agent.credentials import Credentials
 from agent.sidecar.install import ConfigRejected
 from agent.sidecar.process import EnvoyNotFound, ProxyUserMissing, SidecarError
 from agent.sidecar.service import Sidecar
-from agent.sidecar.settings import mesh_settings
+from agent.sidecar.settings import EnvoyPaths, mesh_settings
 from agent.state.store import AgentState
 from agent.status.health import Health
+
+if TYPE_CHECKING:
+    from agent.istio.dataplane import IstioDataPlane
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +55,23 @@ class DataPlane:
         # No IPv6 listener where the kernel has no IPv6 (Envoy could not bind [::]);
         # capture drops its IPv6 rules there too.
         sidecar = replace(config.sidecar, ipv6=config.sidecar.ipv6 and ipv6_available())
-        self.sidecar = (Sidecar(sidecar, config.state_dir, on_status=self._on_status)
+        capture = config.capture
+        self.istio: IstioDataPlane | None = None
+        if config.istio is not None:
+            # Imported here: static mode never loads grpcio or protobuf.
+            from agent.istio.dataplane import IstioDataPlane, capture_from_cluster_env
+        if config.istio is not None and sidecar.enabled:
+            # Envoy is configured by istiod; we serve its certificate over SDS.
+            self.istio = IstioDataPlane(config.istio.vm, sidecar,
+                                        EnvoyPaths.under(config.state_dir).root)
+        if config.istio is not None:
+            vm = config.istio.vm
+            capture = capture_from_cluster_env(
+                capture, vm, istiod_ips=tuple({vm.resolve(vm.discovery), vm.resolve(vm.ca)}))
+        self.sidecar = (Sidecar(sidecar, config.state_dir, on_status=self._on_status,
+                                render=self.istio.render if self.istio else None)
                         if sidecar.enabled else None)
-        self.capture = CaptureController(config.capture if config.capture.enabled else None,
+        self.capture = CaptureController(capture if capture.enabled else None,
                                          state_dir=config.state_dir)
         self._capture_enabled = config.capture.enabled
         self._state_dir = config.state_dir
@@ -81,6 +99,8 @@ class DataPlane:
                 self.sidecar.prepare()
             except ProxyUserMissing as exc:
                 raise DataPlaneConfigError(str(exc)) from exc
+            if self.istio is not None:
+                await self.istio.start(self.sidecar.proxy.gid)
 
     async def configure(self, creds: Credentials, state: AgentState) -> None:
         """Hand the credentials and mesh settings to Envoy (start-up)."""
@@ -88,6 +108,8 @@ class DataPlane:
             return
         try:
             self.sidecar.publish(creds.directory)
+            if self.istio is not None:
+                self.istio.publish(creds)
             await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh))
         except (EnvoyNotFound, ConfigRejected) as exc:
             raise DataPlaneConfigError(str(exc)) from exc
@@ -97,6 +119,8 @@ class DataPlane:
         """After each renewal: Envoy picks the new generation up live."""
         if self.sidecar is None or not self._configured:
             return
+        if self.istio is not None:
+            self.istio.publish(creds)  # pushed to Envoy on its open SDS streams
         try:
             self.sidecar.publish(creds.directory)
             await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh))
@@ -146,6 +170,8 @@ class DataPlane:
         await self.remove_capture()
         if self.sidecar is not None:
             await self.sidecar.supervisor.shutdown()
+        if self.istio is not None:
+            await self.istio.stop()
 
     async def remove_capture(self) -> None:
         try:

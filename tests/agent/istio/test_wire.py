@@ -33,3 +33,11 @@ def test_ca_request_field_numbers() -> None:
     assert wire.startswith(b"\x0a\x01C\x18\x3c\x22")
     response = istio_ca_pb2.IstioCertificateResponse.FromString(b"\x0a\x01a\x0a\x01b")
     assert list(response.cert_chain) == ["a", "b"]
+
+
+def test_static_mode_never_loads_grpc_or_protobuf() -> None:
+    code = ("import sys, agent.cli, agent.daemon.app, agent.daemon.dataplane, agent.preflight\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT, timeout=60).stdout.strip()
+    assert out == "[]"
