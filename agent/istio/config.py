@@ -34,7 +34,7 @@ class IstioConfig:
 
 def parse_istio(s: Section) -> IstioConfig:
     directory = s.path("dir", DEFAULT_DIR)
-    cert_ttl = s.duration("cert_ttl", 86400.0, minimum=600, maximum=90 * 86400)
+    cert_ttl = s.duration("cert_ttl", 86400.0, minimum=60, maximum=90 * 86400)
     timeout = s.duration("timeout", 10.0, minimum=0.5, maximum=300)
     return IstioConfig(directory=directory, cert_ttl=cert_ttl, timeout=timeout,
                        vm=load_vm(directory))

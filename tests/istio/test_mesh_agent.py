@@ -1,0 +1,202 @@
+"""mesh-agent in Istio mode joins the real, kube-less istiod: istioctl's files
+unchanged, a certificate from istiod's CA that chains to the plug-in root,
+Envoy configured by istiod over ADS (connected, listeners and clusters from
+istiod) with its certificate from the agent's SDS socket, and renewal over
+mTLS after the istio-token has expired."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+
+from tests.fixtures.istiod import Istiod, envoy_binary
+from tests.istio.network import VmNamespace, http_get
+from tests.istio.vmfiles import VmFiles
+
+pytestmark = [pytest.mark.istio, pytest.mark.netns]
+
+REPO = Path(__file__).resolve().parents[2]
+PROXY = {"proxy_uid": 1337, "proxy_gid": 1337}
+
+
+class MeshAgentVm:
+    """`mesh-agent run` (Istio mode) inside a VM namespace on istiod's network."""
+
+    def __init__(self, istiod: Istiod, vm: VmNamespace, base: Path, files: VmFiles, *,
+                 cert_ttl: str = "24h", capture: bool = False) -> None:
+        self.istiod = istiod
+        self.vm = vm
+        self.base = base
+        self.istio_dir = base / "istio"
+        self.state_dir = base / "state"
+        self.config_path = base / "agent.yaml"
+        self.log_path = base / "agent.log"
+        files.write(self.istio_dir)
+        (self.istio_dir / "istio-token").chmod(0o600)
+        config: dict[str, Any] = {
+            "mesh": {"type": "istio"},
+            "istio": {"dir": str(self.istio_dir), "cert_ttl": cert_ttl, "timeout": "5s"},
+            "state_dir": str(self.state_dir),
+            "rotation": {"min_backoff": "200ms", "max_backoff": "2s"},
+            "status": {"enabled": True, "listen": "127.0.0.1:15020"},
+            "sidecar": {"enabled": True, "envoy_path": str(envoy_binary()), **PROXY},
+            "capture": {"enabled": capture, **PROXY},
+        }
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.pop("NOTIFY_SOCKET", None)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*self.vm.prefix, sys.executable, "-m", "agent", "run", "--config",
+                 str(self.config_path)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                env=env)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, url: str) -> tuple[int, str]:
+        return http_get(self.vm.name, url)
+
+    def status(self) -> dict[str, Any]:
+        code, body = self.get("http://127.0.0.1:15020/status")
+        assert code == 200, body
+        return dict(json.loads(body))
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"agent exited {self.proc.returncode}:\n"
+                                     f"{self.log_text()[-4000:]}")
+            try:
+                if self.get("http://127.0.0.1:15020/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"agent not ready after {timeout}s:\n{self.log_text()[-4000:]}")
+
+    def admin(self, path: str) -> tuple[int, str]:
+        return self.get(f"http://127.0.0.1:15000{path}")
+
+    def stat(self, name: str) -> int | None:
+        code, body = self.admin(f"/stats?filter=^{name}$")
+        for line in body.splitlines() if code == 200 else ():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return None
+
+    def chain(self) -> list[x509.Certificate]:
+        path = self.state_dir / "credentials" / "current" / "cert-chain.pem"
+        return x509.load_pem_x509_certificates(path.read_bytes())
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def mesh_agent_vm(istiod: Istiod, tmp_path: Path) -> Iterator[Any]:
+    made: list[MeshAgentVm] = []
+    tmp_path.chmod(0o755)  # Envoy (uid 1337) reads its bootstrap below here
+
+    def make(label: str, namespace: str, service_account: str, *, token_ttl: float = 3600,
+             **kwargs: Any) -> MeshAgentVm:
+        vm = istiod.network.add_vm(label)
+        files = VmFiles(group=label, namespace=namespace, service_account=service_account,
+                        istiod_ip=istiod.address, root_cert=istiod.root_cert.read_bytes(),
+                        token=istiod.mint_token(namespace, service_account, ttl=token_ttl),
+                        labels={"app": label}, internal_ip=vm.ip,
+                        cluster_id=istiod.cluster_id, trust_domain=istiod.trust_domain)
+        base = tmp_path / label
+        base.mkdir(mode=0o755)
+        agent = MeshAgentVm(istiod, vm, base, files, **kwargs)
+        made.append(agent)
+        return agent
+
+    yield make
+    for agent in made:
+        agent.stop()
+        istiod.network.remove_vm(agent.vm)
+
+
+def _spiffe(cert: x509.Certificate) -> list[str]:
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(u) for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
+
+
+def test_mesh_agent_joins_istiod_and_renews_over_mtls_after_the_token_expired(
+        istiod: Istiod, mesh_agent_vm: Any) -> None:
+    # A 25 s istio-token and 60 s certificates: the first renewal (at ~30 s)
+    # happens after the token has expired, so only mTLS can make it succeed.
+    agent = mesh_agent_vm("magent", "vm-magent", "magent-sa", token_ttl=25, cert_ttl="60s")
+    agent.start()
+    agent.wait_ready()
+
+    # The certificate came from istiod's CA and chains to the plug-in root.
+    chain = agent.chain()
+    assert _spiffe(chain[0]) == ["spiffe://cluster.local/ns/vm-magent/sa/magent-sa"]
+    root = x509.load_pem_x509_certificate(istiod.root_cert.read_bytes())
+    issuers = [*chain[1:], root]
+    for child, parent in zip(chain, issuers, strict=False):
+        child.verify_directly_issued_by(parent)
+
+    # Envoy is connected to istiod and holds istiod's listeners and clusters,
+    # and serves the certificate the agent handed it over SDS.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and agent.stat("control_plane.connected_state") != 1:
+        time.sleep(0.5)
+    assert agent.stat("control_plane.connected_state") == 1, agent.log_text()[-3000:]
+    status, body = agent.admin("/config_dump")
+    assert status == 200
+    kinds = {c["@type"].rsplit(".", 1)[-1]: c for c in json.loads(body)["configs"]}
+    listeners = [e["name"] for e in kinds["ListenersConfigDump"].get("dynamic_listeners", [])]
+    clusters = [e["cluster"]["name"]
+                for e in kinds["ClustersConfigDump"].get("dynamic_active_clusters", [])]
+    assert "virtualInbound" in listeners and "virtualOutbound" in listeners, listeners
+    assert any(name.startswith("outbound|") for name in clusters), clusters
+    _, certs = agent.admin("/certs")
+    assert format(chain[0].serial_number, "x") in certs
+
+    # Renewal after the token's expiry, over mTLS; Envoy gets the new certificate.
+    first_serial = chain[0].serial_number
+    deadline = time.monotonic() + 75
+    while time.monotonic() < deadline and agent.status().get("rotations", 0) < 1:
+        time.sleep(1)
+    assert agent.status().get("rotations", 0) >= 1, agent.log_text()[-3000:]
+    renewed = agent.chain()[0]
+    assert renewed.serial_number != first_serial
+    assert _spiffe(renewed) == _spiffe(chain[0])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and format(renewed.serial_number, "x") not in \
+            agent.admin("/certs")[1]:
+        time.sleep(0.5)
+    assert format(renewed.serial_number, "x") in agent.admin("/certs")[1]
+    assert agent.stat("control_plane.connected_state") == 1
+    token = (agent.istio_dir / "istio-token").read_text().strip()
+    assert token not in agent.log_text()
+
+    assert agent.stop() == 0
+    assert not (agent.state_dir / "envoy" / "sds.sock").exists()
