@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,9 +120,11 @@ class MeshAgentVm:
 
 
 @pytest.fixture
-def mesh_agent_vm(istiod: Istiod, tmp_path: Path) -> Iterator[Any]:
+def mesh_agent_vm(istiod: Istiod) -> Iterator[Any]:
     made: list[MeshAgentVm] = []
-    tmp_path.chmod(0o755)  # Envoy (uid 1337) reads its bootstrap below here
+    # Envoy (uid 1337) reads below here: every ancestor must be traversable.
+    tmp_path = Path(tempfile.mkdtemp(prefix=f"mesh-agent-istio-{os.getpid()}-"))
+    tmp_path.chmod(0o755)
 
     def make(label: str, namespace: str, service_account: str, *, token_ttl: float = 3600,
              **kwargs: Any) -> MeshAgentVm:
@@ -140,6 +144,7 @@ def mesh_agent_vm(istiod: Istiod, tmp_path: Path) -> Iterator[Any]:
     for agent in made:
         agent.stop()
         istiod.network.remove_vm(agent.vm)
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def _spiffe(cert: x509.Certificate) -> list[str]:
