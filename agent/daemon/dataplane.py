@@ -107,9 +107,12 @@ class DataPlane:
         if self.sidecar is None:
             return
         try:
-            self.sidecar.publish(creds.directory)
+            # Istio mode: the key goes to Envoy over the SDS socket only, never
+            # into a file the proxy user could read.
             if self.istio is not None:
                 self.istio.publish(creds)
+            else:
+                self.sidecar.publish(creds.directory)
             await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh))
         except (EnvoyNotFound, ConfigRejected) as exc:
             raise DataPlaneConfigError(str(exc)) from exc
@@ -121,6 +124,7 @@ class DataPlane:
             return
         if self.istio is not None:
             self.istio.publish(creds)  # pushed to Envoy on its open SDS streams
+            return  # the bootstrap does not depend on the certificate
         try:
             self.sidecar.publish(creds.directory)
             await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh))
