@@ -34,7 +34,9 @@ class IstioConfig:
 
 def parse_istio(s: Section) -> IstioConfig:
     directory = s.path("dir", DEFAULT_DIR)
-    cert_ttl = s.duration("cert_ttl", 86400.0, minimum=60, maximum=90 * 86400)
+    # istiod backdates NotBefore by 2 minutes, which counts in the half-life:
+    # below 3 minutes the renewal point would already be past at issuance.
+    cert_ttl = s.duration("cert_ttl", 86400.0, minimum=180, maximum=90 * 86400)
     timeout = s.duration("timeout", 10.0, minimum=0.5, maximum=300)
     return IstioConfig(directory=directory, cert_ttl=cert_ttl, timeout=timeout,
                        vm=load_vm(directory))
