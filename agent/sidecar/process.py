@@ -62,7 +62,9 @@ def envoy_argv(config: SidecarConfig, bootstrap: Path, *, validate: bool = False
 
 
 class Runner(Protocol):
-    """Starts a process as ``user`` with stdout/stderr piped."""
+    """Starts a process as ``user`` with stdout/stderr piped. Read ``stdout`` and
+    ``stderr`` directly: for a process run as another user, ``stdout`` is a pipe
+    the runner made itself, which ``Process.communicate()`` does not know."""
 
     async def start(
         self, argv: Sequence[str], *, user: ProxyIdentity | None
