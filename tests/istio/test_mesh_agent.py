@@ -216,3 +216,26 @@ def test_mesh_agent_joins_istiod_and_renews_over_mtls_after_the_token_expired(
 
     assert agent.stop() == 0
     assert not (agent.state_dir / "envoy" / "sds.sock").exists()
+
+
+def _rules(agent: MeshAgentVm) -> list[str]:
+    text = agent.vm.exec("iptables-save").stdout
+    return [line for line in text.splitlines() if not line.startswith("#")]
+
+
+def test_capture_from_cluster_env_exempts_istiod_and_restores_the_baseline(
+        istiod: Istiod, mesh_agent_vm: Any) -> None:
+    agent = mesh_agent_vm("mcap", "vm-mcap", "mcap-sa", capture=True)
+    baseline = _rules(agent)
+    agent.start()
+    agent.wait_ready()
+    assert agent.status()["conditions"] == {"sidecar": True, "capture": True}
+    nat = agent.vm.exec("iptables-save", "-t", "nat").stdout
+    assert "--to-ports 15006" in nat and "--to-ports 15001" in nat
+    # istioctl's ISTIO_LOCAL_EXCLUDE_PORTS (22,15090,15021,15020) stay uncaptured...
+    for port in (22, 15020, 15021, 15090):
+        assert f"--dport {port} -j RETURN" in nat, nat
+    # ...and istiod is always reachable without Envoy.
+    assert f"-d {istiod.address}/32 -j RETURN" in nat, nat
+    assert agent.stop() == 0
+    assert _rules(agent) == baseline
