@@ -34,8 +34,9 @@ class IstioConfig:
 
 def parse_istio(s: Section) -> IstioConfig:
     directory = s.path("dir", DEFAULT_DIR)
-    # istiod backdates NotBefore by 2 minutes, which counts in the half-life:
-    # below 3 minutes the renewal point would already be past at issuance.
+    # istiod's certificates start about 2 minutes before issuance (observed), and
+    # the half-life counts from NotBefore: below 3 minutes the renewal point
+    # would already be past at issuance (docs/istio.md, Known limits).
     cert_ttl = s.duration("cert_ttl", 86400.0, minimum=180, maximum=90 * 86400)
     timeout = s.duration("timeout", 10.0, minimum=0.5, maximum=300)
     return IstioConfig(directory=directory, cert_ttl=cert_ttl, timeout=timeout,
