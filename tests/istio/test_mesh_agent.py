@@ -239,3 +239,41 @@ def test_capture_from_cluster_env_exempts_istiod_and_restores_the_baseline(
     assert f"-d {istiod.address}/32 -j RETURN" in nat, nat
     assert agent.stop() == 0
     assert _rules(agent) == baseline
+
+
+def test_a_wrong_root_cert_is_exit_78(istiod: Istiod, mesh_agent_vm: Any) -> None:
+    from tests.fixtures.certs import TestCA
+
+    agent = mesh_agent_vm("mroot", "vm-mroot", "mroot-sa")
+    (agent.istio_dir / "root-cert.pem").write_bytes(TestCA().bundle_pem)
+    agent.start()
+    assert agent.proc is not None
+    assert agent.proc.wait(60) == 78
+    log = agent.log_text()
+    assert "istiod_untrusted" in log and "root-cert.pem" in log, log[-3000:]
+    assert not (agent.state_dir / "credentials" / "current").exists()
+
+
+def test_envoy_reconnects_after_istiod_restarts(istiod: Istiod, mesh_agent_vm: Any) -> None:
+    agent = mesh_agent_vm("mrestart", "vm-mrestart", "mrestart-sa")
+    agent.start()
+    agent.wait_ready()
+
+    def connected() -> bool:
+        return agent.stat("control_plane.connected_state") == 1
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not connected():
+        time.sleep(0.5)
+    assert connected()
+    streams = agent.stat("cluster.xds-grpc.upstream_cx_total") or 0
+    istiod.restart()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+            connected() and (agent.stat("cluster.xds-grpc.upstream_cx_total") or 0) > streams):
+        time.sleep(0.5)
+    # A new connection to istiod, and connected again.
+    assert (agent.stat("cluster.xds-grpc.upstream_cx_total") or 0) > streams
+    assert connected(), agent.log_text()[-3000:]
+    assert agent.get("http://127.0.0.1:15020/ready")[0] == 200
+    assert agent.stop() == 0
