@@ -277,3 +277,31 @@ def test_envoy_reconnects_after_istiod_restarts(istiod: Istiod, mesh_agent_vm: A
     assert connected(), agent.log_text()[-3000:]
     assert agent.get("http://127.0.0.1:15020/ready")[0] == 200
     assert agent.stop() == 0
+
+
+def test_istiod_down_at_renewal_time_keeps_the_old_certificate(
+        istiod: Istiod, mesh_agent_vm: Any) -> None:
+    agent = mesh_agent_vm("mdown", "vm-mdown", "mdown-sa", cert_ttl="3m")
+    agent.start()
+    agent.wait_ready()
+    first = agent.chain()[0].serial_number
+    istiod.stop()
+    try:
+        # The renewal point (15-45 s after issuance) passes while istiod is down.
+        deadline = time.monotonic() + 75
+        while time.monotonic() < deadline and \
+                agent.status()["failures"].get("unreachable", 0) < 2:
+            time.sleep(1)
+        status = agent.status()
+        assert status["failures"].get("unreachable", 0) >= 2, status
+        assert status["ready"] is True and status["rotations"] == 0
+        assert agent.chain()[0].serial_number == first
+        assert format(first, "x") in agent.admin("/certs")[1]
+    finally:
+        istiod.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and agent.status()["rotations"] < 1:
+        time.sleep(1)
+    assert agent.status()["rotations"] >= 1, agent.log_text()[-3000:]
+    assert agent.chain()[0].serial_number != first
+    assert agent.stop() == 0
