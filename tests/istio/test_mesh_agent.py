@@ -305,3 +305,15 @@ def test_istiod_down_at_renewal_time_keeps_the_old_certificate(
     assert agent.status()["rotations"] >= 1, agent.log_text()[-3000:]
     assert agent.chain()[0].serial_number != first
     assert agent.stop() == 0
+
+
+def test_check_reports_each_file_and_verifies_istiod(istiod: Istiod, mesh_agent_vm: Any) -> None:
+    agent = mesh_agent_vm("mcheck", "vm-mcheck", "mcheck-sa")
+    result = agent.vm.exec(sys.executable, "-m", "agent", "check", "--config",
+                           str(agent.config_path), check=False)
+    lines = result.stdout.splitlines()
+    for name in ("cluster.env", "mesh.yaml", "root-cert.pem", "istio-token", "hosts"):
+        assert any(ln.startswith("ok") and f" {name}: " in ln for ln in lines), result.stdout
+    ca = next(ln for ln in lines if " istiod CA: " in ln)
+    assert ca.startswith("ok") and f"{istiod.address}:15012 verified as {istiod.host}" in ca
+    assert result.returncode == 0, result.stdout + result.stderr
