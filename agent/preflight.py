@@ -30,6 +30,7 @@ class Result:
 
 
 def _trust_anchor(config: AgentConfig) -> Result:
+    assert config.registrar is not None
     path = config.registrar.ca_file
     try:
         certs = x509.load_pem_x509_certificates(path.read_bytes())
@@ -41,6 +42,7 @@ def _trust_anchor(config: AgentConfig) -> Result:
 
 
 def _registrar(config: AgentConfig) -> Result:
+    assert config.registrar is not None
     client = RegistrarClient(config.registrar.url, config.registrar.ca_file,
                              timeout=min(config.registrar.timeout, 5.0))
     try:
@@ -96,8 +98,20 @@ def _metadata(config: AgentConfig) -> Result:
     return Result("metadata", True, detail or "no cloud attestors")
 
 
+def _istio(config: AgentConfig) -> list[Result]:
+    from agent.istio import preflight
+
+    assert config.istio is not None
+    has_creds = os.path.lexists(config.state_dir / "credentials" / "current")
+    return [Result(f.name, True, f"{f.detail}; not needed: credentials on disk renew over mTLS")
+            if f.first_only and has_creds else Result(f.name, f.ok, f.detail)
+            for f in preflight.run(config.istio)]
+
+
 def run_checks(config: AgentConfig, clock: Clock | None = None) -> list[Result]:
+    clock_check = partial(_clock, clock=clock or SystemClock())
+    if config.istio is not None:
+        return [clock_check(config), _state_dir(config), *_istio(config)]
     checks: tuple[Callable[[AgentConfig], Result], ...] = (
-        _trust_anchor, partial(_clock, clock=clock or SystemClock()), _state_dir, _evidence,
-        _metadata, _registrar)
+        _trust_anchor, clock_check, _state_dir, _evidence, _metadata, _registrar)
     return [check(config) for check in checks]

@@ -31,11 +31,14 @@ class AttestError(Exception):
 
     ``retryable`` is true for passing faults (a metadata server that timed out),
     false when retrying cannot help (no token file, not on this platform).
+    ``config`` marks evidence that is there but malformed: the operator must
+    fix a file (exit 78), not supply new evidence.
     """
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, config: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.config = config
 
 
 class Attestor(Protocol):

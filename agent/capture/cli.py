@@ -19,6 +19,7 @@ from agent.capture.plan import Exempt
 from agent.capture.record import RecordError
 from agent.capture.runner import CaptureError
 from agent.config import AgentConfig, ConfigError, load_config
+from agent.config.model import control_plane_urls, effective_capture
 from meshcore.exits import EX_CONFIG, EX_FAILED, EX_NOT_OK
 
 DEFAULT_CONFIG = Path("/etc/mesh-agent/agent.yaml")
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     try:
         # The same always-direct destinations the daemon plans with.
         exempt = _exemptions(config, action)
-        controller = CaptureController(config.capture if config else None, state_dir=state_dir,
+        controller = CaptureController(effective_capture(config) if config else None,
+                                       state_dir=state_dir,
                                        always_exempt=exempt, owner=f"mesh-agent capture {action}")
         return asyncio.run(_ACTIONS[action](controller, out))
     except (CaptureError, RecordError, OSError) as exc:
@@ -79,7 +81,8 @@ def _exemptions(config: AgentConfig | None, action: str) -> tuple[Exempt, ...]:
     if config is None or action == "remove":
         return ()
     try:
-        return url_exemptions(config.registrar.url, "registrar")
+        return tuple(e for url, why in control_plane_urls(config)
+                     for e in url_exemptions(url, why))
     except CaptureError as exc:
         if action in ("plan", "apply"):
             raise

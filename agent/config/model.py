@@ -11,6 +11,7 @@ from pathlib import Path
 
 from agent.attest.config import AttestationConfig, parse_attestation
 from agent.capture.config import CaptureConfig, parse_capture
+from agent.istio.config import MESH_TYPES, IstioConfig, parse_istio
 from agent.proxy.config import ProxyConfig, parse_proxy
 from agent.sidecar.config import SidecarConfig, parse_sidecar
 from meshcore.config.errors import ConfigWarning
@@ -47,7 +48,9 @@ class StatusConfig:
 @dataclass(frozen=True)
 class AgentConfig:
     source_file: str
-    registrar: RegistrarConfig
+    mesh_type: str                     # "static" (mesh-registrar) or "istio"
+    registrar: RegistrarConfig | None  # static mode only
+    istio: IstioConfig | None          # istio mode only
     attestation: AttestationConfig
     key_type: str
     rotation: RotationConfig
@@ -90,13 +93,23 @@ def build_config(source: Source) -> AgentConfig:
     """Validate merged config data into an ``AgentConfig`` (raises ConfigError)."""
     root = Section(source)
     sections = {name: root.section(name) for name in (
-        "registrar", "attestation", "identity", "rotation", "status", "proxy", "sidecar",
-        "capture")}
+        "mesh", "registrar", "istio", "attestation", "identity", "rotation", "status",
+        "proxy", "sidecar", "capture")}
     # The proxy keys' old places, in the order a disagreement is reported.
     proxy = parse_proxy(sections["proxy"], legacy=(sections["sidecar"], sections["capture"]))
+    mesh_type = sections["mesh"].text("type", "static", choices=MESH_TYPES)
+    istio = mesh_type == "istio"
+    if istio and root.has("registrar"):
+        raise sections["mesh"].error("type", "is istio, but a registrar section is set",
+                                     "either mesh.type: istio (istiod's CA) or a registrar")
+    if not istio and root.has("istio"):
+        raise root.error("istio", "is set, but mesh.type is static",
+                         "mesh: {type: istio} to use it")
     config = AgentConfig(
         source_file=source.default_file,
-        registrar=_registrar(sections["registrar"]),
+        mesh_type=mesh_type,
+        registrar=None if istio else _registrar(sections["registrar"]),
+        istio=parse_istio(sections["istio"]) if istio else None,
         attestation=parse_attestation(sections["attestation"]),
         key_type=sections["identity"].text("key_type", "ecdsa-p256", choices=KEY_TYPES),
         rotation=_rotation(sections["rotation"]),
@@ -140,3 +153,31 @@ def _check_dataplane(config: AgentConfig, capture: Section) -> None:
 def load_config(path: Path = DEFAULT_CONFIG) -> AgentConfig:
     """Read ``path`` and its ``.d`` drop-ins and validate them."""
     return build_config(load_source(path, require_main=False))
+
+
+def control_plane_urls(config: AgentConfig) -> tuple[tuple[str, str], ...]:
+    """Where the agent renews, as (https URL, name): always exempt from capture.
+
+    Static mode: the registrar. Istio mode: istiod's discovery address and the
+    CA address, as dialled (the hosts file's IP, else the host as given)."""
+    if config.istio is None:
+        assert config.registrar is not None
+        return ((config.registrar.url, "registrar"),)
+    vm = config.istio.vm
+    urls = []
+    for address, why in ((vm.discovery, "istiod"), (vm.ca, "istio-ca")):
+        ip = vm.resolve(address)
+        host = f"[{ip}]" if ":" in ip else ip
+        urls.append((f"https://{host}:{address.port}", why))
+    return tuple(dict.fromkeys(urls))
+
+
+def effective_capture(config: AgentConfig) -> CaptureConfig:
+    """The capture config as applied: in Istio mode, with cluster.env's settings."""
+    if config.istio is None:
+        return config.capture
+    from agent.istio.capture import capture_from_cluster_env
+
+    vm = config.istio.vm
+    return capture_from_cluster_env(
+        config.capture, vm, istiod_ips=tuple({vm.resolve(vm.discovery), vm.resolve(vm.ca)}))

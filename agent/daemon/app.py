@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
 from agent.attest import registry
+from agent.attest.base import Attestor
 from agent.config import ConfigError, load_config
 from agent.config.model import AgentConfig
 from agent.credentials import CredentialStore
@@ -20,7 +22,10 @@ from agent.daemon import logs
 from agent.daemon.dataplane import DataPlane, DataPlaneConfigError
 from agent.daemon.notify import Notifier
 from agent.identity.host import local_host_info
+from agent.identity.issuer import IssuerClient
 from agent.identity.manager import CannotContinue, IdentityManager, Tuning
+from agent.istio.attestor import IstioTokenAttestor
+from agent.istio.ca_client import IstioCAClient
 from agent.registrar_client import RegistrarClient
 from agent.state.store import StateFile
 from agent.status.health import Health
@@ -36,9 +41,10 @@ STATUS_LINE_SECONDS = 5.0
 # effect at once; the others are bound into running parts (a listening
 # socket, Envoy's bootstrap, installed rules, the chosen attestor, open files)
 # and keep their running value until a restart.
-RELOAD_APPLIES = ("registrar", "identity", "rotation", "log_level")
-RELOAD_REJECTS = ("attestation", "status", "state_dir", "proxy", "sidecar", "capture")
-_FIELDS = {"identity": "key_type"}  # config section -> AgentConfig field, where they differ
+RELOAD_APPLIES = ("registrar", "istio", "identity", "rotation", "log_level")
+RELOAD_REJECTS = ("mesh", "attestation", "status", "state_dir", "proxy", "sidecar", "capture")
+# config section -> AgentConfig field, where they differ
+_FIELDS = {"identity": "key_type", "mesh": "mesh_type"}
 
 
 def config_field(section: str) -> str:
@@ -55,7 +61,12 @@ def tuning_of(config: AgentConfig) -> Tuning:
                   min_backoff=r.min_backoff, max_backoff=r.max_backoff)
 
 
-def client_of(config: AgentConfig) -> RegistrarClient:
+def client_of(config: AgentConfig) -> IssuerClient:
+    """mesh-registrar, or istiod's CA in Istio mode."""
+    if config.istio is not None:
+        return IstioCAClient(config.istio.vm, cert_ttl=config.istio.cert_ttl,
+                             timeout=config.istio.timeout)
+    assert config.registrar is not None
     return RegistrarClient(config.registrar.url, config.registrar.ca_file,
                            timeout=config.registrar.timeout)
 
@@ -64,6 +75,15 @@ def log_warnings(config: AgentConfig) -> None:
     """Deprecated keys still work; say where each one is so it gets moved."""
     for warning in config.warnings:
         log.warning("configuration: %s", warning)
+
+
+def attestor_of(config: AgentConfig, clock: Clock) -> Callable[[], Awaitable[Attestor]]:
+    istio = config.istio
+    if istio is not None:
+        async def istio_token() -> Attestor:
+            return IstioTokenAttestor(istio.vm.token_path, clock)
+        return istio_token
+    return lambda: registry.choose(config.attestation)
 
 
 class Daemon:
@@ -81,7 +101,7 @@ class Daemon:
             store=CredentialStore(state_dir / "credentials"),
             state_file=StateFile(state_dir / "state.json"),
             client=client_of(config),
-            choose_attestor=lambda: registry.choose(self.config.attestation),
+            choose_attestor=attestor_of(config, self.clock),
             clock=self.clock, rng=rng, health=self.health, tuning=tuning_of(config),
             host=local_host_info)
         self.dataplane = DataPlane(config, self.health, self.clock)
@@ -243,6 +263,7 @@ def run_daemon(config_path: Path) -> int:
         log.error("invalid configuration: %s", exc)
         return EX_CONFIG
     logs.setup(config.log_level)
-    log.info("starting", extra={"config": str(config_path), "registrar": config.registrar.url})
+    log.info("starting", extra={"config": str(config_path), "mesh": config.mesh_type,
+                                "issuer": client_of(config).url})
     log_warnings(config)
     return asyncio.run(Daemon(config_path, config).run())

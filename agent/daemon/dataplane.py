@@ -13,20 +13,25 @@ import logging
 import stat
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.capture.controller import CaptureController, ipv6_available
 from agent.capture.exempt import url_exemptions
+from agent.capture.plan import Exempt
 from agent.capture.runner import CaptureError
-from agent.config.model import AgentConfig
+from agent.config.model import AgentConfig, control_plane_urls, effective_capture
 from agent.credentials import Credentials
 from agent.proxy.user import ProxyUserMissing, resolve_proxy_user
 from agent.sidecar.install import ConfigRejected
 from agent.sidecar.process import EnvoyNotFound, SidecarError
 from agent.sidecar.service import Sidecar
-from agent.sidecar.settings import mesh_settings
+from agent.sidecar.settings import EnvoyPaths, mesh_settings
 from agent.state.store import AgentState
 from agent.status.health import Health
 from meshcore.clock import Clock
+
+if TYPE_CHECKING:
+    from agent.istio.dataplane import IstioDataPlane
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +60,24 @@ class DataPlane:
         # No IPv6 listener where the kernel has no IPv6 (Envoy could not bind [::]);
         # capture drops its IPv6 rules there too.
         sidecar = replace(config.sidecar, ipv6=config.sidecar.ipv6 and ipv6_available())
-        self.sidecar = (Sidecar(sidecar, config.state_dir, clock=clock, on_status=self._on_status)
+        capture = effective_capture(config)
+        self.istio: IstioDataPlane | None = None
+        if config.istio is not None and sidecar.enabled:
+            # Imported here: static mode never loads grpcio or protobuf.
+            from agent.istio.dataplane import IstioDataPlane
+
+            # Envoy is configured by istiod; we serve its certificate over SDS.
+            self.istio = IstioDataPlane(config.istio.vm, sidecar,
+                                        EnvoyPaths.under(config.state_dir).root)
+        self.sidecar = (Sidecar(sidecar, config.state_dir, clock=clock,
+                                on_status=self._on_status,
+                                render=self.istio.render if self.istio else None)
                         if sidecar.enabled else None)
-        self.capture = CaptureController(config.capture if config.capture.enabled else None,
+        self.capture = CaptureController(capture if capture.enabled else None,
                                          state_dir=config.state_dir, clock=clock)
         self._capture_enabled = config.capture.enabled
         self._proxy = config.proxy
-        self._registrar_url = config.registrar.url
+        self._control_plane = control_plane_urls(config)
         self._state_dir = config.state_dir
         self._captured = False
         self._configured = False
@@ -89,13 +105,20 @@ class DataPlane:
                 self.sidecar.prepare()
         except ProxyUserMissing as exc:
             raise DataPlaneConfigError(str(exc)) from exc
+        if self.istio is not None and self.sidecar is not None:
+            await self.istio.start(self.sidecar.proxy.gid)
 
     async def configure(self, creds: Credentials, state: AgentState) -> None:
         """Hand the credentials and mesh settings to Envoy (start-up)."""
         if self.sidecar is None:
             return
         try:
-            self.sidecar.publish(creds.directory)
+            # Istio mode: the key goes to Envoy over the SDS socket only, never
+            # into a file the proxy user could read.
+            if self.istio is not None:
+                self.istio.publish(creds)
+            else:
+                self.sidecar.publish(creds.directory)
             await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh))
         except (EnvoyNotFound, ConfigRejected) as exc:
             raise DataPlaneConfigError(str(exc)) from exc
@@ -105,6 +128,9 @@ class DataPlane:
         """After each renewal: Envoy picks the new generation up live."""
         if self.sidecar is None or not self._configured:
             return
+        if self.istio is not None:
+            self.istio.publish(creds)  # pushed to Envoy on its open SDS streams
+            return  # the bootstrap does not depend on the certificate
         try:
             self.sidecar.publish(creds.directory)
             await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh))
@@ -122,11 +148,13 @@ class DataPlane:
             await self.sidecar.supervisor.wait_ready(self.sidecar.config.ready_timeout)
             self._health.condition("sidecar", True)
         if self._capture_enabled:
-            # Resolved now, at start: the registrar's addresses always go direct.
-            exempt = await asyncio.to_thread(url_exemptions, self._registrar_url, "registrar")
-            log.info("capture exempts the registrar: %s", ", ".join(
-                f"{e.network} port {e.port}" for e in exempt))
-            self.capture.exempt(exempt)
+            # Resolved now, at start: the control plane's addresses always go direct.
+            exempt: list[Exempt] = []
+            for url, why in self._control_plane:
+                exempt.extend(await asyncio.to_thread(url_exemptions, url, why))
+            log.info("capture exempts the control plane: %s", ", ".join(
+                f"{e.why} {e.network} port {e.port}" for e in exempt))
+            self.capture.exempt(tuple(exempt))
             await self.capture.apply()
             self._captured = True
             self._health.condition("capture", True)
@@ -167,6 +195,8 @@ class DataPlane:
         await self.remove_capture()
         if self.sidecar is not None:
             await self.sidecar.supervisor.shutdown()
+        if self.istio is not None:
+            await self.istio.stop()
 
     async def remove_capture(self) -> None:
         try:

@@ -21,8 +21,10 @@ from tenacity import AsyncRetrying
 from agent.attest.base import AttestError, Attestor
 from agent.credentials import Credentials, CredentialStore
 from agent.identity.host import HostInfo
+from agent.identity.issuer import IssuerClient
 from agent.identity.keys import PrivateKey, build_csr, generate_key
-from agent.registrar_client import Issued, RegistrarClient, RegistrarError
+from agent.istio.attestor import IstioTokenAttestor, recovery_hint
+from agent.registrar_client import Issued, RegistrarError
 from agent.registrar_client.errors import SUPERSEDED
 from agent.rotation.retry import policy
 from agent.rotation.schedule import delay_until, renewal_time
@@ -37,7 +39,8 @@ log = logging.getLogger(__name__)
 REGISTRAR_CONFIG = "/etc/mesh-registrar/registrar.yaml"
 
 # Failures that only an edit of the agent's config can fix.
-CONFIG_REASONS = frozenset({"registrar_untrusted", "trust_anchor_unreadable"})
+CONFIG_REASONS = frozenset({"registrar_untrusted", "trust_anchor_unreadable",
+                            "istiod_untrusted"})
 
 
 class CannotContinue(Exception):
@@ -62,7 +65,7 @@ RotatedHook = Callable[[Credentials], Awaitable[None]]
 
 class IdentityManager:
     def __init__(self, *, store: CredentialStore, state_file: StateFile,
-                 client: RegistrarClient, choose_attestor: Callable[[], Awaitable[Attestor]],
+                 client: IssuerClient, choose_attestor: Callable[[], Awaitable[Attestor]],
                  clock: Clock, health: Health, tuning: Tuning, host: HostInfo,
                  rng: Rng) -> None:
         self.store = store
@@ -120,7 +123,8 @@ class IdentityManager:
             raise CannotContinue(f"attestation refused: {exc}", exit_code=code) from None
         except AttestError as exc:
             self._failed(exc)
-            raise CannotContinue(f"cannot collect evidence: {exc}") from None
+            raise CannotContinue(f"cannot collect evidence: {exc}",
+                                 exit_code=EX_CONFIG if exc.config else EX_NO_IDENTITY) from None
         creds = self._install(key, issued, renewal=False)
         attestor.spent()
         for hook in self.on_rotated:
@@ -263,6 +267,8 @@ class IdentityManager:
 
     @staticmethod
     def _no_evidence_message(attestor: Attestor) -> str:
+        if isinstance(attestor, IstioTokenAttestor):
+            return recovery_hint(attestor.path)
         if attestor.name == "token":
             return ("To recover: create a join token (`mesh-registrar token create --config "
                     f"{REGISTRAR_CONFIG} --group NAME` where the registrar runs), "

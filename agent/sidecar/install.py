@@ -44,13 +44,22 @@ async def validate_bootstrap(
     """Run ``envoy --mode validate``; (ok, combined output)."""
     process = await runner.start(envoy_argv(config, path, validate=True), user=user)
     try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
+        out, err = await asyncio.wait_for(_collect(process), timeout)
     except TimeoutError:
         process.kill()
         await process.wait()
         return False, f"envoy --mode validate did not finish within {timeout:g}s"
     text = (out + err).decode(errors="replace")
     return process.returncode == 0, text
+
+
+async def _collect(process: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
+    """Both outputs and the exit; unlike ``communicate()`` this reads the readers
+    themselves, so it works for a stdout pipe the runner made (process.py)."""
+    assert process.stdout is not None and process.stderr is not None
+    out, err = await asyncio.gather(process.stdout.read(), process.stderr.read())
+    await process.wait()
+    return out, err
 
 
 async def install_bootstrap(

@@ -42,7 +42,9 @@ def envoy_argv(config: SidecarConfig, bootstrap: Path, *, validate: bool = False
 
 
 class Runner(Protocol):
-    """Starts a process as ``user`` with stdout/stderr piped."""
+    """Starts a process as ``user`` with stdout/stderr piped. Read ``stdout`` and
+    ``stderr`` directly: for a process run as another user, ``stdout`` is a pipe
+    the runner made itself, which ``Process.communicate()`` does not know."""
 
     async def start(
         self, argv: Sequence[str], *, user: ProxyIdentity | None
@@ -80,22 +82,51 @@ class SubprocessRunner:
         if not os.access(argv[0], os.X_OK):
             raise EnvoyNotFound(Path(argv[0]))
         command = drop_argv(argv, user) if drop and user else list(argv)
+        read_end, stdout = (-1, asyncio.subprocess.PIPE)
+        if drop and user:
+            # Config Envoy gets from a control plane may log to /dev/stdout (Istio's
+            # accessLogFile), which Envoy opens by path: a pipe made by the agent is
+            # root's, 0600, and the proxy user could not reopen it. So the pipe is
+            # made here and handed to the proxy user before Envoy exists.
+            read_end, stdout = os.pipe()
+            os.fchown(read_end, user.uid, user.gid)
         try:
-            return await asyncio.create_subprocess_exec(
+            proc = await asyncio.create_subprocess_exec(
                 *command,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
+                stdout=stdout,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
                 # Envoy needs nothing from the agent's environment; keep it out.
                 env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
             )
         except FileNotFoundError as exc:
+            _close(read_end, stdout)
             if command[0] == SETPRIV:
                 raise SidecarError(f"{SETPRIV} (util-linux) is needed to start envoy as the "
                                    "proxy user") from exc
             raise EnvoyNotFound(Path(argv[0])) from exc
         except PermissionError as exc:
+            _close(read_end, stdout)
             raise SidecarError(
                 f"cannot start envoy as uid {user.uid if user else os.geteuid()}: {exc.strerror} "
                 "(the agent needs CAP_SETUID and CAP_SETGID to drop to the proxy user)") from exc
+        if read_end >= 0:
+            os.close(stdout)
+            proc.stdout = await _reader(read_end)
+        return proc
+
+
+def _close(read_end: int, write_end: int) -> None:
+    if read_end >= 0:
+        os.close(read_end)
+        os.close(write_end)
+
+
+async def _reader(fd: int) -> asyncio.StreamReader:
+    """``fd`` as the StreamReader ``Process.stdout`` would have been."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
+                                 os.fdopen(fd, "rb", buffering=0))
+    return reader

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent.proxy.user import ProxyIdentity, resolve_proxy_user
 from agent.sidecar.config import SidecarConfig
@@ -39,8 +40,11 @@ class Sidecar:
         runner: Runner | None = None, probe: Probe | None = None, chown: Chown = os_chown,
         proxy: ProxyIdentity | None = None, clock: Clock | None = None,
         logger: logging.Logger = LOG, on_status: Callable[[SidecarStatus], None] | None = None,
+        render: Callable[[MeshSettings], dict[str, Any]] | None = None,
     ) -> None:
         self.config = config
+        # Istio mode renders an ADS bootstrap instead of the static one.
+        self._render = render
         self.paths = EnvoyPaths.under(state_dir)
         self._runner: Runner = runner or SubprocessRunner()
         self._probe = probe
@@ -88,8 +92,10 @@ class Sidecar:
         """Render, validate and install the bootstrap for ``mesh``; restart a running
         Envoy when the file changed (e.g. new mesh settings after a renewal).
         Raises ConfigRejected/EnvoyNotFound with the old file kept live."""
+        document = (self._render(mesh) if self._render is not None
+                    else render_bootstrap(self.config, mesh, self.paths))
         changed = await install_bootstrap(
-            self.config, render_bootstrap(self.config, mesh, self.paths), self.paths,
+            self.config, document, self.paths,
             runner=self._runner, user=self.proxy, chown=self._chown)
         if changed and self._supervisor is not None and self._supervisor.status().pid:
             await self._supervisor.restart()

@@ -103,8 +103,8 @@ def test_parallel_renewals_with_one_certificate_leave_one_that_can_renew(
 def test_schema_1_databases_migrate_to_their_newest_certificate(tmp_path: Path) -> None:
     """An inventory written before schema 2 keeps renewing with each workload's newest
     certificate; older ones become superseded."""
-    from registrar.store.db import MIGRATIONS
     from meshcore.clock import SystemClock
+    from registrar.store.db import MIGRATIONS
     from registrar.store.inventory import Inventory
     path = tmp_path / "registrar.db"
     old = sqlite3.connect(path, isolation_level=None)

@@ -52,7 +52,9 @@ def test_envoy_command_line_runs_as_proxy_without_capabilities(root: None) -> No
 def test_the_runner_uses_that_command_line(root: None) -> None:
     async def run() -> str:
         proc = await SubprocessRunner().start(["/bin/cat", "/proc/self/status"], user=PROXY)
-        out, _ = await proc.communicate()
+        assert proc.stdout is not None
+        out = await proc.stdout.read()  # the runner's own pipe: read it, not communicate()
+        await proc.wait()
         return out.decode()
 
     text = asyncio.run(run())
@@ -106,3 +108,16 @@ def test_envoy_does_not_outlive_an_agent_killed_with_sigkill(root: None) -> None
         time.sleep(0.05)
     os.kill(child, signal.SIGKILL)
     raise AssertionError("the child outlived its SIGKILLed parent")
+
+
+def test_envoy_as_the_proxy_user_can_reopen_its_stdout(root: None) -> None:
+    """istiod's accessLogFile /dev/stdout is opened by path, as the proxy user."""
+    async def run() -> str:
+        proc = await SubprocessRunner().start(
+            ["/bin/sh", "-c", "echo via-path > /dev/stdout"], user=PROXY)
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = await asyncio.gather(proc.stdout.read(), proc.stderr.read())
+        assert await proc.wait() == 0, err
+        return out.decode()
+
+    assert asyncio.run(run()) == "via-path\n"

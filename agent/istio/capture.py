@@ -1,0 +1,37 @@
+"""cluster.env's capture settings mapped onto the agent's capture config.
+
+Kept apart from the data plane so the capture CLI can use it without loading
+grpcio (the SDS server) or anything else of Istio mode's runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from agent.capture.config import CaptureConfig
+from agent.istio.vm import IstioVM
+
+__all__ = ["capture_from_cluster_env"]
+
+
+def capture_from_cluster_env(capture: CaptureConfig, vm: IstioVM, *,
+                             istiod_ips: tuple[str, ...]) -> CaptureConfig:
+    """cluster.env's capture settings onto the capture config (one place to adapt).
+
+    ``ISTIO_INBOUND_PORTS`` ('*' = every port), ``ISTIO_LOCAL_EXCLUDE_PORTS``
+    (inbound ports never captured), ``ISTIO_SERVICE_CIDR`` ('*' = every
+    destination) and ``ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE``; istiod's and the
+    CA's addresses are always exempt, so a broken Envoy can never cut the
+    agent off from the control plane that would repair it.
+    """
+    exempt = tuple(f"{ip}/{128 if ':' in ip else 32}" for ip in istiod_ips)
+    return replace(
+        capture,
+        inbound_ports=vm.inbound_ports,
+        exclude_inbound_ports=tuple(sorted({*capture.exclude_inbound_ports,
+                                            *vm.exclude_inbound_ports})),
+        include_outbound_cidrs=vm.service_cidrs,
+        exclude_outbound_cidrs=tuple(dict.fromkeys((*capture.exclude_outbound_cidrs, *exempt))),
+        exclude_outbound_ports=tuple(sorted({*capture.exclude_outbound_ports,
+                                             *vm.exclude_outbound_ports})),
+    )

@@ -1,0 +1,72 @@
+"""Istio mode through the real CLI without istiod: the outcomes that must not
+need it (an expired token and no certificate: exit 79 with the recovery
+steps; an istiod that does not chain to root-cert.pem: exit 78), and
+cluster.env's capture settings on the capture config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.capture.config import CaptureConfig
+from agent.istio.dataplane import capture_from_cluster_env
+from agent.istio.vm import load_vm
+from tests.agent.istio.test_ca_client import foreign_tls_server
+from tests.fixtures.certs import TestCA
+from tests.fixtures.istio_vm import (
+    ISTIOD_HOST,
+    agent_yaml,
+    token_claims,
+    unsigned_jwt,
+    write_vm_files,
+)
+
+__all__ = ["foreign_tls_server"]
+
+
+def _run(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_expired_token_and_no_certificate_exits_79_with_recovery(tmp_path: Path) -> None:
+    token = unsigned_jwt(token_claims(lifetime=-60))
+    istio_dir = write_vm_files(tmp_path / "istio", root_pem=TestCA().bundle_pem, token=token)
+    config = tmp_path / "agent.yaml"
+    config.write_text(agent_yaml(istio_dir, tmp_path / "state"))
+    result = _run(config)
+    assert result.returncode == 79, result.stderr
+    assert "istioctl x workload entry configure" in result.stderr
+    assert str(istio_dir / "istio-token") in result.stderr
+    assert token not in result.stderr
+    assert not (tmp_path / "state" / "credentials" / "current").exists()
+
+
+def test_wrong_root_cert_exits_78(tmp_path: Path, foreign_tls_server: int) -> None:
+    istio_dir = write_vm_files(tmp_path / "istio", root_pem=TestCA().bundle_pem,
+                               istiod_ip="127.0.0.1",
+                               discovery=f"{ISTIOD_HOST}:{foreign_tls_server}")
+    config = tmp_path / "agent.yaml"
+    config.write_text(agent_yaml(istio_dir, tmp_path / "state"))
+    result = _run(config)
+    assert result.returncode == 78, result.stderr
+    assert "istiod_untrusted" in result.stderr and "root-cert.pem" in result.stderr
+
+
+def test_capture_follows_cluster_env(tmp_path: Path) -> None:
+    vm = load_vm(write_vm_files(tmp_path, root_pem=TestCA().bundle_pem, env_extra={
+        "ISTIO_INBOUND_PORTS": "8080,9090", "ISTIO_SERVICE_CIDR": "10.96.0.0/12",
+        "ISTIO_LOCAL_EXCLUDE_PORTS": "22,15090,15021,15020,2222",
+        "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE": "5432"}))
+    base = CaptureConfig(enabled=True, exclude_outbound_cidrs=("192.0.2.0/24",))
+    out = capture_from_cluster_env(base, vm, istiod_ips=("10.0.0.5",))
+    assert out.inbound_ports == (8080, 9090)
+    assert 2222 in out.exclude_inbound_ports and 22 in out.exclude_inbound_ports
+    assert out.include_outbound_cidrs == ("10.96.0.0/12",)
+    assert out.exclude_outbound_cidrs == ("192.0.2.0/24", "10.0.0.5/32")
+    assert out.exclude_outbound_ports == (5432,)
+    star = capture_from_cluster_env(base, load_vm(write_vm_files(
+        tmp_path / "b", root_pem=TestCA().bundle_pem)), istiod_ips=("fd00::5",))
+    assert star.inbound_ports is None and star.include_outbound_cidrs is None
+    assert "fd00::5/128" in star.exclude_outbound_cidrs
