@@ -17,7 +17,7 @@ class FakeClock:
     ``start`` is the wall-clock time at t=0, as a datetime or a Unix timestamp.
     """
 
-    def __init__(self, start: dt.datetime | float = EPOCH, monotonic: float = 1000.0) -> None:
+    def __init__(self, start: dt.datetime | float = EPOCH, monotonic: float = 0.0) -> None:
         self.start = (start if isinstance(start, dt.datetime)
                       else dt.datetime.fromtimestamp(start, dt.UTC))
         self.t = 0.0  # seconds advanced so far

@@ -24,7 +24,8 @@ from cryptography import x509
 
 from agent.istio.token import parse_token
 from tests.fixtures.istio_vm import write_vm_files
-from tests.fixtures.istiod import Istiod, envoy_binary, istiod
+from tests.fixtures.istiod import Istiod, istiod
+from tests.istio.binaries import envoy_binary
 from tests.istio.network import VmNamespace, http_get
 
 __all__ = ["istiod"]
