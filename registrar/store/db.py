@@ -92,6 +92,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER mesh_status_upd AFTER UPDATE OF addresses, health ON mesh_workload_status
         WHEN OLD.addresses IS NOT NEW.addresses OR OLD.health IS NOT NEW.health
         BEGIN UPDATE mesh_changes SET counter = counter + 1; END;
+    CREATE TABLE mesh_xds_streams (
+        stream_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        connected_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        acked TEXT NOT NULL DEFAULT '{}',
+        nacks INTEGER NOT NULL DEFAULT 0,
+        last_nack TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE mesh_xds_counters (
+        name TEXT NOT NULL,
+        type_url TEXT NOT NULL,
+        value INTEGER NOT NULL,
+        PRIMARY KEY (name, type_url)
+    );
     CREATE TRIGGER mesh_workloads_ins AFTER INSERT ON workloads
         BEGIN UPDATE mesh_changes SET counter = counter + 1; END;
     CREATE TRIGGER mesh_workloads_upd AFTER UPDATE OF state, group_name, spiffe_id ON workloads
