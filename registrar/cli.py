@@ -169,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token(args, config)
         if args.command == "service":
             return catalog_cli.run_service(args, config)
+        if args.command == "xds":
+            return catalog_cli.run_xds(args, config)
         return _workloads(args, config)
     except ConfigError as exc:
         print(f"mesh-registrar: {exc}", file=sys.stderr)

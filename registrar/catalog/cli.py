@@ -21,6 +21,7 @@ from registrar.catalog.model import Service, ServicePort
 from registrar.catalog.store import ServiceExists, ServiceStore, VipExhausted, load_catalog
 from registrar.config import RegistrarConfig
 from registrar.store.db import connect
+from registrar.xds.status import stream_rows
 
 
 def add_parsers(sub: Any) -> None:
@@ -46,6 +47,23 @@ def add_parsers(sub: Any) -> None:
     rm = ssub.add_parser("remove")
     rm.add_argument("--config", required=True, type=Path)
     rm.add_argument("name")
+    xds = sub.add_parser("xds", help="the xDS server's connected nodes, ACKs and NACKs")
+    xsub = xds.add_subparsers(dest="action", required=True)
+    st = xsub.add_parser("status")
+    st.add_argument("--config", required=True, type=Path)
+    st.add_argument("--json", action="store_true")
+
+
+def run_xds(args: argparse.Namespace, config: RegistrarConfig) -> int:
+    rows = stream_rows(connect(config.database))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        acked = " ".join(f"{k}={v}" for k, v in sorted(dict(row["acked"]).items()))  # type: ignore[call-overload]
+        print(f"{row['node_id']}  peer={row['peer']}  acked: {acked or '-'}  "
+              f"nacks={row['nacks']}{'  last: ' + str(row['last_nack']) if row['nacks'] else ''}")
+    return 0
 
 
 def parse_port(text: str) -> ServicePort:

@@ -40,22 +40,20 @@ def address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def access_log(fmt: str, *, refused_only: bool = False) -> list[dict[str, Any]]:
-    log: dict[str, Any] = {
+def access_log(fmt: str) -> list[dict[str, Any]]:
+    return [{
         "name": "envoy.access_loggers.stdout",
         "typed_config": {"@type": EXT + "access_loggers.stream.v3.StdoutAccessLog",
                          "log_format": {"text_format_source": {"inline_string": fmt}}},
-    }
-    if refused_only:
-        log["filter"] = {"response_flag_filter": {"flags": ["NR"]}}
-    return [log]
+    }]
 
 
-def tcp_proxy(stat_prefix: str, cluster: str, log_format: str) -> dict[str, Any]:
-    return {"name": "envoy.filters.network.tcp_proxy",
-            "typed_config": {"@type": EXT + "filters.network.tcp_proxy.v3.TcpProxy",
-                             "stat_prefix": stat_prefix, "cluster": cluster,
-                             "access_log": access_log(log_format)}}
+def tcp_proxy(stat_prefix: str, cluster: str, log_format: str | None) -> dict[str, Any]:
+    config: dict[str, Any] = {"@type": EXT + "filters.network.tcp_proxy.v3.TcpProxy",
+                              "stat_prefix": stat_prefix, "cluster": cluster}
+    if log_format is not None:
+        config["access_log"] = access_log(log_format)
+    return {"name": "envoy.filters.network.tcp_proxy", "typed_config": config}
 
 
 def _matcher(pattern: str) -> dict[str, str]:

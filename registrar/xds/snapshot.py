@@ -98,11 +98,13 @@ def _inbound(catalog: Catalog, group: WorkloadGroup, files: r.NodeFiles,
         "filter_chain_match": {"destination_port": port, "transport_protocol": "tls"},
         "transport_socket": r.downstream_tls(files, peers),
         "filters": [r.rbac(f"inbound_{port}.", callers, f"callers-of-{port}"),
-                    r.tcp_proxy(f"inbound_{port}", inbound_cluster(port), r.INBOUND_LOG)],
+                    r.tcp_proxy(f"inbound_{port}", inbound_cluster(port), None)],
     } for port, callers in ports.items()]
     return {"name": "virtualInbound", "address": r.address("0.0.0.0", INBOUND_PORT),  # noqa: S104
             "listener_filters": r.original_dst_filters(tls_inspector=True),
-            "filter_chains": chains, "access_log": r.access_log(r.INBOUND_LOG, refused_only=True)}
+            # One line per connection at close, accepted or refused (no chain: NR;
+            # RBAC: details=rbac_access_denied...), from the listener, not the tcp_proxy.
+            "filter_chains": chains, "access_log": r.access_log(r.INBOUND_LOG)}
 
 
 def _outbound(catalog: Catalog) -> dict[str, Any]:
