@@ -132,6 +132,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, root: None,
         reporter.start()
         m = Mesh(reg, frontend, orders, pair, envoy_path)
         m.reporter = reporter  # type: ignore[attr-defined]
+        # Every test starts from a mesh that serves (each may run alone with -k).
+        wait_for(lambda: m.call() == (0, "200"), 20)
         yield m
     finally:
         if reporter is not None:
