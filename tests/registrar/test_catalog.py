@@ -65,7 +65,7 @@ def test_bad_group_fields_name_the_key(tmp_path: Path, patch: dict[str, object],
 
 
 def test_bad_vip_range_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="services.vip_range"):
+    with pytest.raises(ConfigError, match=r"services\.vip_range"):
         _config(tmp_path, {**BASE, "services": {"vip_range": "240.240.0.1/16"}})
 
 
