@@ -308,3 +308,33 @@ def test_a_node_gets_only_its_own_view(mesh: Mesh) -> None:
     other = _ads_client(mesh, mesh.frontend, mesh.orders.spiffe_id)
     assert other["code"] == "PERMISSION_DENIED", other
     assert "is not the certificate's" in str(other["detail"])
+
+
+def test_agent_api_settings_and_proven_address(mesh: Mesh) -> None:
+    status, settings = mesh.orders.api("GET", "/v1/workload/settings")
+    assert status == 200
+    assert settings["probe"] == {"httpGet": {"path": "/", "port": 9090}, "periodSeconds": 1,
+                                 "timeoutSeconds": 1, "successThreshold": 1,
+                                 "failureThreshold": 3}
+    assert settings["ports"] == {"http": 9090} and settings["xds"] == {"port": XDS_PORT}
+    assert {"hostname": "orders.shop.mesh", "vip": ORDERS_VIP,
+            "ports": [{"name": "http", "number": 9090, "protocol": "HTTP"}]} in settings["names"]
+    # Evidence that proves an address (EC2's privateIp) pins the primary address.
+    rows = json.loads(mesh.cli("workloads", "list", "--json").stdout)
+    wid = next(r["id"] for r in rows if r["group"] == "frontend")
+    with sqlite3.connect(mesh.reg.state_dir / "registrar.db") as db:
+        db.execute("UPDATE mesh_workload_status SET evidence_addresses = '[\"10.77.0.1\"]'"
+                   " WHERE workload_id = ?", (wid,))
+    mesh.frontend.report()  # the proven address: accepted
+    status, body = mesh.frontend.api("POST", "/v1/workload/status",
+                                     json={"addresses": ["10.9.9.9"], "health": "healthy"})
+    assert (status, body["reason"]) == (403, "address_mismatch")
+    status, body = mesh.frontend.api("POST", "/v1/workload/status",
+                                     json={"addresses": ["10.77.0.1"], "health": "sick"})
+    assert (status, body["reason"]) == (400, "bad_request")
+    # Without the workload certificate there is no catalog access.
+    def anonymous() -> int:
+        ctx = ssl.create_default_context(cafile=str(mesh.reg.ca_file))
+        return httpx.get(f"{mesh.reg.url}/v1/workload/settings", verify=ctx,
+                         timeout=5).status_code
+    assert mesh.frontend.in_ns(anonymous) == 401
