@@ -30,7 +30,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, Discovery
 from registrar.xds.hub import Hub
 from registrar.xds.resources import DEFAULT_SDS_DIR, NodeFiles
 from registrar.xds.status import StreamRow, XdsStatus
-from registrar.xds.stream import AdsStream
+from registrar.xds.stream import AdsStream, Reply
 
 log = logging.getLogger("registrar.xds")
 _SDS_DIR = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
@@ -143,9 +143,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 else:
                     assert isinstance(item, DiscoveryRequest)
                     responses = self._on_request(stream, row, item, current)
-                for response in responses:
-                    self._status.count("push", response.type_url)
-                    await context.write(response)
+                for reply in responses:
+                    self._status.count("push", reply.type_url)
+                    await context.write(reply.data)
         finally:
             reader.cancel()
             self._hub.unwatch(key, inbox)
@@ -153,7 +153,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             log.info("xds stream %s closed node=%s", row.stream_id, spiffe_id)
 
     def _on_request(self, stream: AdsStream, row: StreamRow, request: DiscoveryRequest,
-                    current: Any) -> list[DiscoveryResponse]:
+                    current: Any) -> list[Reply]:
         before = stream.types.get(request.type_url)
         acked_before = before.acked_version if before else None
         responses, nack = stream.on_request(request, current)
@@ -185,8 +185,15 @@ async def start(hub: Hub, status: XdsStatus, authorize: Authorizer, address: str
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_concurrent_streams", 16),
     ])
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        AdsServicer(hub, status, authorize), server)
+    # Registered by hand rather than with xds-protos' helper: responses are bytes
+    # already serialized (registrar/xds/wire.py), so the serializer is the identity.
+    servicer = AdsServicer(hub, status, authorize)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "envoy.service.discovery.v3.AggregatedDiscoveryService",
+        {"StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamAggregatedResources,
+            request_deserializer=DiscoveryRequest.FromString,
+            response_serializer=bytes)}),))
     server.add_secure_port(address, credentials)
     await server.start()
     return server

@@ -43,6 +43,20 @@ class TypeState:
 
 
 @dataclass(frozen=True)
+class Reply:
+    """One serialized DiscoveryResponse, ready for the wire."""
+
+    type_url: str
+    version_info: str
+    nonce: str
+    data: bytes
+
+    @property
+    def resources(self) -> list[any_pb2.Any]:
+        return list(DiscoveryResponse.FromString(self.data).resources)
+
+
+@dataclass(frozen=True)
 class Nack:
     type_url: str
     version: str
@@ -58,7 +72,7 @@ class AdsStream:
     _previous: dict[str, any_pb2.Any] = field(default_factory=dict)
 
     def _respond(self, type_url: str, snap: WireSnapshot, version: str,
-                 names: frozenset[str] | None = None) -> DiscoveryResponse:
+                 names: frozenset[str] | None = None) -> Reply:
         state = self.types[type_url]
         available = snap.packed[type_url]
         if names is None:
@@ -69,13 +83,17 @@ class AdsStream:
         state.sent_nonce = str(self._nonce)
         if type_url == CLUSTER:
             self._sent_clusters = names
-        # A union CDS (make-before-break) may name clusters gone from the new snapshot.
-        resources = [available[n] if n in available else self._previous[n] for n in sorted(names)]
-        return DiscoveryResponse(version_info=version, type_url=type_url, nonce=state.sent_nonce,
-                                 resources=resources)
+        if version == snap.versions[type_url]:
+            body = snap.body(type_url, names)
+        else:  # a union CDS (make-before-break) names clusters gone from the new snapshot
+            body = DiscoveryResponse(version_info=version, type_url=type_url, resources=[
+                available[n] if n in available else self._previous[n]
+                for n in sorted(names)]).SerializeToString()
+        data = body + DiscoveryResponse(nonce=state.sent_nonce).SerializeToString()
+        return Reply(type_url, version, state.sent_nonce, data)
 
     def on_request(self, request: DiscoveryRequest,
-                   snap: WireSnapshot) -> tuple[list[DiscoveryResponse], Nack | None]:
+                   snap: WireSnapshot) -> tuple[list[Reply], Nack | None]:
         type_url = request.type_url
         if type_url not in snap.packed:
             return [], None  # a type we do not serve (e.g. SDS): Envoy uses local files
@@ -98,9 +116,9 @@ class AdsStream:
             return [], nack  # never re-offer what was just refused
         return [self._respond(type_url, snap, version)], nack
 
-    def on_snapshot(self, old: WireSnapshot | None, snap: WireSnapshot) -> list[DiscoveryResponse]:
+    def on_snapshot(self, old: WireSnapshot | None, snap: WireSnapshot) -> list[Reply]:
         """The pushes a new snapshot needs, in CDS, EDS, LDS, RDS order."""
-        out: list[DiscoveryResponse] = []
+        out: list[Reply] = []
         final_cds = None
         for type_url in PUSH_ORDER:
             state = self.types.get(type_url)
