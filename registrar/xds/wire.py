@@ -51,9 +51,10 @@ class WireSnapshot:
 
     def body(self, type_url: str, names: frozenset[str]) -> bytes:
         """A serialized response without its nonce, built once per snapshot and name set
-        and shared by every stream: with 1,000 streams of one group, serializing per
-        stream was most of a push's CPU. Protobuf concatenation merges messages, so a
-        stream appends its own ``nonce`` field to these bytes."""
+        and shared by every stream (protobuf concatenation merges messages, so a stream
+        appends its own ``nonce`` field to these bytes). Measured with 1,000 streams of
+        one group (scripts/bench/xds_push.py): the push's CPU went from 2.46 s to 2.27 s;
+        the rest is gRPC's per-message cost, not serialization."""
         key = (type_url, names)
         data = self._bodies.get(key)
         if data is None:
