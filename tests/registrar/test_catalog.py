@@ -124,3 +124,9 @@ def test_catalog_changes_bump_the_counter_and_renewals_do_not(tmp_path: Path) ->
     assert (entry.health, entry.addresses, entry.labels) == ("healthy", ("10.0.0.2",),
                                                              {"app": "orders"})
     assert load_catalog(conn, config, now=1012.0).workloads[0].health_reason == "stale"
+    # A VM that leaves (evicted or revoked) stops being an endpoint at once.
+    counted = change_counter(conn)
+    assert inventory.set_state(w.id, "evicted")
+    assert change_counter(conn) > counted
+    entry = load_catalog(conn, config, now=1005.0).workloads[0]
+    assert (entry.health, entry.health_reason) == ("unhealthy", "evicted")
