@@ -29,12 +29,15 @@ from registrar.api.service import Service
 from registrar.attestation.registry import VerifierDeps, build_verifiers
 from registrar.ca.authority import load_authority, load_pem_certs
 from registrar.ca.keyids import strict_report
+from registrar.catalog.agent_api import WorkloadApi
+from registrar.catalog.store import StatusStore
 from registrar.config import RegistrarConfig
 from registrar.store.challenges import ChallengeStore
 from registrar.store.db import connect
 from registrar.store.inventory import Inventory
 from registrar.store.tokens import TokenStore
 from registrar.tlsctx import tls_context
+from registrar.xds.status import metrics_text
 
 log = logging.getLogger("registrar.server")
 
@@ -46,13 +49,18 @@ def build_app(config: RegistrarConfig, clock: Clock) -> web.Application:
     authority = load_authority(config.ca, clock.now)
     challenges = ChallengeStore(conn, config.challenge_ttl, clock)
     verifiers = build_verifiers(VerifierDeps(config=config, tokens=tokens, clock=clock))
+    status = StatusStore(conn)
     service = Service(config=config, authority=authority, verifiers=verifiers,
-                      challenges=challenges, inventory=Inventory(conn, clock), clock=clock.now)
+                      challenges=challenges, inventory=Inventory(conn, clock), clock=clock.now,
+                      on_attested=lambda wid, addrs: status.record_evidence_addresses(
+                          wid, addrs, clock.now().timestamp()))
     api = Api(config=config, service=service, authority=authority, challenges=challenges,
               challenge_types=tuple(sorted(
                   name for name, v in verifiers.items() if v.needs_challenge)),
               limiter=RateLimiter(config.limits.rates, clock), faults=FaultLog(clock),
-              metrics=Metrics(tokens.outstanding, _shared_metrics(config)))
+              metrics=Metrics(tokens.outstanding, _shared_metrics(config)),
+              workloads=WorkloadApi(conn, config, clock),
+              extra_metrics=lambda: metrics_text(conn))
     return api.build()
 
 
@@ -129,11 +137,18 @@ def serve(config: RegistrarConfig) -> int:
     finally:
         conn.close()
     warn_if_not_strict(config)
+    xds = _fork_xds(config) if config.mesh.xds_host else None
     if config.workers == 1:
-        _run(config, reuse_port=False)
+        try:
+            _run(config, reuse_port=False)
+        finally:
+            if xds is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(xds, signal.SIGTERM)
+                os.waitpid(xds, 0)
         return 0
     prepare_shared(_metrics_dir(config))
-    children: list[int] = []
+    children: list[int] = [] if xds is None else [xds]
     for _ in range(config.workers):
         pid = os.fork()
         if pid == 0:
@@ -148,6 +163,20 @@ def serve(config: RegistrarConfig) -> int:
                 os._exit(code)
         children.append(pid)
     return _supervise(children)
+
+
+def _fork_xds(config: RegistrarConfig) -> int:
+    """The one xDS server process (registrar/xds/process.py says why one)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            from registrar.xds.process import run_xds
+            code = run_xds(config)
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    return pid
 
 
 def _supervise(children: list[int]) -> int:

