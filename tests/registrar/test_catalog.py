@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from meshcore.clock import SystemClock
 from meshcore.config.errors import ConfigError
 from registrar.catalog.model import Service, ServicePort, effective_health
 from registrar.catalog.store import (
@@ -103,7 +104,7 @@ def test_vips_are_allocated_kept_and_never_shared(tmp_path: Path) -> None:
 def test_catalog_changes_bump_the_counter_and_renewals_do_not(tmp_path: Path) -> None:
     config = _config(tmp_path, BASE)
     conn = connect(config.database)
-    inventory = Inventory(conn)
+    inventory = Inventory(conn, SystemClock())
     start = change_counter(conn)
     w = inventory.record_attestation(evidence_type="join_token", subject="t1",
                                      spiffe_id=config.groups["orders"].spiffe_id,
@@ -111,8 +112,9 @@ def test_catalog_changes_bump_the_counter_and_renewals_do_not(tmp_path: Path) ->
                                      serial="01", not_after=2e9)
     after_attest = change_counter(conn)
     assert after_attest > start
-    inventory.record_renewal(w.id, hostname=None, addresses=None, serial="02",
-                             spiffe_id=w.spiffe_id, not_after=2e9)
+    assert inventory.record_renewal(w.id, presented="01", hostname=None, addresses=None,
+                                    serial="02",
+                                    spiffe_id=w.spiffe_id, not_after=2e9)
     assert change_counter(conn) == after_attest  # last_seen alone changes no endpoint
     status = StatusStore(conn)
     status.report(w.id, ["10.0.0.2"], "healthy", now=1000.0)
