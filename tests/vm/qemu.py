@@ -1,7 +1,7 @@
 """Boots the test VM under qemu: direct kernel boot, virtio disk, restricted
 user networking, serial console to a file, results over a virtio-9p share.
 
-Measured on our CI-like hosts (FACTS.md): /dev/kvm exists but the host is a
+Measured on our CI-like hosts: /dev/kvm exists but the host is a
 PVM guest without vmx/svm, and KVM hangs a stock Debian kernel there, so KVM
 is used only when the CPU flags show hardware virtualisation; otherwise TCG.
 About one TCG boot in 25 hits a kernel soft lockup: the serial log is
