@@ -32,8 +32,9 @@ from tests.vm.userdata import (
 )
 
 # Building packages and (cold) the rootfs, then two TCG boots: well past the
-# default per-test timeout, which here also covers the module fixture.
-pytestmark = [pytest.mark.vm, pytest.mark.timeout(1200)]
+# default per-test timeout, which here also covers the module fixture (and
+# grows with MESH_VM_BOOT_TIMEOUT on a slow host).
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(max(1200, 600 + 2 * qemu.BOOT_TIMEOUT))]
 GROUPS = {"web": ("shop", "web-vm", 300)}
 
 PAYLOAD = Path(__file__).parent / "payloads" / "agent_lifecycle.sh"
