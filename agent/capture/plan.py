@@ -1,8 +1,9 @@
 """The pure capture planner: settings in, a backend-neutral rule set out.
 
-Semantics follow istio-iptables in REDIRECT mode (the chain layout, the
-127.0.0.6 passthrough source and the proxy-owner loopback rules are Istio's)
-so an Istio-configured Envoy works unchanged, under our own ``MESH_`` chains:
+Semantics follow Istio's istio-iptables in REDIRECT mode (its ISTIO_INBOUND,
+ISTIO_REDIRECT, ISTIO_IN_REDIRECT and ISTIO_OUTPUT chains, with the same
+ports and exemptions) so an Istio-configured Envoy works unchanged, under our
+own ``MESH_`` chains:
 
 * ``PREROUTING -p tcp -> MESH_INBOUND``: SSH and excluded ports RETURN,
   captured ports jump to ``MESH_IN_REDIRECT`` (-> inbound port, 15006).

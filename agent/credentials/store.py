@@ -1,6 +1,6 @@
 """Generations of credentials on disk, with ``current`` swapped by rename.
 
-Layout (DESIGN.md)::
+Layout::
 
     credentials/g00000007/{key.pem (0600), cert-chain.pem, bundle.pem}
     credentials/current -> g00000007

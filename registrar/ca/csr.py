@@ -1,4 +1,6 @@
-"""CSR policy (FACTS.md): only the public key of a CSR is ever used.
+"""CSR policy: only the public key of a CSR is ever used. The identity in the
+issued certificate is the one decided from the evidence (a CSR asking for any
+other URI is refused), and the key must be RSA >= 2048 or ECDSA P-256/P-384.
 
 Pure: takes PEM text, returns the checked public key or raises ``Rejected``.
 Run before any evidence is spent, so a bad CSR never burns a join token.

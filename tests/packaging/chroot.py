@@ -1,5 +1,5 @@
-"""A throwaway clean Debian 12 chroot: an overlay over the VM tests' cached
-mmdebstrap rootfs, so every test starts from the same untouched system."""
+"""A throwaway clean Debian chroot (12 or 13): an overlay over the VM tests'
+cached mmdebstrap rootfs, so every test starts from the same untouched system."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.vm.image import cache_dir, rootfs
+from tests.vm.image import DEBIAN12, Release, cache_dir, rootfs
 
 
 class Chroot:
@@ -36,8 +36,8 @@ class Chroot:
 
 
 @contextmanager
-def clean_chroot() -> Iterator[Chroot]:
-    base = rootfs()
+def clean_chroot(release: Release = DEBIAN12) -> Iterator[Chroot]:
+    base = rootfs(release)
     work = Path(tempfile.mkdtemp(prefix="chroot-", dir=cache_dir()))
     upper, scratch, merged = work / "upper", work / "scratch", work / "merged"
     for d in (upper, scratch, merged):

@@ -1,7 +1,9 @@
-"""Issue 6, item 7: the .deb installs on a clean Debian 12 chroot and runs;
-its maintainer scripts create safe users, keep identity on upgrade and purge
-everything; the .rpm lists the right files and passes rpmlint; lintian is
-clean (each override is justified in packaging/lintian/).
+"""Issue 6, item 7: the .deb installs on clean Debian 12 and 13 chroots and
+runs; its maintainer scripts create safe users, keep identity on upgrade and
+purge everything; the .rpm lists the right files and passes rpmlint; lintian
+is clean (each override is justified in packaging/lintian/). Issue 9, item 1:
+each package ships its own program, the shared core and its own dependencies
+only.
 
 Slow set (marked vm): needs scripts/bootstrap-vm's tools and the cached rootfs."""
 
@@ -14,6 +16,7 @@ import pytest
 
 from tests.packaging.build import REPO, Packages, build_packages
 from tests.packaging.chroot import clean_chroot
+from tests.vm.image import RELEASES, Release
 
 pytestmark = pytest.mark.vm
 
@@ -23,8 +26,11 @@ def packages() -> Packages:
     return build_packages()
 
 
-def test_deb_installs_runs_and_purges_clean(packages: Packages) -> None:
-    with clean_chroot() as ch:
+@pytest.mark.parametrize("release", RELEASES, ids=lambda r: r.name)
+def test_deb_installs_runs_and_purges_clean(packages: Packages, release: Release) -> None:
+    with clean_chroot(release) as ch:
+        python = ch.run("python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])")
+        assert python.stdout.strip() == release.python
         before = set(ch.run("find", "/etc", "/var/lib", "/usr", "-xdev").stdout.split())
         deb = ch.copy_in(packages.agent_deb)
         ch.run("dpkg", "-i", deb)
@@ -84,13 +90,63 @@ def test_preinst_refuses_a_shared_proxy_uid(packages: Packages) -> None:
         assert "shared with another user" in proc.stderr
 
 
-def test_registrar_deb_installs_and_runs(packages: Packages) -> None:
-    with clean_chroot() as ch:
+@pytest.mark.parametrize("release", RELEASES, ids=lambda r: r.name)
+def test_registrar_deb_installs_and_runs(packages: Packages, release: Release) -> None:
+    with clean_chroot(release) as ch:
         ch.run("dpkg", "-i", ch.copy_in(packages.registrar_deb))
         assert ch.run("mesh-registrar", "--version").stdout.strip() == "mesh-registrar 0.1.0"
         ch.run("mesh-registrar", "init", "--state-dir", "/var/lib/mesh-registrar",
                "--trust-domain", "example.org")
         assert ch.path("/var/lib/mesh-registrar/ca-key.pem").exists()
+
+
+def _deb_list(deb: Path) -> set[str]:
+    listing = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True,
+                             check=True).stdout
+    names = subprocess.run(["tar", "-t"], input=listing, capture_output=True, check=True).stdout
+    return {"/" + n.removeprefix("./").rstrip("/") for n in names.decode().split()}
+
+
+# Importable names of the registrar's own dependencies (pyproject extra `registrar`).
+REGISTRAR_ONLY = ("aiohttp", "uvloop", "jwt", "asn1crypto", "multidict", "yarl")
+AGENT_ONLY = ("psutil", "tenacity", "systemd")
+
+
+def _shipped(files: set[str], lib: str) -> dict[str, set[str]]:
+    """Top-level directory under lib (or lib/cpXY) -> files below it."""
+    tops: dict[str, set[str]] = {}
+    for f in files:
+        if not f.startswith(lib + "/"):
+            continue
+        parts = f[len(lib) + 1:].split("/")
+        if parts[0].startswith("cp") and len(parts) > 1:
+            parts = parts[1:]
+        if len(parts) > 1:
+            tops.setdefault(parts[0], set()).add(f)
+    return tops
+
+
+@pytest.mark.parametrize("fmt", ["deb", "rpm"])
+def test_each_package_ships_its_program_and_dependencies_only(packages: Packages,
+                                                              fmt: str) -> None:
+    lister = _deb_list if fmt == "deb" else _rpm_list
+    agent = _shipped(lister(getattr(packages, f"agent_{fmt}")), "/usr/lib/mesh-agent/python")
+    registrar = _shipped(lister(getattr(packages, f"registrar_{fmt}")),
+                         "/usr/lib/mesh-registrar/python")
+    assert {"agent", "meshcore", "cryptography", "yaml"} <= agent.keys()
+    assert {"registrar", "meshcore", "cryptography", "yaml"} <= registrar.keys()
+    assert "registrar" not in agent, sorted(agent.get("registrar", ()))[:5]
+    assert "agent" not in registrar, sorted(registrar.get("agent", ()))[:5]
+    assert [m for m in REGISTRAR_ONLY if m in agent] == []
+    assert [m for m in AGENT_ONLY if m in registrar] == []
+    assert "aiohttp" in registrar and "psutil" in agent  # the names above are real
+
+
+def test_deb_bundles_python_3_11_to_3_13(packages: Packages) -> None:
+    files = _deb_list(packages.agent_deb)
+    for abi in ("cp311", "cp312", "cp313"):
+        assert any(f.startswith(f"/usr/lib/mesh-agent/python/{abi}/cryptography/")
+                   for f in files), abi
 
 
 def test_lintian_clean(packages: Packages) -> None:

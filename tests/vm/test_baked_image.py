@@ -23,7 +23,7 @@ from tests.packaging.build import Packages
 from tests.vm import image, qemu
 from tests.vm.userdata import GUEST_REGISTRAR_PORT
 
-pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(max(900, 600 + qemu.BOOT_TIMEOUT))]
 
 PAYLOAD = Path(__file__).parent / "payloads" / "baked_image.sh"
 SPIFFE_ID = "spiffe://example.org/ns/prod/sa/gce-vm"

@@ -8,13 +8,21 @@ UNIT=mesh-agent.service
 
 rules() { mesh-vmtest-rules; }
 
-wait_active() {  # up to $1 s for the unit to be active with a (new) main PID
+wait_active() {  # up to $1 s for the unit to be active; "failed" will not restart
   i=0
   while [ "$i" -lt "$1" ]; do
-    [ "$(systemctl is-active $UNIT)" = active ] && return 0
+    case "$(systemctl is-active $UNIT)" in
+      active) return 0 ;;
+      failed) return 1 ;;
+    esac
     sleep 1; i=$((i + 1))
   done
   return 1
+}
+
+leftovers() {  # any process of our users, and any Envoy whoever owns it
+  # stderr too: a pgrep error (e.g. an unknown user) must not read as "none".
+  { pgrep -a -u mesh-agent,mesh-proxy; pgrep -a -x envoy; } 2>&1 | sort -u
 }
 
 props() {
@@ -31,6 +39,8 @@ creds() {  # identity facts: the live generation, its files' modes and owners
   find /var/lib/mesh-agent -name key.pem -printf '%m %u %g %p\n' > "$OUT/$1.key-modes"
   stat -c '%a %U %G %n' /var/lib/mesh-agent /var/lib/mesh-agent/credentials > "$OUT/$1.dir-modes" 2>&1
 }
+
+python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' > "$OUT/python" 2>&1
 
 case "$MESH_VMTEST_BOOT" in
 1)
@@ -100,7 +110,18 @@ case "$MESH_VMTEST_BOOT" in
     [ -e "$p" ] || [ -L "$p" ] && echo "$p"
   done > "$OUT/purge-leftovers"
   systemctl show $UNIT -p LoadState > "$OUT/purged.props"
-  pgrep -a -u mesh-agent > "$OUT/purge-processes" || true
+  leftovers > "$OUT/purge-processes"
+  # The detector must see what it is meant to catch: plant a leftover of each
+  # kind (a mesh-proxy process; a root-owned process named envoy), record,
+  # remove them.
+  ln -sf /bin/sleep /tmp/envoy
+  setpriv --reuid=mesh-proxy --regid=mesh-proxy --clear-groups sleep 301 &
+  planted_proxy=$!
+  /tmp/envoy 302 &
+  planted_envoy=$!
+  sleep 1
+  leftovers > "$OUT/planted-processes"
+  kill "$planted_proxy" "$planted_envoy"
   ;;
 esac
 exit 0
