@@ -16,6 +16,7 @@ from cryptography import x509
 from agent.attest import registry
 from agent.config.model import AgentConfig
 from agent.registrar_client import RegistrarClient, RegistrarError
+from agent.status.health import CLOCK_SKEW_SECONDS
 from meshcore.clock import Clock, SystemClock
 
 # No certificate we could have been issued predates this; a clock before it is wrong.
@@ -40,13 +41,18 @@ def _trust_anchor(config: AgentConfig) -> Result:
     return Result("trust anchor", True, f"{path}: {len(certs)} certificate(s)")
 
 
-def _registrar(config: AgentConfig) -> Result:
+def _registrar(config: AgentConfig, clock: Clock) -> Result:
     client = RegistrarClient(config.registrar.url, config.registrar.ca_file,
                              timeout=min(config.registrar.timeout, 5.0))
     try:
         asyncio.run(client.bundle())
     except RegistrarError as exc:
         return Result("registrar", False, str(exc))
+    if client.last_date is not None:
+        offset = (client.last_date - clock.now()).total_seconds()
+        if abs(offset) >= CLOCK_SKEW_SECONDS:
+            return Result("registrar", False, f"clock skew: the registrar's clock is "
+                          f"{offset:+.0f}s from this host's (fix the host's time: NTP)")
     return Result("registrar", True, f"{config.registrar.url} answers over verified TLS")
 
 
@@ -99,5 +105,5 @@ def _metadata(config: AgentConfig) -> Result:
 def run_checks(config: AgentConfig, clock: Clock | None = None) -> list[Result]:
     checks: tuple[Callable[[AgentConfig], Result], ...] = (
         _trust_anchor, partial(_clock, clock=clock or SystemClock()), _state_dir, _evidence,
-        _metadata, _registrar)
+        _metadata, partial(_registrar, clock=clock or SystemClock()))
     return [check(config) for check in checks]

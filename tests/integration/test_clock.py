@@ -9,13 +9,17 @@ is read from a file on every call, so a test can step the clock mid-run.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.agent import AgentProcess
+from tests.fixtures.agent import REPO, AgentProcess
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 
@@ -29,6 +33,12 @@ def _faked(base: Path, offset: str) -> tuple[Path, dict[str, str]]:
     control.write_text(offset + "\n")
     return control, {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(control),
                      "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def _cli(agent: AgentProcess, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args, "--config",
+                           str(agent.config_path)], capture_output=True, text=True, timeout=60,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **env})
 
 
 def _renewals(agent: AgentProcess) -> int:
@@ -91,6 +101,15 @@ def test_clock_60s_behind_at_restart_keeps_the_identity(
     assert "not yet valid by this host's clock" in log
     _alive_and_ready_for(agent, 5)
     assert _renewals(agent) == 1, "renewed once at start-up, then on schedule"
+    status = _cli(agent, env, "status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert re.search(r"CLOCK SKEW: the registrar is \+(59|60|61)s", status.stdout), status.stdout
+    check = _cli(agent, env, "check")
+    assert check.returncode == 3, check.stdout + check.stderr
+    assert re.search(r"clock skew: the registrar's clock is \+(59|60|61)s", check.stdout), \
+        check.stdout
+    metrics = agent.get("/metrics")[1]
+    assert "mesh_agent_clock_skew 1.0" in metrics, metrics
     assert agent.stop() == 0
 
 
@@ -127,4 +146,21 @@ def test_clock_30s_behind_with_a_30s_ttl_renews_in_time(
     log = agent.log_text()
     assert "expired while the registrar was unreachable" not in log
     assert "RemoteProtocolError" not in log
+    assert agent.stop() == 0
+
+
+def test_renewals_are_rate_bounded_when_the_schedule_is_always_due(
+        registrar_factory: Any, agent_factory: Any) -> None:
+    # renew_at 0.1 of a 70 s lifetime lands 7 s after NotBefore, which the registrar
+    # backdates by 10 s: every new certificate is due at once, forever.
+    reg = registrar_factory(groups={"web": ("prod", "web-vm", 60)})
+    agent = agent_factory(reg, token=reg.create_token("web", ttl="10m"),
+                          extra={"rotation": {"renew_at": 0.1, "jitter": 0.0}})
+    agent.start()
+    agent.wait_ready()
+    _alive_and_ready_for(agent, 25)
+    # First renewal at once, then >= 17.5 s (a quarter of the lifetime), then doubling.
+    renewed = _renewals(agent)
+    assert 1 <= renewed <= 3, (renewed, agent.log_text()[-3000:])
+    assert "renewal held back by the rate bound" in agent.log_text()
     assert agent.stop() == 0
