@@ -164,3 +164,30 @@ def test_renewals_are_rate_bounded_when_the_schedule_is_always_due(
     assert 1 <= renewed <= 3, (renewed, agent.log_text()[-3000:])
     assert "renewal held back by the rate bound" in agent.log_text()
     assert agent.stop() == 0
+
+
+def test_registrar_cert_not_yet_valid_by_our_clock_is_retried_clock_skew(
+        registrar_factory: Any, agent_factory: Any, tmp_path: Path) -> None:
+    reg = registrar_factory(groups={"web": ("prod", "web-vm", 20)})  # 30 s lifetime
+    control, env = _faked(tmp_path / "agent", "+0")
+    agent = agent_factory(reg, token=reg.create_token("web", ttl="10m"), env=env,
+                          extra={"rotation": {"jitter": 0.0, "max_backoff": "1s"}})
+    agent.start()
+    agent.wait_ready()
+    first = agent.status()["serial"]
+    # Two hours back: the registrar's fresh server certificate is "not yet valid".
+    control.write_text("-7200\n")
+    deadline = time.monotonic() + 30
+    while "clock_skew" not in agent.status()["failures"]:
+        assert time.monotonic() < deadline, agent.log_text()[-3000:]
+        assert agent.proc is not None and agent.proc.poll() is None, agent.log_text()[-3000:]
+        time.sleep(0.2)
+    status = agent.status()
+    assert status["ready"] is True and status["serial"] == first
+    assert "not yet valid by this host's clock" in status["last_error"]
+    assert "registrar_untrusted" not in agent.log_text()
+    control.write_text("+0\n")  # NTP fixes it: the next retry renews
+    while agent.status()["serial"] == first:
+        assert time.monotonic() < deadline + 10, agent.log_text()[-3000:]
+        time.sleep(0.2)
+    assert agent.stop() == 0
