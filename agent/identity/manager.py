@@ -193,7 +193,7 @@ class IdentityManager:
 
         The bound runs on the monotonic clock, so no wall-clock step (ahead past
         the expiry, or a registrar whose clock disagrees) can make renewals
-        back-to-back; each time it has to hold one back, the interval doubles."""
+        back-to-back; each time the schedule says "now" again, the interval doubles."""
         creds = self._health.current.credentials
         assert creds is not None
         wanted = delay_until(self._next_renewal(), self._now())
@@ -204,7 +204,9 @@ class IdentityManager:
         if wanted >= allowed:
             self._hurried = 0
             return wanted
-        self._hurried += 1
+        if wanted <= 0:
+            # Due again at once: the schedule itself is wrong (a clock, a past hint).
+            self._hurried += 1
         log.warning("renewal held back by the rate bound", extra={
             "wanted_in_seconds": round(wanted, 2), "held_for_seconds": round(allowed, 2)})
         return max(0.0, allowed)

@@ -39,7 +39,7 @@ MIN_INTERVAL_FRACTION = 0.1
 
 def min_interval(not_before: dt.datetime, not_after: dt.datetime, *, hurried: int = 0) -> float:
     """Seconds that must pass between two renewals (monotonic time), doubled for
-    each of ``hurried`` renewals in a row that came sooner than this."""
+    each of ``hurried`` renewals in a row that were due at once."""
     lifetime = max(0.0, (not_after - not_before).total_seconds())
     base = max(min(MIN_INTERVAL_FLOOR, lifetime / 4), lifetime * MIN_INTERVAL_FRACTION)
     return min(base * 2.0 ** min(hurried, 16), max(base, lifetime / 2))
