@@ -16,6 +16,7 @@ from cryptography import x509
 from agent.attest import registry
 from agent.config.model import AgentConfig
 from agent.registrar_client import RegistrarClient, RegistrarError
+from agent.status.health import CLOCK_SKEW_SECONDS
 from meshcore.clock import Clock, SystemClock
 
 # No certificate we could have been issued predates this; a clock before it is wrong.
@@ -41,7 +42,7 @@ def _trust_anchor(config: AgentConfig) -> Result:
     return Result("trust anchor", True, f"{path}: {len(certs)} certificate(s)")
 
 
-def _registrar(config: AgentConfig) -> Result:
+def _registrar(config: AgentConfig, clock: Clock) -> Result:
     assert config.registrar is not None
     client = RegistrarClient(config.registrar.url, config.registrar.ca_file,
                              timeout=min(config.registrar.timeout, 5.0))
@@ -49,6 +50,11 @@ def _registrar(config: AgentConfig) -> Result:
         asyncio.run(client.bundle())
     except RegistrarError as exc:
         return Result("registrar", False, str(exc))
+    if client.last_date is not None:
+        offset = (client.last_date - clock.now()).total_seconds()
+        if abs(offset) >= CLOCK_SKEW_SECONDS:
+            return Result("registrar", False, f"clock skew: the registrar's clock is "
+                          f"{offset:+.0f}s from this host's (fix the host's time: NTP)")
     return Result("registrar", True, f"{config.registrar.url} answers over verified TLS")
 
 
@@ -113,5 +119,6 @@ def run_checks(config: AgentConfig, clock: Clock | None = None) -> list[Result]:
     if config.istio is not None:
         return [clock_check(config), _state_dir(config), *_istio(config)]
     checks: tuple[Callable[[AgentConfig], Result], ...] = (
-        _trust_anchor, clock_check, _state_dir, _evidence, _metadata, _registrar)
+        _trust_anchor, clock_check, _state_dir, _evidence, _metadata,
+        partial(_registrar, clock=clock or SystemClock()))
     return [check(config) for check in checks]

@@ -13,6 +13,14 @@ import os
 import secrets
 from pathlib import Path
 
+TEMP_NAME = r"\..+\.[0-9a-f]{12}\.tmp"
+"""The name of every temp file written here (``.NAME.<12 hex>.tmp``), as a regex,
+so start-up can remove exactly those a killed write left behind."""
+
+
+def _temp_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
 
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -24,7 +32,7 @@ def fsync_dir(directory: Path) -> None:
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` atomically and durably, with ``mode``."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = _temp_for(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
@@ -50,7 +58,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
 
 def replace_symlink(link: Path, target: str) -> None:
     """Point ``link`` at ``target`` atomically (symlink to a temp name, rename over)."""
-    tmp = link.with_name(f".{link.name}.{secrets.token_hex(6)}.tmp")
+    tmp = _temp_for(link)
     os.symlink(target, tmp)
     try:
         os.replace(tmp, link)

@@ -124,8 +124,18 @@ async def _remove(controller: CaptureController, out: TextIO) -> int:
     if record is None:
         print("nothing recorded: capture was never applied from this state directory", file=out)
     else:
-        print(f"capture removed ({record.backend}); ruleset back to its baseline", file=out)
+        print(removed_text(record.backend, record.created_tables), file=out)
     return 0
+
+
+def removed_text(backend: str, created_tables: tuple[str, ...]) -> str:
+    """What ``capture remove`` left: the baseline, except that the kernel cannot
+    delete a legacy table, so each one we caused to exist stays, empty."""
+    if backend == "iptables-legacy" and created_tables:
+        return (f"capture removed ({backend}); every rule and chain of ours is gone, but "
+                f"the kernel cannot delete a legacy table, so these stay, empty with ACCEPT "
+                f"policies: {', '.join(created_tables)}")
+    return f"capture removed ({backend}); ruleset back to its baseline"
 
 
 def describe(status: CaptureStatus) -> tuple[str, int]:
@@ -141,7 +151,11 @@ def describe(status: CaptureStatus) -> tuple[str, int]:
     if not status.matches_record:
         lines.append("DRIFT: installed rules differ from what was recorded as applied")
         code = EX_NOT_OK
-    if status.plan_error:
+    if record.phase == "removed" and status.matches_record:
+        # Removed on purpose and nothing of ours is back: as asked, not drift.
+        lines.append("plan: not compared: capture was removed (`capture apply` or an agent "
+                     "start applies it again while the config enables it)")
+    elif status.plan_error:
         lines.append(f"plan: cannot compare ({status.plan_error})")
     elif status.matches_plan is None:
         lines.append("plan: unknown (config unusable)")

@@ -59,8 +59,12 @@ async def _state_lock(state_dir: Path, timeout: float = 30.0) -> AsyncIterator[N
 
     The wait is a deadline on another process's real work, so it runs on the
     event loop's clock, not the injected one (a virtual clock would expire it)."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(state_dir / "capture.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(state_dir / "capture.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # a read-only or full state directory: say so, no traceback
+        raise CaptureError(f"{state_dir / 'capture.lock'}: cannot open the capture lock: "
+                           f"{exc.strerror or exc}") from None
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

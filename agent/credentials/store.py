@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from agent.credentials.model import Credentials, load_pem_certs
 from agent.identity.keys import PrivateKey, key_pem, load_key, matches
@@ -35,7 +36,14 @@ KEEP_GENERATIONS = 2
 
 
 class StoreError(Exception):
-    """The credential directory holds something we did not write (corruption)."""
+    """The credential directory holds something we did not write (corruption).
+
+    ``damaged`` lists what to move aside: the ``current`` link and the
+    generation it names, when that exists."""
+
+    def __init__(self, message: str, damaged: tuple[Path, ...] = ()) -> None:
+        super().__init__(message)
+        self.damaged = damaged
 
 
 class CredentialStore:
@@ -50,7 +58,10 @@ class CredentialStore:
         remove_stale_temps(self.root)
         for partial in self.root.glob(".g*.partial"):
             shutil.rmtree(partial, ignore_errors=True)
-        live = self._current_name()
+        try:
+            live = self._current_name()
+        except StoreError:
+            return  # current() reports it; with no trusted pointer, delete nothing
         for name in self._generations():
             if live is not None and name > live:
                 # Complete but never made current: the swap did not happen.
@@ -67,9 +78,12 @@ class CredentialStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StoreError(f"{self.current_link}: not a symlink ({exc.strerror})") from exc
+            raise StoreError(f"{self.current_link}: not a symlink ({exc.strerror})",
+                             (self.current_link,)) from exc
         if not _GEN.match(target):
-            raise StoreError(f"{self.current_link} points at {target!r}, not a generation")
+            # Also refuses anything outside this directory (absolute or "..").
+            raise StoreError(f"{self.current_link} points at {target[:80]!r}, not a generation",
+                             (self.current_link,))
         return target
 
     def current(self) -> Credentials | None:
@@ -85,10 +99,16 @@ class CredentialStore:
             key = load_key((directory / "key.pem").read_bytes())
             chain = load_pem_certs((directory / "cert-chain.pem").read_bytes())
             bundle = load_pem_certs((directory / "bundle.pem").read_bytes())
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"generation {directory} is unreadable: {exc}") from exc
+        except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            # TypeError: an encrypted key; UnsupportedAlgorithm: a key type we never write.
+            raise StoreError(f"generation {directory} is unreadable: {exc}",
+                             (self.current_link, directory)) from exc
         if not chain or not matches(key, chain[0]):
-            raise StoreError(f"generation {directory}: key does not match its certificate")
+            raise StoreError(f"generation {directory}: key does not match its certificate",
+                             (self.current_link, directory))
+        if not bundle:
+            raise StoreError(f"generation {directory}: empty trust bundle",
+                             (self.current_link, directory))
         return Credentials(name, directory, key, tuple(chain), tuple(bundle))
 
     def commit(self, key: PrivateKey, chain_pem: bytes, bundle_pem: bytes) -> Credentials:

@@ -27,6 +27,7 @@ from agent.identity.manager import CannotContinue, IdentityManager, Tuning
 from agent.istio.attestor import IstioTokenAttestor
 from agent.istio.ca_client import IstioCAClient
 from agent.registrar_client import RegistrarClient
+from agent.state.layout import StateDirError, prepare_state_dir
 from agent.state.store import StateFile
 from agent.status.health import Health
 from agent.status.server import StatusServer
@@ -160,6 +161,7 @@ class Daemon:
 
     async def _status_lines(self) -> None:
         while True:
+            self.manager.refresh_clock()
             self.notifier.status(self._summary())
             await self.clock.sleep(STATUS_LINE_SECONDS)
 
@@ -200,6 +202,12 @@ class Daemon:
             log.info("stopped")
 
     async def _run(self) -> int:
+        try:
+            prepare_state_dir(self.config.state_dir)
+        except StateDirError as exc:
+            log.error("%s", exc)
+            self.notifier.status(f"failed: {exc}")
+            return EX_CONFIG
         try:
             await self.dataplane.prepare()
         except DataPlaneConfigError as exc:

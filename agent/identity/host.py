@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from collections.abc import Callable
 
@@ -23,4 +24,19 @@ def local_host_info() -> tuple[str, list[str]]:
                 continue
             if not (ip.is_loopback or ip.is_link_local):
                 addresses.append(str(ip))
-    return socket.gethostname(), sorted(set(addresses))[:64]
+    return safe_hostname(socket.gethostname()), sorted(set(addresses))[:64]
+
+
+def safe_hostname(name: str) -> str:
+    """The hostname as printable UTF-8 text that any CSR, JSON body and log line
+    can carry. It is informational only (the registrar decides the identity), so
+    bytes that are not UTF-8 (Python hands them over as lone surrogates) are
+    shown as ``\\xNN`` and control characters as ``?``, rather than crashing CSR
+    building or reaching the registrar as invalid text."""
+    raw = os.fsencode(name)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text[:253] or "localhost"

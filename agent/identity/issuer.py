@@ -9,6 +9,7 @@ machine-readable cause that metrics and logs carry.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +19,12 @@ from agent.registrar_client.wire import Issued
 
 
 class IssuerClient(Protocol):
+    ca_file: Path
+    """The local trust anchor the issuer is verified against."""
+    last_date: dt.datetime | None
+    """The issuer's clock from its last answer (HTTP Date), taken and reset by the
+    manager to measure clock skew; None where the protocol carries none."""
+
     @property
     def url(self) -> str:
         """Where the issuer is, for logs, state and status."""

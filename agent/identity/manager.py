@@ -23,11 +23,13 @@ from agent.credentials import Credentials, CredentialStore
 from agent.identity.host import HostInfo
 from agent.identity.issuer import IssuerClient
 from agent.identity.keys import PrivateKey, build_csr, generate_key
+from agent.identity.stored import load_stored
 from agent.istio.attestor import IstioTokenAttestor, recovery_hint
 from agent.registrar_client import Issued, RegistrarError
 from agent.registrar_client.errors import SUPERSEDED
-from agent.rotation.retry import policy
-from agent.rotation.schedule import delay_until, renewal_time
+from agent.rotation.retry import backoff, policy
+from agent.rotation.schedule import delay_until, min_interval, renewal_time
+from agent.state.quarantine import Quarantine
 from agent.state.store import AgentState, StateFile
 from agent.status.health import Health
 from meshcore.clock import Clock, Rng, sleep_unless
@@ -39,8 +41,8 @@ log = logging.getLogger(__name__)
 REGISTRAR_CONFIG = "/etc/mesh-registrar/registrar.yaml"
 
 # Failures that only an edit of the agent's config can fix.
-CONFIG_REASONS = frozenset({"registrar_untrusted", "trust_anchor_unreadable",
-                            "istiod_untrusted"})
+ANCHOR_UNREADABLE = "trust_anchor_unreadable"
+CONFIG_REASONS = frozenset({"registrar_untrusted", ANCHOR_UNREADABLE, "istiod_untrusted"})
 
 
 class CannotContinue(Exception):
@@ -81,19 +83,41 @@ class IdentityManager:
         self._state = AgentState()
         self._wake = asyncio.Event()
         self.on_rotated: list[RotatedHook] = []
+        self._quarantine = Quarantine(state_file.path.parent, clock)
+        self._damage: str | None = None  # what start-up quarantined, for the exit message
+        self._renew_now = False
+        self._last_renewal: float | None = None  # monotonic, for the rate bound
+        self._hurried = 0  # renewals in a row that the rate bound had to hold back
+        self._disk_failures = 0  # renewals in a row that could not be stored
+        # The registrar's Date at its last answer and our monotonic time then: its
+        # clock carried forward on ours, whatever our wall clock does meanwhile.
+        self._anchor: tuple[dt.datetime, float] | None = None
 
     # -- start-up ----------------------------------------------------------------
     async def start(self) -> Credentials:
         """Credentials to serve now: from disk if still valid, else freshly attested."""
-        self.store.prepare()
-        self._state = self.state_file.load()
+        stored = load_stored(self.store, self.state_file, self._quarantine)
+        self._state, self._damage = stored.state, stored.damage
         self._health.update(attestor=self._state.attestor, rotations=self._state.rotations)
-        creds = self.store.current()
-        if creds is not None and creds.valid_at(self._clock.now()):
+        creds = stored.creds
+        now = self._clock.now()
+        if creds is not None and now < creds.not_before and now < creds.not_after:
+            # Not yet valid by our clock: it was issued by the registrar's, so ours is
+            # behind. Never discard it: renew at once and let the registrar judge.
+            log.warning("stored certificate is not yet valid by this host's clock; keeping "
+                        "it and renewing now (is the clock behind?)", extra={
+                            "not_before": creds.not_before.isoformat(),
+                            "now": now.isoformat()})
+            self._health.update(credentials=creds, phase="ready")
+            self._renew_now = True
+            return creds
+        if creds is not None and creds.valid_at(now):
             self._health.update(credentials=creds, phase="ready")
             log.info("using stored credentials", extra={
                 "spiffe_id": creds.spiffe_id, "generation": creds.generation,
                 "not_after": creds.not_after.isoformat()})
+            # A renewal gives back the mesh settings and hint the lost state.json held.
+            self._renew_now = stored.state_damaged
             return creds
         if creds is not None:
             self._health.update(credentials=creds, phase="expired")
@@ -111,7 +135,8 @@ class IdentityManager:
     async def attest(self) -> Credentials:
         attestor = await self.attestor()
         if not await attestor.detect():
-            raise CannotContinue(self._no_evidence_message(attestor))
+            damage = f"{self._damage}. " if self._damage else ""
+            raise CannotContinue(damage + self._no_evidence_message(attestor))
         self._health.update(phase="attesting")
         try:
             async for attempt in self._policy(deadline=None):
@@ -146,14 +171,55 @@ class IdentityManager:
         while True:
             when = self._next_renewal()
             log.debug("next renewal scheduled", extra={"at": when.isoformat()})
-            await self._nap(delay_until(when, self._clock.now()))
+            await self._nap(self._delay())
             creds = self._health.current.credentials
             assert creds is not None
             await self.renew(creds)
+            self._renew_now = False
+            self._last_renewal = self._clock.monotonic()
+
+    def _now(self) -> dt.datetime:
+        """Now by the registrar's clock when ours is known to be off."""
+        wall = self._clock.now()
+        if self._anchor is not None:
+            date, mono = self._anchor
+            registrar = date + dt.timedelta(seconds=self._clock.monotonic() - mono)
+            self._set_offset((registrar - wall).total_seconds())
+        return self._health.current.registrar_now(wall)
+
+    def refresh_clock(self) -> None:
+        """Re-measure the offset against the carried-forward registrar clock, so a
+        step of our wall clock shows in status within one call."""
+        self._now()
+
+    def _delay(self) -> float:
+        """Seconds to the next renewal: the schedule, held back by the rate bound.
+
+        The bound runs on the monotonic clock, so no wall-clock step (ahead past
+        the expiry, or a registrar whose clock disagrees) can make renewals
+        back-to-back; each time the schedule says "now" again, the interval doubles."""
+        creds = self._health.current.credentials
+        assert creds is not None
+        wanted = delay_until(self._next_renewal(), self._now())
+        if self._last_renewal is None or self._disk_failures:
+            return wanted
+        gap = min_interval(creds.not_before, creds.not_after, hurried=self._hurried)
+        allowed = self._last_renewal + gap - self._clock.monotonic()
+        if wanted >= allowed:
+            self._hurried = 0
+            return wanted
+        if wanted <= 0:
+            # Due again at once: the schedule itself is wrong (a clock, a past hint).
+            self._hurried += 1
+        log.warning("renewal held back by the rate bound", extra={
+            "wanted_in_seconds": round(wanted, 2), "held_for_seconds": round(allowed, 2)})
+        return max(0.0, allowed)
 
     def _next_renewal(self) -> dt.datetime:
         creds = self._health.current.credentials
         assert creds is not None, "start() must succeed before run()"
+        if self._renew_now:
+            return self._now()
         return renewal_time(creds.not_before, creds.not_after, ratio=self.tuning.renew_at,
                             jitter=self.tuning.jitter, sample=self._rng.uniform(-1, 1),
                             hint=self._hint())
@@ -167,10 +233,10 @@ class IdentityManager:
         self._wake.clear()
         while await sleep_unless(self._clock.sleep(seconds), self._wake):
             self._wake.clear()
-            seconds = delay_until(self._next_renewal(), self._clock.now())
+            seconds = self._delay()
 
     async def renew(self, creds: Credentials) -> None:
-        remaining = (creds.not_after - self._clock.now()).total_seconds()
+        remaining = (creds.not_after - self._now()).total_seconds()
         deadline = self._clock.monotonic() + max(0.0, remaining)
         self._health.update(phase="renewing")
         hostname, addresses = self._host()
@@ -178,11 +244,16 @@ class IdentityManager:
             async for attempt in self._policy(deadline=deadline):
                 with attempt:
                     key = generate_key(self.tuning.key_type)
-                    issued = await self.client.renew(
-                        build_csr(key, hostname), chain_file=creds.chain_path,
-                        key_file=creds.key_path, hostname=hostname, addresses=addresses)
+                    issued = await self._renew_once(key, creds, hostname, addresses)
         except RegistrarError as exc:
             self._failed(exc)
+            if exc.reason == ANCHOR_UNREADABLE:
+                self._health.update(phase="expired")
+                raise CannotContinue(
+                    f"the certificate expired while the local trust anchor was unreadable "
+                    f"({exc.message}). To recover: restore registrar.ca_file "
+                    f"({self.client.ca_file}) and restart the agent (`systemctl restart "
+                    f"mesh-agent`)", exit_code=EX_CONFIG) from None
             if exc.action == "retry":
                 log.error("certificate expired while the registrar was unreachable",
                           extra={"not_after": creds.not_after.isoformat(), "error": str(exc)})
@@ -190,9 +261,43 @@ class IdentityManager:
                 log.error("renewal refused", extra={"reason": exc.reason, "error": str(exc)})
             await self._recover(exc)
             return
-        new = self._install(key, issued, renewal=True)
+        try:
+            new = self._install(key, issued, renewal=True)
+        except OSError as exc:
+            await self._not_stored(exc)
+            return
         for hook in self.on_rotated:
             await hook(new)
+
+    async def _not_stored(self, exc: OSError) -> None:
+        """A full or failing disk (ENOSPC, EIO, ...) while storing a renewal: the
+        current generation is untouched and still served; retry with backoff."""
+        self._disk_failures += 1
+        error = f"cannot store the renewed certificate: {exc.filename or self.store.root}: " \
+                f"{exc.strerror or exc}"
+        self._health.failed("storage_error", error)
+        wait = backoff(self._disk_failures, min_backoff=self.tuning.min_backoff,
+                       max_backoff=self.tuning.max_backoff, rng=self._rng)
+        log.error("renewed certificate not stored; still serving the current one", extra={
+            "error": error, "attempt": self._disk_failures, "retry_in_seconds": round(wait, 2)})
+        await self._clock.sleep(wait)
+        self._renew_now = True
+
+    async def _renew_once(self, key: PrivateKey, creds: Credentials, hostname: str,
+                          addresses: list[str]) -> Issued:
+        try:
+            return await self.client.renew(
+                build_csr(key, hostname), chain_file=creds.chain_path,
+                key_file=creds.key_path, hostname=hostname, addresses=addresses)
+        except RegistrarError as exc:
+            if exc.reason != ANCHOR_UNREADABLE:
+                raise
+            # Nothing reached the registrar: our own file is missing or broken. It
+            # may come back (a config push), so retry until the certificate expires.
+            log.error("cannot renew: the local trust anchor is unreadable; nothing was "
+                      "sent to the registrar", extra={"ca_file": str(self.client.ca_file),
+                                                      "error": exc.message})
+            raise RegistrarError("retry", exc.reason, exc.message, url=exc.url) from None
 
     async def _recover(self, cause: RegistrarError) -> None:
         attestor = await self.attestor()
@@ -211,13 +316,13 @@ class IdentityManager:
                 "was cloned or restored from a snapshot, the copy holds the live identity. "
                 + self._no_evidence_message(attestor))
         creds = self._health.current.credentials
-        if creds is not None and creds.valid_at(self._clock.now()):
+        if creds is not None and creds.valid_at(self._now()):
             log.error("cannot renew and no evidence to re-attest; serving the current "
                       "certificate until it expires", extra={
                           "not_after": creds.not_after.isoformat(), "reason": cause.reason})
             self._health.update(
                 last_error=f"{cause.reason}; certificate expires {creds.not_after}")
-            await self._clock.sleep(delay_until(creds.not_after, self._clock.now()))
+            await self._clock.sleep(delay_until(creds.not_after, self._now()))
         self._health.update(phase="expired")
         raise CannotContinue(
             f"the certificate expired or cannot be renewed ({cause.reason}) and there is no "
@@ -229,7 +334,30 @@ class IdentityManager:
                       max_backoff=self.tuning.max_backoff, deadline=deadline,
                       on_failure=self._failed)
 
+    def _observe_clock(self) -> None:
+        """Record the registrar's clock offset from its last answer's Date header."""
+        date, self.client.last_date = self.client.last_date, None
+        if date is None:
+            return
+        self._anchor = (date, self._clock.monotonic())
+        self._set_offset((date - self._clock.now()).total_seconds())
+
+    def _set_offset(self, offset: float) -> None:
+        was = self._health.current.clock_skewed
+        old = self._health.current.clock_offset
+        if old is not None and abs(old - offset) < 0.5:
+            return
+        self._health.update(clock_offset=round(offset, 1))
+        now = self._health.current
+        if now.clock_skewed and not was:
+            log.warning("clock skew: the registrar's clock is %+.0fs from this host's; "
+                        "judging certificates by the registrar's (fix the host's time)",
+                        now.clock_offset, extra={"offset_seconds": now.clock_offset})
+        elif was and not now.clock_skewed:
+            log.info("clock skew gone", extra={"offset_seconds": now.clock_offset})
+
     def _failed(self, exc: BaseException) -> None:
+        self._observe_clock()
         reason = exc.reason if isinstance(exc, RegistrarError) else type(exc).__name__
         if isinstance(exc, AttestError):
             reason = "attest_error"
@@ -244,6 +372,7 @@ class IdentityManager:
             return None
 
     def _install(self, key: PrivateKey, issued: Issued, *, renewal: bool) -> Credentials:
+        self._observe_clock()
         creds = self.store.commit(key, issued.chain_pem, issued.bundle_pem)
         now = self._clock.now()
         self._state = self._state.updated(
@@ -254,6 +383,7 @@ class IdentityManager:
         self.state_file.save(self._state)
         # One snapshot: the status endpoint (another thread) never shows a new
         # serial with the old rotation count.
+        self._disk_failures = 0
         self._health.update(rotations=self._state.rotations, last_success=now, last_error=None,
                             credentials=creds, phase="ready")
         log.info("certificate renewed" if renewal else "certificate issued", extra={

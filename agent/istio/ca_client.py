@@ -20,6 +20,7 @@ becomes a ``RegistrarError`` (the issuer error) with an action:
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,10 @@ class IstioCAClient:
 
     def __init__(self, vm: IstioVM, *, cert_ttl: float, timeout: float) -> None:
         self.vm = vm
+        # The trust anchor (IssuerClient): istiod is verified against root-cert.pem.
+        self.ca_file = vm.directory / "root-cert.pem"
+        # gRPC answers carry no Date header: no clock-offset reading in Istio mode.
+        self.last_date: dt.datetime | None = None
         self._ttl = int(cert_ttl)
         self._timeout = timeout
 

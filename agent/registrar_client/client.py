@@ -4,6 +4,8 @@ certificate (mTLS) and need no evidence."""
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import json
 import ssl
 from collections.abc import Callable, Sequence
@@ -35,6 +37,8 @@ class RegistrarClient:
         self._timeout = timeout
         self._user_agent = user_agent
         self._transport_factory = transport_factory
+        # The Date header of the last answer (any status): the registrar's clock.
+        self.last_date: dt.datetime | None = None
 
     def _context(self, client_cert: tuple[Path, Path] | None) -> ssl.SSLContext:
         try:
@@ -66,6 +70,7 @@ class RegistrarClient:
         except httpx.HTTPError as exc:
             raise from_transport(exc, url, ca_file=str(self.ca_file),
                                  mtls=client_cert is not None) from None
+        self.last_date = _http_date(response.headers.get("date"))
         if response.status_code != 200:
             raise from_response(response)
         if len(response.content) > MAX_RESPONSE_BYTES:
@@ -108,3 +113,13 @@ class RegistrarClient:
             return decode_issued(body)
         except WireError as exc:
             raise RegistrarError("retry", "bad_response", str(exc), url=self.url) from None
+
+
+def _http_date(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed if parsed.tzinfo is not None else None

@@ -43,9 +43,19 @@ def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
+# OpenSSL X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED.
+_TIME_CODES = {9: "not yet valid", 10: "expired"}
+
+
 def from_transport(exc: httpx.HTTPError, url: str, *, ca_file: str, mtls: bool) -> RegistrarError:
     """Translate a connection-level failure."""
     cause = _ssl_cause(exc)
+    if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_code in _TIME_CODES:
+        # Judged by our clock: a wrong clock here is passing, not a wrong anchor.
+        return RegistrarError(
+            "retry", "clock_skew",
+            f"the registrar's certificate is {_TIME_CODES[cause.verify_code]} by this host's "
+            f"clock ({cause.verify_message}); check the host's time (NTP)", url=url)
     if isinstance(cause, ssl.SSLCertVerificationError):
         return RegistrarError(
             "fatal", "registrar_untrusted",

@@ -29,6 +29,22 @@ def renewal_time(not_before: dt.datetime, not_after: dt.datetime, *, ratio: floa
     return not_before + min(offset, lifetime * LATEST_FRACTION)
 
 
+# The rate bound: renewals at least the larger of MIN_INTERVAL_FLOOR and
+# MIN_INTERVAL_FRACTION of the lifetime apart. The floor itself is at most a
+# quarter of the lifetime, so a short-lived certificate (a 20 s test TTL) can
+# still renew in time; doubling on repeats stops at half the lifetime.
+MIN_INTERVAL_FLOOR = 30.0
+MIN_INTERVAL_FRACTION = 0.1
+
+
+def min_interval(not_before: dt.datetime, not_after: dt.datetime, *, hurried: int = 0) -> float:
+    """Seconds that must pass between two renewals (monotonic time), doubled for
+    each of ``hurried`` renewals in a row that were due at once."""
+    lifetime = max(0.0, (not_after - not_before).total_seconds())
+    base = max(min(MIN_INTERVAL_FLOOR, lifetime / 4), lifetime * MIN_INTERVAL_FRACTION)
+    return min(base * 2.0 ** min(hurried, 16), max(base, lifetime / 2))
+
+
 def delay_until(moment: dt.datetime, now: dt.datetime) -> float:
     """Seconds from ``now`` to ``moment``, never negative."""
     return max(0.0, (moment - now).total_seconds())

@@ -19,6 +19,11 @@ from typing import Any
 
 from agent.credentials.model import Credentials
 
+# Above this, the registrar's clock and ours disagree enough to report and to
+# correct for: the HTTP Date header it is measured from has 1 s resolution and a
+# request takes up to the registrar timeout.
+CLOCK_SKEW_SECONDS = 10.0
+
 
 def _frozen_map(items: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(items))
@@ -37,9 +42,23 @@ class Snapshot:
     conditions: Mapping[str, bool] = field(default_factory=lambda: _frozen_map({}))
     # Per-part detail for `mesh-agent status` (e.g. the sidecar's state, restarts).
     details: Mapping[str, Mapping[str, object]] = field(default_factory=lambda: _frozen_map({}))
+    # The registrar's clock minus ours (seconds), from its last answer's Date header.
+    clock_offset: float | None = None
+
+    @property
+    def clock_skewed(self) -> bool:
+        return self.clock_offset is not None and abs(self.clock_offset) >= CLOCK_SKEW_SECONDS
+
+    def registrar_now(self, now: dt.datetime) -> dt.datetime:
+        """``now`` on the registrar's clock when ours is known to be off, else ``now``.
+        Certificates are the registrar's times, so they are judged by its clock."""
+        if self.clock_skewed:
+            assert self.clock_offset is not None
+            return now + dt.timedelta(seconds=self.clock_offset)
+        return now
 
     def cert_valid(self, now: dt.datetime) -> bool:
-        return self.credentials is not None and self.credentials.valid_at(now)
+        return self.credentials is not None and self.credentials.valid_at(self.registrar_now(now))
 
     def ready(self, now: dt.datetime) -> bool:
         return self.cert_valid(now) and all(self.conditions.values())
@@ -47,14 +66,14 @@ class Snapshot:
     def expires_in(self, now: dt.datetime) -> float | None:
         if self.credentials is None:
             return None
-        return (self.credentials.not_after - now).total_seconds()
+        return (self.credentials.not_after - self.registrar_now(now)).total_seconds()
 
     def summary(self, now: dt.datetime) -> str:
         """One line for systemd's STATUS= (shown by `systemctl status`)."""
         creds = self.credentials
         if creds is None:
             text = f"{self.phase}: no credentials yet"
-        elif not creds.valid_at(now):
+        elif not self.cert_valid(now):
             text = f"{self.phase}: certificate for {creds.spiffe_id} EXPIRED at " \
                    f"{creds.not_after:%Y-%m-%d %H:%M:%SZ}"
         else:
@@ -63,6 +82,8 @@ class Snapshot:
         down = [name for name, ok in self.conditions.items() if not ok]
         if down:
             text += f"; not ready: {', '.join(down)}"
+        if self.clock_skewed:
+            text += f"; clock skew: registrar {self.clock_offset:+.0f}s from this host"
         if self.last_error and self.phase != "ready":
             text += f"; last error: {self.last_error}"
         return text[:400]
@@ -83,6 +104,8 @@ class Snapshot:
             "last_success": self.last_success.isoformat() if self.last_success else None,
             "last_error": self.last_error,
             "conditions": dict(self.conditions),
+            "clock_offset_seconds": self.clock_offset,
+            "clock_skew": self.clock_skewed,
             **{name: dict(detail) for name, detail in self.details.items()},
         }
 

@@ -37,6 +37,15 @@ class HealthCollector:
         if health.last_success is not None:
             last.add_metric([], health.last_success.timestamp())
         yield last
+        offset = GaugeMetricFamily(
+            "mesh_agent_clock_offset_seconds",
+            "The registrar's clock minus this host's, from its last answer (absent until then)")
+        if health.clock_offset is not None:
+            offset.add_metric([], health.clock_offset)
+        yield offset
+        yield GaugeMetricFamily("mesh_agent_clock_skew",
+                                "1 when the clock offset is beyond the skew threshold",
+                                value=1.0 if health.clock_skewed else 0.0)
         yield GaugeMetricFamily("mesh_agent_ready", "1 when the agent is ready",
                                 value=1.0 if health.ready(now) else 0.0)
 

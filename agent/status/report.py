@@ -73,6 +73,10 @@ def render_text(report: dict[str, Any]) -> str:
     remaining = report.get("expires_in_seconds")
     if isinstance(remaining, int | float):
         lines.append(f"{'remaining:':<11} {_human(remaining)}")
+    offset = report.get("clock_offset_seconds")
+    if report.get("clock_skew") and isinstance(offset, int | float):
+        lines.append(f"{'clock:':<11} CLOCK SKEW: the registrar is {offset:+.0f}s from this "
+                     "host; fix the host's time (NTP)")
     conditions = report.get("conditions") or {}
     for name, ok in conditions.items():
         lines.append(f"{name + ':':<11} {'ok' if ok else 'NOT READY'}")

@@ -6,7 +6,22 @@ from dataclasses import dataclass
 
 from meshcore.exits import EX_CONFIG
 
-__all__ = ["EX_CONFIG", "ConfigError", "ConfigWarning"]
+__all__ = ["EX_CONFIG", "ConfigError", "ConfigWarning", "shown"]
+
+# How much of an offending value an error quotes: enough to recognise it, and
+# a 5 MB value must not become a 5 MB log line.
+SHOWN_CHARS = 80
+_PART_CHARS = 400
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, with an ellipsis when cut."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _capped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 class ConfigError(Exception):
@@ -17,10 +32,11 @@ class ConfigError(Exception):
     """
 
     def __init__(self, file: str, key: str, problem: str, allowed: str = "") -> None:
-        self.file = file
-        self.key = key
-        self.problem = problem
-        self.allowed = allowed
+        # Every part is capped: whatever a caller quotes, the message stays one short line.
+        self.file = file = _capped(file, _PART_CHARS)
+        self.key = key = _capped(key, SHOWN_CHARS)
+        self.problem = problem = _capped(problem, _PART_CHARS)
+        self.allowed = allowed = _capped(allowed, _PART_CHARS)
         text = f"{file}: {key}: {problem}"
         if allowed:
             text += f" (allowed: {allowed})"

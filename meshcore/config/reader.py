@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from meshcore.config.errors import ConfigError, ConfigWarning
+from meshcore.config.errors import ConfigError, ConfigWarning, shown
 from meshcore.config.source import Source
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -104,10 +104,10 @@ class Section:
                 raise self.error(name, "is required", "|".join(choices) or "a string")
             return default
         if not isinstance(raw, str) or not raw:
-            raise self.error(name, f"must be a non-empty string, got {raw!r}",
+            raise self.error(name, f"must be a non-empty string, got {shown(raw)}",
                              "|".join(choices) or "a string")
         if choices and raw not in choices:
-            raise self.error(name, f"{raw!r} is not allowed", "|".join(choices))
+            raise self.error(name, f"{shown(raw)} is not allowed", "|".join(choices))
         return raw
 
     def flag(self, name: str, default: bool) -> bool:
@@ -115,7 +115,7 @@ class Section:
         if raw is None:
             return default
         if not isinstance(raw, bool):
-            raise self.error(name, f"must be true or false, got {raw!r}", "true|false")
+            raise self.error(name, f"must be true or false, got {shown(raw)}", "true|false")
         return raw
 
     def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
@@ -123,7 +123,7 @@ class Section:
         if raw is None:
             return default
         if isinstance(raw, bool) or not isinstance(raw, int) or not minimum <= raw <= maximum:
-            raise self.error(name, f"got {raw!r}", f"an integer {minimum}..{maximum}")
+            raise self.error(name, f"got {shown(raw)}", f"an integer {minimum}..{maximum}")
         return raw
 
     def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
@@ -133,7 +133,7 @@ class Section:
         if isinstance(raw, bool) or not isinstance(raw, int | float) or not (
             minimum <= raw <= maximum
         ):
-            raise self.error(name, f"got {raw!r}", f"a number {minimum}..{maximum}")
+            raise self.error(name, f"got {shown(raw)}", f"a number {minimum}..{maximum}")
         return float(raw)
 
     def duration(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
@@ -146,22 +146,22 @@ class Section:
             seconds = float(raw) if isinstance(raw, int | float) and not isinstance(
                 raw, bool) else parse_duration(str(raw))
         except ValueError:
-            raise self.error(name, f"{raw!r} is not a duration", allowed) from None
+            raise self.error(name, f"{shown(raw)} is not a duration", allowed) from None
         if not minimum <= seconds <= maximum:
-            raise self.error(name, f"{raw!r} is out of range", allowed)
+            raise self.error(name, f"{shown(raw)} is out of range", allowed)
         return seconds
 
     def path(self, name: str, default: str | None = None) -> Path:
         value = self.text(name, default)
         if not value.startswith("/"):
-            raise self.error(name, f"{value!r} is not an absolute path", "an absolute path")
+            raise self.error(name, f"{shown(value)} is not an absolute path", "an absolute path")
         return Path(value)
 
     def url(self, name: str, default: str | None = None, *, schemes: Sequence[str]) -> str:
         value = self.text(name, default)
         parts = urlsplit(value)
         if parts.scheme not in schemes or not parts.hostname:
-            raise self.error(name, f"{value!r} is not a usable URL",
+            raise self.error(name, f"{shown(value)} is not a usable URL",
                              f"a {'|'.join(schemes)} URL with a host")
         return value.rstrip("/")
 
@@ -170,7 +170,7 @@ class Section:
         if raw is None:
             return tuple(default)
         if not isinstance(raw, list) or not all(isinstance(v, str) and v for v in raw):
-            raise self.error(name, f"got {raw!r}", "a list of strings")
+            raise self.error(name, f"got {shown(raw)}", "a list of strings")
         return tuple(raw)
 
     def port_list(self, name: str, default: Sequence[int] = ()) -> tuple[int, ...]:
@@ -188,7 +188,7 @@ class Section:
             except (TypeError, ValueError):
                 port = -1
             if isinstance(item, bool) or not 1 <= port <= 65535:
-                raise self.error(name, f"{item!r} is not a port", "TCP ports 1..65535")
+                raise self.error(name, f"{shown(item)} is not a port", "TCP ports 1..65535")
             ports.append(port)
         return tuple(ports)
 
@@ -199,7 +199,7 @@ class Section:
             try:
                 out.append(str(ipaddress.ip_network(value, strict=False)))
             except ValueError:
-                raise self.error(name, f"{value!r} is not a CIDR",
+                raise self.error(name, f"{shown(value)} is not a CIDR",
                                  "IPv4/IPv6 networks like 10.0.0.0/8 or fd00::/8") from None
         return tuple(out)
 
@@ -213,7 +213,7 @@ class Section:
         except ValueError:
             number = -1
         if not sep or not 1 <= number <= 65535:
-            raise self.error(name, f"{value!r} is not ADDRESS:PORT",
+            raise self.error(name, f"{shown(value)} is not ADDRESS:PORT",
                              "an IP address and port, e.g. 127.0.0.1:15020")
         return host, number
 
@@ -224,5 +224,5 @@ class Section:
         if not isinstance(raw, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
         ):
-            raise self.error(name, f"got {raw!r}", "a mapping of strings to strings")
+            raise self.error(name, f"got {shown(raw)}", "a mapping of strings to strings")
         return dict(raw)

@@ -9,8 +9,39 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.nodes import MappingNode, ScalarNode
 
-from meshcore.config.errors import ConfigError
+from meshcore.config.errors import ConfigError, shown
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that parses but that a config file must not use."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader without aliases and without duplicate keys.
+
+    An alias lets a kilobyte of YAML expand into gigabytes (a "billion laughs"
+    bomb), and no config here needs one. A duplicate key would silently let the
+    later value win, hiding the earlier one from whoever reads the file.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise _Refused(problem="YAML aliases (*name) are not allowed in a config file",
+                           problem_mark=event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, ScalarNode):
+                if key_node.value in seen:
+                    raise _Refused(problem=f"duplicate key {shown(key_node.value)}",
+                                   problem_mark=key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
 
 
 @dataclass(frozen=True)
@@ -38,8 +69,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), "-", "file does not exist") from exc
     except OSError as exc:
         raise ConfigError(str(path), "-", f"cannot read file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(str(path), f"line {line}", f"not UTF-8 text (byte {exc.start})",
+                          "a UTF-8 encoded YAML file") from exc
     try:
-        loaded = yaml.safe_load(text)
+        loaded = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _Refused as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}" if mark is not None else "-"
+        raise ConfigError(str(path), where, str(exc.problem), "plain YAML, each key once") \
+            from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "-"

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from agent.rotation.schedule import delay_until, renewal_time
+from agent.rotation.schedule import delay_until, min_interval, renewal_time
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 DAY = dt.timedelta(hours=24)
@@ -45,3 +45,17 @@ def test_sample_out_of_range_is_refused() -> None:
 def test_delay_is_never_negative() -> None:
     assert delay_until(T0, T0 + DAY) == 0.0
     assert delay_until(T0 + DAY, T0) == 86400.0
+
+
+@pytest.mark.parametrize(("lifetime", "hurried", "gap"), [
+    (3600, 0, 360.0),   # a tenth of the lifetime
+    (200, 0, 30.0),     # the 30 s floor
+    (70, 0, 17.5),      # the floor capped at a quarter of a short lifetime
+    (22, 0, 5.5),
+    (3600, 1, 720.0),   # doubling when due again at once...
+    (3600, 9, 1800.0),  # ...up to half the lifetime
+])
+def test_min_interval_between_renewals(lifetime: float, hurried: int, gap: float) -> None:
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    end = start + dt.timedelta(seconds=lifetime)
+    assert min_interval(start, end, hurried=hurried) == pytest.approx(gap)

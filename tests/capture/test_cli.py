@@ -79,3 +79,23 @@ def test_capture_without_a_proxy_is_a_config_error(tmp_path: Path) -> None:
     assert result.returncode == 78
     assert f"{conf}: capture.enabled: is true but sidecar.enabled is false" in result.stderr
     assert "capture.external_proxy: true" in result.stderr
+
+
+@pytest.mark.netns
+def test_legacy_remove_names_the_tables_that_stay_and_status_is_0(vm_ns: Topology,
+                                                                  tmp_path: Path) -> None:
+    conf, state = tmp_path / "agent.yaml", tmp_path / "state"
+    conf.write_text(config_text(state).replace("iptables-nft", "iptables-legacy")
+                    + "  ipv6: true\nsidecar:\n  ipv6: true\n")
+    vm_ns.serve(vm_ns.vm, "proxy:4:0.0.0.0:15001", "proxy:6:[::]:15001")
+    applied = cli(vm_ns, "apply", "--config", str(conf))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    removed = cli(vm_ns, "remove", "--config", str(conf))
+    assert removed.returncode == 0, removed.stderr
+    assert "baseline" not in removed.stdout
+    assert "the kernel cannot delete a legacy table" in removed.stdout, removed.stdout
+    assert removed.stdout.rstrip().endswith("ipv4 nat, ipv6 nat"), removed.stdout
+    # Removed on purpose while the config still says enabled: true: not drift.
+    after = cli(vm_ns, "status", "--config", str(conf))
+    assert after.returncode == 0, after.stdout
+    assert "capture: removed" in after.stdout and "capture was removed" in after.stdout
