@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import stat
 from dataclasses import replace
 from pathlib import Path
 
 from agent.capture.controller import CaptureController, ipv6_available
 from agent.capture.exempt import url_exemptions
+from agent.capture.plan import DnsCapture
 from agent.capture.runner import CaptureError
 from agent.config.model import AgentConfig
 from agent.credentials import Credentials
+from agent.dns.guard import DnsGuard, wire_check
+from agent.dns.proxy import LISTEN, DnsProxy, NameTable
+from agent.dns.resolv import nameservers
 from agent.proxy.user import ProxyUserMissing, resolve_proxy_user
+from agent.sidecar.ads import XdsServer
 from agent.sidecar.install import ConfigRejected
 from agent.sidecar.process import EnvoyNotFound, SidecarError
 from agent.sidecar.service import Sidecar
@@ -65,6 +71,10 @@ class DataPlane:
         self._state_dir = config.state_dir
         self._captured = False
         self._configured = False
+        self._xds: XdsServer | None = None
+        self._dns = config.dns
+        self.dns_proxy: DnsProxy | None = None
+        self.dns_guard: DnsGuard | None = None
         if self.sidecar is not None:
             health.condition("sidecar", False)
         if self._capture_enabled:
@@ -90,13 +100,16 @@ class DataPlane:
         except ProxyUserMissing as exc:
             raise DataPlaneConfigError(str(exc)) from exc
 
-    async def configure(self, creds: Credentials, state: AgentState) -> None:
-        """Hand the credentials and mesh settings to Envoy (start-up)."""
+    async def configure(self, creds: Credentials, state: AgentState,
+                        xds: XdsServer | None = None) -> None:
+        """Hand the credentials and mesh settings to Envoy (start-up); with ``xds``
+        Envoy gets the ADS bootstrap and its config from the registrar."""
         if self.sidecar is None:
             return
+        self._xds = xds
         try:
             self.sidecar.publish(creds.directory)
-            await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh))
+            await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh), xds)
         except (EnvoyNotFound, ConfigRejected) as exc:
             raise DataPlaneConfigError(str(exc)) from exc
         self._configured = True
@@ -107,7 +120,8 @@ class DataPlane:
             return
         try:
             self.sidecar.publish(creds.directory)
-            await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh))
+            await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh),
+                                         self._xds)
         except SidecarError as exc:
             # The old certificate and config stay live; the next rotation retries.
             log.error("could not hand the new certificate to envoy", extra={"error": str(exc)})
@@ -115,6 +129,29 @@ class DataPlane:
     async def run_envoy(self) -> None:
         if self.sidecar is not None:
             await self.sidecar.supervisor.run()
+
+    async def start_dns(self, names: NameTable) -> None:
+        """The DNS proxy, before capture: the redirect goes on only once it answers."""
+        if not self._dns.enabled:
+            return
+        text = await asyncio.to_thread(self._dns.resolv_conf.read_text)
+        upstreams = nameservers(text)
+        listen = (LISTEN[0], self._dns.listen_port)
+        self.dns_proxy = DnsProxy(names, upstreams, listen=listen)
+        await self.dns_proxy.start()
+        if self._dns.capture and self._capture_enabled:
+            # The forwarder runs in this process: its own queries to the nameservers
+            # must go direct, so this process's uid is exempt for port 53.
+            wanted = DnsCapture(upstreams, to_port=self._dns.listen_port,
+                                exempt_uids=(os.getuid(),))
+            self.dns_guard = DnsGuard(self.capture, wanted, wire_check(*listen), self._clock,
+                                      active=lambda: self._captured
+                                      and not self.capture.failed_open)
+            await self.dns_guard.step()  # records the wish; capture's apply carries it
+
+    async def guard_dns(self) -> None:
+        if self.dns_guard is not None:
+            await self.dns_guard.run()
 
     async def bring_up(self) -> None:
         """Wait for Envoy, then install and verify capture."""
@@ -165,6 +202,8 @@ class DataPlane:
     async def shut_down(self) -> None:
         """Capture off first (never leave apps black-holed), then drain Envoy."""
         await self.remove_capture()
+        if self.dns_proxy is not None:
+            await self.dns_proxy.stop()
         if self.sidecar is not None:
             await self.sidecar.supervisor.shutdown()
 

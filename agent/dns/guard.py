@@ -47,8 +47,12 @@ def wire_check(host: str, port: int, timeout: float = 0.5) -> Check:
 
 class DnsGuard:
     def __init__(self, capture: CaptureController, dns_capture: DnsCapture, check: Check,
-                 clock: Clock, *, interval: float = 1.0, failures: int = 2) -> None:
+                 clock: Clock, *, interval: float = 1.0, failures: int = 2,
+                 active: Callable[[], bool] = lambda: True) -> None:
         self._capture = capture
+        # False while capture is off (not yet on, or failed open): then only the
+        # wish is recorded, and capture's own next apply carries it.
+        self._active = active
         self._dns = dns_capture
         self._check = check
         self._clock = clock
@@ -60,11 +64,12 @@ class DnsGuard:
 
     async def _set(self, redirect: bool) -> None:
         self._capture.capture_dns(self._dns if redirect else None)
-        try:
-            await self._capture.apply()
-        except CaptureError as exc:
-            log.error("dns guard: capture apply failed: %s", exc)
-            return
+        if self._active():
+            try:
+                await self._capture.apply()
+            except CaptureError as exc:
+                log.error("dns guard: capture apply failed: %s", exc)
+                return
         self.redirecting = redirect
         self.transitions.append((self._clock.monotonic(), redirect))
         if redirect:
