@@ -20,6 +20,7 @@ from meshcore.config.reader import parse_duration
 from meshcore.exits import EX_CONFIG, EX_DATAERR, EX_NOT_OK, EX_USAGE
 from registrar import __version__
 from registrar.ca.bootstrap import InitError, init_state
+from registrar.catalog import cli as catalog_cli
 from registrar.config import RegistrarConfig, build_config
 from registrar.server import configure_logging, serve, state_paths
 from registrar.store.db import SchemaTooNew, connect
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         w = wsub.add_parser(name, help=text)
         w.add_argument("--config", required=True, type=Path)
         w.add_argument("id", type=int)
+    catalog_cli.add_parsers(sub)
     return p
 
 
@@ -126,18 +128,21 @@ def _token(args: argparse.Namespace, config: RegistrarConfig) -> int:
 
 
 def _workloads(args: argparse.Namespace, config: RegistrarConfig) -> int:
-    inventory = Inventory(connect(config.database))
+    conn = connect(config.database)
+    inventory = Inventory(conn)
     if args.action == "list":
+        mesh = catalog_cli.workload_mesh_columns(conn, config)
         rows = [{"id": w.id, "subject": w.subject, "evidence_type": w.evidence_type,
                  "spiffe_id": w.spiffe_id, "group": w.group, "hostname": w.hostname,
                  "addresses": list(w.addresses), "first_seen": _iso(w.first_seen),
-                 "last_seen": _iso(w.last_seen), "state": w.state} for w in inventory.list()]
+                 "last_seen": _iso(w.last_seen), "state": w.state, **mesh.get(w.id, {})}
+                for w in inventory.list()]
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
             for r in rows:
                 print(f"{r['id']:>5}  {r['state']:<8} {r['spiffe_id']}  {r['hostname']}  "
-                      f"last seen {r['last_seen']}")
+                      f"last seen {r['last_seen']}{catalog_cli.mesh_line(mesh.get(r['id']))}")
         return 0
     state = "evicted" if args.action == "evict" else "revoked"
     if inventory.set_state(args.id, state):
@@ -162,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(config)
         if args.command == "token":
             return _token(args, config)
+        if args.command == "service":
+            return catalog_cli.run_service(args, config)
+        if args.command == "xds":
+            return catalog_cli.run_xds(args, config)
         return _workloads(args, config)
     except ConfigError as exc:
         print(f"mesh-registrar: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ from typing import Any
 from meshcore.config.errors import ConfigError
 from meshcore.config.reader import Section
 from meshcore.config.source import load_source
+from registrar.catalog.settings import GroupMesh, MeshConfig, read_group_mesh, read_mesh
 
 # DNS-label-ish names: they end up inside SPIFFE IDs and metric labels.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -33,6 +34,8 @@ class Group:
     trust_domain: str
     cert_ttl: float
     labels: dict[str, str] = field(default_factory=dict)
+    # WorkloadGroup fields (named ports, network, readiness probe): registrar/catalog.
+    mesh: GroupMesh = field(default_factory=GroupMesh)
 
     @property
     def spiffe_id(self) -> str:
@@ -79,6 +82,7 @@ class RegistrarConfig:
     groups: dict[str, Group]
     evidence: dict[str, dict[str, Any]]
     log_level: str
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
 
 _DEFAULT_RATES = {
@@ -108,6 +112,7 @@ def _groups(root: Section, trust_domain: str) -> dict[str, Group]:
             else trust_domain,
             cert_ttl=s.duration("cert_ttl", 86400.0, minimum=1.0, maximum=90 * 86400.0),
             labels=s.str_map("labels"),
+            mesh=read_group_mesh(s),
         )
         s.finish()
         if group.name in groups:
@@ -187,6 +192,7 @@ def build_config(path: Path) -> RegistrarConfig:
         groups=_groups(root, trust_domain),
         evidence={"join_token": {}} if evidence is None else _evidence(evidence),
         log_level=root.text("log_level", "info", choices=("debug", "info", "warning", "error")),
+        mesh=read_mesh(root),
     )
     ca.finish()
     tls.finish()

@@ -46,6 +46,7 @@ REASONS: Final[dict[str, ReasonSpec]] = {
     "evidence_not_allowed": ReasonSpec(403, "fatal"),
     "instance_already_attested": ReasonSpec(403, "fatal"),
     "no_matching_group": ReasonSpec(403, "fatal"),
+    "address_mismatch": ReasonSpec(403, "fatal"),
     "client_cert_required": ReasonSpec(401, "reattest"),
     "identity_unknown": ReasonSpec(403, "reattest"),
     "identity_revoked": ReasonSpec(403, "reattest"),

@@ -26,12 +26,15 @@ from registrar.api.ratelimit import RateLimiter
 from registrar.api.service import Service
 from registrar.attestation.registry import VerifierDeps, build_verifiers
 from registrar.ca.authority import load_authority
+from registrar.catalog.agent_api import WorkloadApi
+from registrar.catalog.store import StatusStore
 from registrar.config import RegistrarConfig
 from registrar.store.challenges import ChallengeStore
 from registrar.store.db import connect
 from registrar.store.inventory import Inventory
 from registrar.store.tokens import TokenStore
 from registrar.tlsctx import tls_context
+from registrar.xds.status import metrics_text
 
 log = logging.getLogger("registrar.server")
 
@@ -42,10 +45,14 @@ def build_app(config: RegistrarConfig) -> web.Application:
     authority = load_authority(config.ca)
     challenges = ChallengeStore(conn, config.challenge_ttl)
     verifiers = build_verifiers(VerifierDeps(config=config, tokens=tokens))
+    status = StatusStore(conn)
     service = Service(config=config, authority=authority, verifiers=verifiers,
-                      challenges=challenges, inventory=Inventory(conn))
+                      challenges=challenges, inventory=Inventory(conn),
+                      on_attested=lambda wid, addrs: status.record_evidence_addresses(
+                          wid, addrs, time.time()))
     api = Api(config=config, service=service, authority=authority, challenges=challenges,
-              limiter=RateLimiter(config.limits.rates), metrics=Metrics(tokens.outstanding))
+              limiter=RateLimiter(config.limits.rates), metrics=Metrics(tokens.outstanding),
+              workloads=WorkloadApi(conn, config), extra_metrics=lambda: metrics_text(conn))
     return api.build()
 
 
@@ -91,11 +98,18 @@ def serve(config: RegistrarConfig) -> int:
             log.info("forgot %d certificates that expired over a day ago", pruned)
     finally:
         conn.close()
+    xds = _fork_xds(config) if config.mesh.xds_host else None
     if config.workers == 1:
-        _run(config, reuse_port=False)
+        try:
+            _run(config, reuse_port=False)
+        finally:
+            if xds is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(xds, signal.SIGTERM)
+                os.waitpid(xds, 0)
         return 0
     enable_multiprocess(config.state_dir / "metrics")
-    children: list[int] = []
+    children: list[int] = [] if xds is None else [xds]
     for _ in range(config.workers):
         pid = os.fork()
         if pid == 0:
@@ -110,6 +124,20 @@ def serve(config: RegistrarConfig) -> int:
                 os._exit(code)
         children.append(pid)
     return _supervise(children)
+
+
+def _fork_xds(config: RegistrarConfig) -> int:
+    """The one xDS server process (registrar/xds/process.py says why one)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            from registrar.xds.process import run_xds
+            code = run_xds(config)
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    return pid
 
 
 def _supervise(children: list[int]) -> int:

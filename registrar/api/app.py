@@ -21,6 +21,7 @@ from registrar.api.ratelimit import RateLimiter
 from registrar.api.service import Decision, Service
 from registrar.api.wire import error_response, read_json, timestamp
 from registrar.ca.authority import Authority
+from registrar.catalog.agent_api import WorkloadApi
 from registrar.config import RegistrarConfig
 from registrar.rejections import Rejected
 from registrar.store.challenges import ChallengeStore
@@ -28,7 +29,8 @@ from registrar.store.challenges import ChallengeStore
 log = logging.getLogger("registrar.decisions")
 
 _FAMILIES = {"/v1/attest": "attest", "/v1/renew": "renew", "/v1/challenge": "challenge",
-             "/v1/bundle": "read"}
+             "/v1/bundle": "read", "/v1/workload/status": "read",
+             "/v1/workload/settings": "read"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -48,13 +50,17 @@ def _remote(request: web.Request) -> str:
 
 class Api:
     def __init__(self, *, config: RegistrarConfig, service: Service, authority: Authority,
-                 challenges: ChallengeStore, limiter: RateLimiter, metrics: Metrics) -> None:
+                 challenges: ChallengeStore, limiter: RateLimiter, metrics: Metrics,
+                 workloads: WorkloadApi | None = None,
+                 extra_metrics: Callable[[], str] | None = None) -> None:
         self._config = config
         self._service = service
         self._authority = authority
         self._challenges = challenges
         self._limiter = limiter
         self._metrics = metrics
+        self._workloads = workloads
+        self._extra_metrics = extra_metrics
 
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self._guard],
@@ -65,6 +71,9 @@ class Api:
         app.router.add_get("/v1/bundle", self._bundle)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics_page)
+        if self._workloads is not None:
+            app.router.add_post("/v1/workload/status", self._workload_status)
+            app.router.add_get("/v1/workload/settings", self._workload_settings)
         return app
 
     @web.middleware
@@ -129,6 +138,16 @@ class Api:
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def _workload_status(self, request: web.Request) -> web.Response:
+        assert self._workloads is not None
+        body = await read_json(request, self._config.limits.max_body_bytes)
+        return web.json_response(self._workloads.report(body, peer_certificate(request)))
+
+    async def _workload_settings(self, request: web.Request) -> web.Response:
+        assert self._workloads is not None
+        return web.json_response(self._workloads.settings(peer_certificate(request)))
+
     async def _metrics_page(self, request: web.Request) -> web.Response:
-        return web.Response(body=self._metrics.render(),
+        extra = self._extra_metrics() if self._extra_metrics is not None else ""
+        return web.Response(body=self._metrics.render() + extra.encode(),
                             headers={"Content-Type": "text/plain; version=0.0.4"})

@@ -8,7 +8,7 @@ the SPIFFE ID, subject and remote address, never evidence, tokens or keys.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,8 @@ class Decision:
 class Service:
     def __init__(self, *, config: RegistrarConfig, authority: Authority,
                  verifiers: Mapping[str, Verifier], challenges: ChallengeStore,
-                 inventory: Inventory, clock: Clock = utcnow) -> None:
+                 inventory: Inventory, clock: Clock = utcnow,
+                 on_attested: Callable[[int, Sequence[str]], None] | None = None) -> None:
         self._config = config
         self._clock = clock
         self._authority = authority
@@ -49,6 +50,8 @@ class Service:
         self._single_use = {name for name, v in verifiers.items() if isinstance(v, SingleUse)}
         self._challenges = challenges
         self._inventory = inventory
+        # The catalog records the addresses evidence proved (registrar/catalog/store.py).
+        self._on_attested = on_attested
 
     # -- shared -----------------------------------------------------------------
     def _group_for(self, verified: Verified) -> Group:
@@ -91,16 +94,21 @@ class Service:
             challenge = self._challenges.consume(raw if isinstance(raw, str) else None)
         verified = await verifier.verify(evidence, challenge)
         group = self._group_for(verified)
+        if verified.addresses and addresses and addresses[0] not in verified.addresses:
+            raise Rejected("address_mismatch", f"primary address {addresses[0]!r} is not the "
+                           "address the evidence proves")
         csr.require_identity(group.spiffe_id)
         issued = self._authority.issue(csr.public_key, group.spiffe_id, group.cert_ttl)
         if verified.evidence_type in self._single_use:
             assert isinstance(verifier, SingleUse)
             await verifier.commit(verified)  # last: only a request that will succeed spends it
-        self._inventory.record_attestation(
+        workload = self._inventory.record_attestation(
             evidence_type=verified.evidence_type, subject=verified.subject,
             spiffe_id=group.spiffe_id, group=group.name, hostname=hostname or "",
             addresses=addresses or [], serial=issued.serial_hex,
             not_after=issued.not_after.timestamp())
+        if verified.addresses and self._on_attested is not None:
+            self._on_attested(workload.id, verified.addresses)
         return Decision(self._credentials(issued, group.spiffe_id, group), group.spiffe_id,
                         verified.subject)
 

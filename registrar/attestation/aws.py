@@ -126,7 +126,10 @@ class AwsVerifier:
         subject = f"aws:{claims['account_id']}:{claims['instance_id']}"
         if self._config.reattest == "evict" and not self.ledger.allowed(subject):
             raise _already()
-        return Verified(evidence_type="aws", subject=subject, claims=claims, group=group)
+        private_ip = doc.get("privateIp")
+        return Verified(evidence_type="aws", subject=subject, claims=claims, group=group,
+                        addresses=(private_ip,) if isinstance(private_ip, str) and private_ip
+                        else ())
 
     async def commit(self, verified: Verified) -> None:
         """Spend the instance's first use once the whole request will succeed

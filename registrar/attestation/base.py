@@ -21,6 +21,8 @@ class Verified:
     subject: str
     claims: Mapping[str, str] = field(default_factory=dict)
     group: str | None = None
+    # Addresses the evidence itself proves (EC2's privateIp); reports must agree.
+    addresses: tuple[str, ...] = ()
 
 
 class Verifier(Protocol):

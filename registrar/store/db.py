@@ -55,6 +55,66 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX challenges_expiry ON challenges(expires_at);
     """,
+    # 2: the mesh catalog (registrar/catalog): services, workload status reports,
+    # and a change counter the xDS server polls (bumped by triggers, so every
+    # writer, CLI or API worker, signals a change without knowing about xDS).
+    """
+    CREATE TABLE mesh_services (
+        name TEXT PRIMARY KEY,
+        hosts TEXT NOT NULL,
+        ports TEXT NOT NULL,
+        selector TEXT NOT NULL,
+        vip TEXT NOT NULL UNIQUE,
+        allowed TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE mesh_workload_status (
+        workload_id INTEGER PRIMARY KEY REFERENCES workloads(id),
+        addresses TEXT NOT NULL DEFAULT '[]',
+        health TEXT NOT NULL CHECK (health IN ('healthy', 'unhealthy', 'draining')),
+        evidence_addresses TEXT NOT NULL DEFAULT '[]',
+        reported_at REAL NOT NULL
+    );
+    CREATE TABLE mesh_changes (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        counter INTEGER NOT NULL
+    );
+    INSERT INTO mesh_changes (id, counter) VALUES (1, 0);
+    CREATE TRIGGER mesh_services_ins AFTER INSERT ON mesh_services
+        BEGIN UPDATE mesh_changes SET counter = counter + 1; END;
+    CREATE TRIGGER mesh_services_upd AFTER UPDATE ON mesh_services
+        BEGIN UPDATE mesh_changes SET counter = counter + 1; END;
+    CREATE TRIGGER mesh_services_del AFTER DELETE ON mesh_services
+        BEGIN UPDATE mesh_changes SET counter = counter + 1; END;
+    CREATE TRIGGER mesh_status_ins AFTER INSERT ON mesh_workload_status
+        BEGIN UPDATE mesh_changes SET counter = counter + 1; END;
+    CREATE TRIGGER mesh_status_upd AFTER UPDATE OF addresses, health ON mesh_workload_status
+        WHEN OLD.addresses IS NOT NEW.addresses OR OLD.health IS NOT NEW.health
+        BEGIN UPDATE mesh_changes SET counter = counter + 1; END;
+    CREATE TABLE mesh_xds_streams (
+        stream_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        connected_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        acked TEXT NOT NULL DEFAULT '{}',
+        nacks INTEGER NOT NULL DEFAULT 0,
+        last_nack TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE mesh_xds_counters (
+        name TEXT NOT NULL,
+        type_url TEXT NOT NULL,
+        value INTEGER NOT NULL,
+        PRIMARY KEY (name, type_url)
+    );
+    CREATE TRIGGER mesh_workloads_ins AFTER INSERT ON workloads
+        BEGIN UPDATE mesh_changes SET counter = counter + 1; END;
+    CREATE TRIGGER mesh_workloads_upd AFTER UPDATE OF state, group_name, spiffe_id ON workloads
+        WHEN OLD.state IS NOT NEW.state OR OLD.group_name IS NOT NEW.group_name
+            OR OLD.spiffe_id IS NOT NEW.spiffe_id
+        BEGIN UPDATE mesh_changes SET counter = counter + 1; END;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -76,6 +136,17 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
+def _statements(script: str) -> Iterator[str]:
+    """Split on ';' but keep a trigger's ``BEGIN ...; END`` body whole."""
+    buffer = ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \n;"):
+                yield buffer
+            buffer = ""
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply every migration newer than the stored version; returns the version."""
     with transaction(conn):
@@ -86,9 +157,8 @@ def migrate(conn: sqlite3.Connection) -> int:
             raise SchemaTooNew(f"database schema {current} is newer than this registrar's "
                                f"{SCHEMA_VERSION}; upgrade mesh-registrar")
         for script in MIGRATIONS[current:]:
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(script):
+                conn.execute(statement)
         if row is None:
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         else:

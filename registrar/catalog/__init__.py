@@ -1,0 +1,1 @@
+"""The mesh model: WorkloadGroups, WorkloadEntries and Services (Istio's ServiceEntry)."""

@@ -1,0 +1,89 @@
+"""The xDS server process: ``mesh-registrar serve`` forks exactly one when
+``xds: {listen: ADDR:PORT}`` is configured.
+
+One process, not one per API worker: ADS streams are long-lived and stateful
+(versions and nonces per stream), every change must be read from the catalog
+and built into snapshots once, not once per worker, and identical nodes share
+one snapshot only if they share a process. gRPC is imported only here, after
+the fork (grpc's core must not be initialised in a process that forks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+
+from meshcore.clock import SystemClock
+from registrar.catalog.store import change_counter, load_catalog
+from registrar.config import RegistrarConfig
+from registrar.store.db import connect
+from registrar.store.inventory import Inventory
+
+log = logging.getLogger("registrar.xds")
+FLUSH_INTERVAL = 1.0
+
+
+def _authorizer(inventory: Inventory) -> Callable[[str, str], str | None]:
+    def authorize(serial: str, spiffe_id: str) -> str | None:
+        owner = inventory.owner(serial)
+        if owner is None:
+            return "certificate not issued by this registrar's inventory"
+        if owner.spiffe_id != spiffe_id:
+            return "certificate identity does not match the inventory"
+        if owner.workload.state != "active":
+            return f"workload {owner.workload.id} is {owner.workload.state}"
+        return None
+    return authorize
+
+
+async def serve_xds(config: RegistrarConfig, *, watch_parent: bool) -> None:
+    from registrar.xds.hub import Hub
+    from registrar.xds.server import server_credentials, start
+    from registrar.xds.status import XdsStatus
+
+    conn = connect(config.database)
+    mesh = config.mesh
+    status = XdsStatus(conn)
+    status.reset()
+    hub = Hub(lambda: load_catalog(conn, config, time.time()), lambda: change_counter(conn),
+              clock=SystemClock(), quiet=mesh.debounce_quiet, max_delay=mesh.debounce_max,
+              poll=mesh.poll_interval)
+    credentials = server_credentials(config.tls_cert.read_bytes(), config.tls_key.read_bytes(),
+                                     config.ca.roots.read_bytes())
+    host = f"[{mesh.xds_host}]" if ":" in (mesh.xds_host or "") else mesh.xds_host
+    server = await start(hub, status, _authorizer(Inventory(conn)), f"{host}:{mesh.xds_port}",
+                         credentials)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.ensure_future(hub.run(stop))
+    parent = os.getppid()
+    log.info("xds serving %s:%d pid=%d", mesh.xds_host, mesh.xds_port, os.getpid())
+    try:
+        while not stop.is_set():
+            if watch_parent and os.getppid() != parent:
+                break  # the supervisor died: do not linger as an orphan
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FLUSH_INTERVAL)
+            status.flush(time.time())
+    finally:
+        stop.set()
+        await server.stop(grace=1.0)
+        watcher.cancel()
+        status.flush(time.time())
+
+
+def run_xds(config: RegistrarConfig) -> int:
+    """Entry point of the forked xDS child; returns its exit code."""
+    try:
+        asyncio.run(serve_xds(config, watch_parent=True))
+    except Exception:
+        log.exception("xds server failed")
+        return 1
+    return 0
