@@ -20,7 +20,7 @@ from agent.credentials import CredentialStore
 from agent.daemon import logs
 from agent.daemon.dataplane import DataPlane, DataPlaneConfigError
 from agent.daemon.notify import Notifier
-from agent.daemon.workload import Workload
+from agent.daemon.workload import FETCH_ATTEMPTS, Workload
 from agent.identity.host import local_host_info
 from agent.identity.manager import CannotContinue, IdentityManager, Tuning
 from agent.registrar_client import RegistrarClient
@@ -238,9 +238,10 @@ class Daemon:
             log.error("cannot obtain credentials: %s", exc)
             self.notifier.status(f"failed: {exc}")
             return exc.exit_code
-        settings = None
-        if self.config.workload.report or self.config.sidecar.mode != "static":
-            settings = await self.workload.fetch()
+        # Only an explicit ``sidecar.mode: xds`` waits for the settings; otherwise one
+        # try, so a registrar that is down never delays a start on cached credentials.
+        settings = await self.workload.fetch(
+            attempts=FETCH_ATTEMPTS if self.config.sidecar.mode == "xds" else 1)
         try:
             xds = self._xds(settings)
             log.info("sidecar mode: %s", f"xds ({xds.host}:{xds.port})" if xds else "static")

@@ -6,7 +6,9 @@ probe, the reporting interval, the DNS name table and whether the registrar
 serves xDS. Then, for the agent's lifetime, it runs the probe and reports its
 addresses and health (``POST /v1/workload/status``), and re-reads the settings
 every ``dns.refresh`` for the name table. A registrar without the workload API
-(404) is remembered: nothing is reported, the sidecar stays static.
+(404) is remembered: nothing is reported, the sidecar stays static. Start-up
+never waits long on the settings (``sidecar.mode: auto`` asks once); when they
+cannot be read then, ``run`` keeps asking and starts reporting once they come.
 
 Without a probe in the group the workload is healthy while the agent runs. A
 probe the agent cannot parse counts as failing (never serve traffic it cannot
@@ -61,10 +63,10 @@ class Workload:
         return {"chain_file": self._current / "cert-chain.pem",
                 "key_file": self._current / "key.pem"}
 
-    async def fetch(self) -> WorkloadSettings | None:
+    async def fetch(self, attempts: int = FETCH_ATTEMPTS) -> WorkloadSettings | None:
         """The settings, or None when the registrar has no workload API or cannot
-        be reached after a few attempts (the caller decides what that means)."""
-        for attempt in range(FETCH_ATTEMPTS):
+        be reached in ``attempts`` (the caller decides what that means)."""
+        for attempt in range(attempts):
             try:
                 self.settings = await self._client().workload_settings(**self._cert())
             except RegistrarError as exc:
@@ -73,7 +75,8 @@ class Workload:
                     self.available = False
                     return None
                 log.warning("workload settings (attempt %d): %s", attempt + 1, exc)
-                await self._clock.sleep(min(2.0 ** attempt, 10.0))
+                if attempt + 1 < attempts:
+                    await self._clock.sleep(min(2.0 ** attempt, 10.0))
                 continue
             self.names.update(self.settings.names)
             return self.settings
@@ -98,12 +101,18 @@ class Workload:
         await self._client().workload_status(addresses=addresses, health=health, **self._cert())
 
     async def run(self) -> None:
-        """Probe and report; refresh the name table. Returns at once without the API."""
-        if not self._config.workload.report or not self.available or self.settings is None:
+        """Probe and report, and keep the name table fresh; returns at once when
+        neither is wanted or the registrar has no workload API."""
+        wanted = self._config.workload.report or self._config.dns.enabled
+        while wanted and self.settings is None and self.available:
+            await self._clock.sleep(self._config.dns.refresh)
+            await self.fetch(attempts=1)
+        if not wanted or self.settings is None:
             return
-        self.reporter = self._reporter(self.settings)
         async with asyncio.TaskGroup() as group:
-            group.create_task(self.reporter.run())
+            if self._config.workload.report:
+                self.reporter = self._reporter(self.settings)
+                group.create_task(self.reporter.run())
             group.create_task(self._refresh())
 
     async def _refresh(self) -> None:

@@ -197,7 +197,9 @@ def test_call_by_name_balanced_then_failed_backend_leaves_eds(mesh: Any) -> None
     # Inbound traffic reached the apps through Envoy (127.0.0.6), never directly.
     assert {s.client for app in apps.values() for s in app.seen if s.path == "/hi"} == {
         "127.0.0.6"}
-    assert "spiffe://example.org/ns/shop/sa/frontend" in b.agent.log_text()
+    # b's Envoy logs the caller's SPIFFE ID (mTLS); Envoy flushes access logs late.
+    wait_for(lambda: "inbound peer=spiffe://example.org/ns/shop/sa/frontend" in (
+        b.agent.log_text()), 15, "frontend's identity in b's access log")
 
     # b's app stops: its probe fails; b leaves EDS within period x threshold + 1 s.
     apps["orders-b"].stop()
