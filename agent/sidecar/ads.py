@@ -113,7 +113,13 @@ def render_ads_bootstrap(mesh: MeshSettings, server: XdsServer, paths: EnvoyPath
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [{"envoy_grpc": {
+                    "cluster_name": XDS_CLUSTER,
+                    # Reconnect within a second or two of the registrar coming back
+                    # (Envoy's default backoff took ~8.5 s), capped for an outage.
+                    "retry_policy": {"retry_back_off": {"base_interval": "0.5s",
+                                                        "max_interval": "5s"}},
+                }}],
             },
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},

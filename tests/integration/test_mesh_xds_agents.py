@@ -213,6 +213,21 @@ def test_call_by_name_balanced_then_failed_backend_leaves_eds(mesh: Any) -> None
             0, "app:9090:/after")
     assert fe.agent.status()["sidecar"]["restarts"] == restarts  # pushes, never restarts
 
+    # The registrar dies: calls go on with the last config; back, every Envoy resyncs
+    # within the ADS bootstrap's capped reconnect backoff (5 s) plus a margin.
+    reg = mesh[1]
+    reg.kill()
+    assert app_curl(fe, resolv, "http://orders.shop.mesh:9090/outage") == (
+        0, "app:9090:/outage")
+    time.sleep(2)
+    offset = len(reg.log_text())
+    reg.start()
+    back = time.monotonic()
+    opened = re.compile(r"xds stream \d+ opened node=spiffe://example.org/ns/shop/sa/")
+    wait_for(lambda: len(opened.findall(reg.log_text()[offset:])) == 3, 15, "resync")
+    print(f"registrar restarted -> 3 Envoys resynced in {time.monotonic() - back:.2f}s")
+    assert fe.agent.status()["sidecar"]["restarts"] == restarts
+
     # SIGTERM c: draining is reported first, then capture off, then Envoy drains.
     assert c.agent.stop(timeout=30) == 0
     log = c.agent.log_text()
