@@ -222,10 +222,10 @@ def test_call_by_name_balanced_then_failed_backend_leaves_eds(mesh: Any) -> None
     time.sleep(2)
     offset = len(reg.log_text())
     reg.start()
-    back = time.monotonic()
     opened = re.compile(r"xds stream \d+ opened node=spiffe://example.org/ns/shop/sa/")
-    wait_for(lambda: len(opened.findall(reg.log_text()[offset:])) == 3, 15, "resync")
-    print(f"registrar restarted -> 3 Envoys resynced in {time.monotonic() - back:.2f}s")
+    resync = wait_for(lambda: len(opened.findall(reg.log_text()[offset:])) == 3, 15, "resync")
+    print(f"registrar restarted -> 3 Envoys resynced in {resync:.2f}s")
+    assert resync <= 6.0, resync  # Envoy's default backoff measured 8.9 s here
     assert fe.agent.status()["sidecar"]["restarts"] == restarts
 
     # SIGTERM c: draining is reported first, then capture off, then Envoy drains.
