@@ -14,6 +14,7 @@ import os
 import stat
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.capture.controller import CaptureController, ipv6_available
 from agent.capture.exempt import url_exemptions
@@ -21,9 +22,8 @@ from agent.capture.plan import DnsCapture
 from agent.capture.runner import CaptureError
 from agent.config.model import AgentConfig
 from agent.credentials import Credentials
-from agent.dns.guard import DnsGuard, wire_check
-from agent.dns.proxy import LISTEN, DnsProxy, NameTable
 from agent.dns.resolv import nameservers
+from agent.dns.table import LISTEN, NameTable
 from agent.proxy.user import ProxyUserMissing, resolve_proxy_user
 from agent.sidecar.ads import XdsServer
 from agent.sidecar.install import ConfigRejected
@@ -33,6 +33,10 @@ from agent.sidecar.settings import mesh_settings
 from agent.state.store import AgentState
 from agent.status.health import Health
 from meshcore.clock import Clock
+
+if TYPE_CHECKING:
+    from agent.dns.guard import DnsGuard
+    from agent.dns.proxy import DnsProxy
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +78,7 @@ class DataPlane:
         self._xds: XdsServer | None = None
         self._dns = config.dns
         self.dns_proxy: DnsProxy | None = None
-        self.dns_guard: DnsGuard | None = None
+        self.dns_guard: DnsGuard | None = None  # both set by start_dns
         if self.sidecar is not None:
             health.condition("sidecar", False)
         if self._capture_enabled:
@@ -134,6 +138,11 @@ class DataPlane:
         """The DNS proxy, before capture: the redirect goes on only once it answers."""
         if not self._dns.enabled:
             return
+        # dnspython is imported only here: a quarter second of start-up that agents
+        # without the DNS proxy should not pay.
+        from agent.dns.guard import DnsGuard, wire_check
+        from agent.dns.proxy import DnsProxy
+
         text = await asyncio.to_thread(self._dns.resolv_conf.read_text)
         upstreams = nameservers(text)
         listen = (LISTEN[0], self._dns.listen_port)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.config.model import AgentConfig
-from agent.dns.proxy import NameTable
+from agent.dns.table import NameTable
 from agent.health.reporter import HealthReporter
 from agent.health.runners import Runner, run_probe
 from agent.health.spec import ProbeSpec, ProbeSpecError, parse_probe

@@ -14,8 +14,6 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import cast
 
 import dns.asyncquery
@@ -23,22 +21,10 @@ import dns.exception
 import dns.message
 
 from agent.dns.answer import mesh_answer, servfail
+from agent.dns.table import LISTEN, NameTable
 
 log = logging.getLogger(__name__)
-LISTEN = ("127.0.0.1", 15053)
 MAX_TCP_MESSAGE = 65535
-
-
-@dataclass
-class NameTable:
-    """Hostname -> VIP, replaced whole on every refresh from the registrar."""
-
-    names: Mapping[str, str] = field(default_factory=dict)
-
-    def update(self, names: Mapping[str, str]) -> bool:
-        changed = dict(names) != dict(self.names)
-        self.names = dict(names)
-        return changed
 
 
 class DnsProxy:

@@ -15,7 +15,8 @@ from agent.capture.config import CaptureConfig
 from agent.capture.controller import CaptureController
 from agent.capture.plan import DnsCapture
 from agent.dns.guard import DnsGuard, wire_check
-from agent.dns.proxy import LISTEN, DnsProxy, NameTable
+from agent.dns.proxy import DnsProxy
+from agent.dns.table import LISTEN, NameTable
 from agent.proxy.config import ProxyConfig
 from meshcore.clock import SystemClock
 
