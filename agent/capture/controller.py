@@ -21,7 +21,7 @@ from pathlib import Path
 
 from agent.capture.backend import Backend, Snapshot, detect, make_backend
 from agent.capture.config import CaptureConfig
-from agent.capture.plan import CaptureSettings, Exempt, RuleSet, plan
+from agent.capture.plan import CaptureSettings, DnsCapture, Exempt, RuleSet, plan
 from agent.capture.probe import LocalProber, Prober
 from agent.capture.record import CaptureRecord, RecordStore
 from agent.capture.runner import CaptureError, Runner, SubprocessRunner
@@ -116,6 +116,7 @@ class CaptureController:
         self._clock = clock or SystemClock()
         self._owner = owner
         self._lock = asyncio.Lock()
+        self._dns: DnsCapture | None = None
         self._down_since: float | None = None  # monotonic; set while fail-open is pending
         self.failed_open = False
 
@@ -123,7 +124,8 @@ class CaptureController:
     def plan(self) -> RuleSet:
         if self._config is None:
             raise CaptureError("no capture configuration")
-        return plan(resolve(self._config, self._users, self._has_ipv6, self._exempt))
+        settings = resolve(self._config, self._users, self._has_ipv6, self._exempt)
+        return plan(replace(settings, dns=self._dns))
 
     def reconfigure(self, config: CaptureConfig) -> None:
         """New config; takes effect on the next ``apply`` (tests and benchmarks
@@ -138,6 +140,16 @@ class CaptureController:
         """The always-direct destinations (the registrar), resolved by the caller;
         take effect on the next ``apply``."""
         self._exempt = destinations
+
+    @property
+    def dns_capture(self) -> DnsCapture | None:
+        return self._dns
+
+    def capture_dns(self, dns: DnsCapture | None) -> None:
+        """Redirect the app's DNS to the DNS proxy (None: leave DNS alone); takes
+        effect on the next ``apply``. The DNS guard turns it off when the proxy
+        stops answering, so resolution never depends on a dead proxy."""
+        self._dns = dns
 
     async def choose_backend(self) -> tuple[str, str]:
         """(backend, "recorded"|"configured"|"detected") that ``apply`` would use now."""

@@ -29,10 +29,11 @@ def render_rule(rule: Rule) -> str:
         parts += ["-i", rule.in_iface]
     if rule.out_iface:
         parts += ["-o", rule.out_iface]
-    if rule.tcp:
-        parts += ["-p", "tcp"]
+    proto = "udp" if rule.udp else "tcp" if rule.tcp else None
+    if proto:
+        parts += ["-p", proto]
     if rule.dport is not None:
-        parts += ["-m", "tcp", "--dport", str(rule.dport)]
+        parts += ["-m", proto or "tcp", "--dport", str(rule.dport)]
     for flag, owner in (("--uid-owner", rule.uid), ("--gid-owner", rule.gid)):
         if owner is not None:
             parts += ["-m", "owner"] + (["!"] if rule.owner_negated else []) + [flag, str(owner)]
@@ -47,7 +48,7 @@ def render_jump(jump: Jump) -> str:
         # Only traffic addressed to this host: forwarded traffic (a Docker bridge's
         # egress) must never be captured as inbound.
         return f"-A PREROUTING -p tcp -m addrtype --dst-type LOCAL -j {jump.chain}"
-    return f"-A {jump.hook} -p tcp -j {jump.chain}"
+    return f"-A {jump.hook} -p {jump.proto} -j {jump.chain}"
 
 
 def expected(fam: FamilyRules) -> Snapshot:

@@ -38,10 +38,11 @@ def render_rule(rule: Rule, family: int) -> str:
         parts.append(f'iifname "{rule.in_iface}"')
     if rule.out_iface:
         parts.append(f'oifname "{rule.out_iface}"')
+    proto = "udp" if rule.udp else "tcp"
     if rule.dport is not None:
-        parts.append(f"tcp dport {rule.dport}")
-    elif rule.tcp:
-        parts.append("meta l4proto tcp")
+        parts.append(f"{proto} dport {rule.dport}")
+    elif rule.tcp or rule.udp:
+        parts.append(f"meta l4proto {proto}")
     neg = "!= " if rule.owner_negated else ""
     if rule.uid is not None:
         parts.append(f"meta skuid {neg}{rule.uid}")
@@ -64,7 +65,7 @@ def _hook_rules(families: tuple[FamilyRules, ...], hook: str) -> tuple[str, ...]
             if jump.hook == hook:
                 # Only traffic addressed to this host counts as inbound (never forwarded).
                 local = " fib daddr type local" if hook == "PREROUTING" else ""
-                out.append(f"meta nfproto {proto} meta l4proto tcp{local} "
+                out.append(f"meta nfproto {proto} meta l4proto {jump.proto}{local} "
                            f"jump {chain_name(jump.chain, fam.family)}")
     return tuple(out)
 

@@ -12,6 +12,13 @@ own ``MESH_`` chains:
   proxy's loopback self-calls, proxy UID/GID exemptions, loopback, excluded
   CIDRs/ports, and the rest jumps to ``MESH_REDIRECT`` (-> outbound port, 15001).
 
+* DNS (when ``CaptureSettings.dns`` is set; Istio's DNS capture):
+  ``OUTPUT -p udp`` and ``-p tcp -> MESH_DNS`` (before ``MESH_OUTPUT``): the
+  proxy's UID/GID and the DNS forwarder's UID (the agent) RETURN, then UDP and
+  TCP port 53 to each IPv4 nameserver of resolv.conf REDIRECT to the DNS
+  proxy's port (15053). IPv6 nameservers are left alone: the proxy listens on
+  127.0.0.1 only.
+
 The forced exclusions come before anything the config can add, so no
 configuration can capture SSH, the metadata service or the agent's own
 certificate renewals.
@@ -29,6 +36,8 @@ INBOUND = "MESH_INBOUND"
 IN_REDIRECT = "MESH_IN_REDIRECT"
 OUTPUT = "MESH_OUTPUT"
 REDIRECT = "MESH_REDIRECT"
+DNS = "MESH_DNS"
+DNS_PORT = 53
 CHAINS = (INBOUND, REDIRECT, IN_REDIRECT, OUTPUT)
 RETURN = "RETURN"
 TO_PORT = "REDIRECT"
@@ -58,6 +67,7 @@ class Rule:
     in_iface: str | None = None
     out_iface: str | None = None
     tcp: bool = False
+    udp: bool = False
     dport: int | None = None
     uid: int | None = None
     gid: int | None = None
@@ -70,6 +80,7 @@ class Jump:
 
     hook: str
     chain: str
+    proto: str = "tcp"
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,15 @@ class Exempt:
 
 
 @dataclass(frozen=True)
+class DnsCapture:
+    """Redirect the app's port-53 traffic to the nameservers to the DNS proxy."""
+
+    nameservers: tuple[str, ...]  # from /etc/resolv.conf
+    to_port: int = 15053
+    exempt_uids: tuple[int, ...] = ()  # the forwarder's user (the agent), besides the proxy's
+
+
+@dataclass(frozen=True)
 class CaptureSettings:
     """The config with the proxy identity resolved to numbers and the always-exempt
     destinations resolved to addresses (by the caller, at the edge)."""
@@ -113,6 +133,7 @@ class CaptureSettings:
     proxy_uid: int
     proxy_gid: int
     always_exempt: tuple[Exempt, ...] = ()
+    dns: DnsCapture | None = None
 
 
 @dataclass(frozen=True)
@@ -200,15 +221,30 @@ def _probe(s: CaptureSettings, family: int) -> Probe | None:
     return Probe(family, usable, PROBE_PORT, c.proxy.outbound_port) if usable else None
 
 
+def _dns(s: CaptureSettings, family: int) -> list[Rule]:
+    """MESH_DNS, or nothing when DNS is not captured for this family."""
+    servers = [] if s.dns is None else _cidrs(s.dns.nameservers, family)
+    if s.dns is None or family != 4 or not servers:
+        return []
+    exempt = [Rule(DNS, RETURN, uid=s.proxy_uid), Rule(DNS, RETURN, gid=s.proxy_gid)]
+    exempt += [Rule(DNS, RETURN, uid=u) for u in sorted(set(s.dns.exempt_uids) - {s.proxy_uid})]
+    return exempt + [Rule(DNS, TO_PORT, dst=d, to_port=s.dns.to_port, dport=DNS_PORT,
+                          udp=udp, tcp=not udp)
+                     for d in servers for udp in (True, False)]
+
+
 def _family(s: CaptureSettings, family: int) -> FamilyRules:
     c = s.config
     redirects = [Rule(REDIRECT, TO_PORT, tcp=True, to_port=c.proxy.outbound_port),
                  Rule(IN_REDIRECT, TO_PORT, tcp=True, to_port=c.proxy.inbound_port)]
+    dns = _dns(s, family)
+    # DNS first: a redirected query never reaches MESH_OUTPUT's catch-all.
+    dns_jumps = (Jump("OUTPUT", DNS, "udp"), Jump("OUTPUT", DNS, "tcp")) if dns else ()
     return FamilyRules(
         family=family,
-        chains=CHAINS,
-        jumps=(Jump("PREROUTING", INBOUND), Jump("OUTPUT", OUTPUT)),
-        rules=tuple(redirects + _inbound(c) + _outbound(s, family)),
+        chains=CHAINS + ((DNS,) if dns else ()),
+        jumps=(Jump("PREROUTING", INBOUND), *dns_jumps, Jump("OUTPUT", OUTPUT)),
+        rules=tuple(redirects + _inbound(c) + _outbound(s, family) + dns),
     )
 
 

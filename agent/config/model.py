@@ -6,11 +6,12 @@ this module only assembles them. Defaults follow the on-disk layout in docs/agen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.attest.config import AttestationConfig, parse_attestation
 from agent.capture.config import CaptureConfig, parse_capture
+from agent.dns.config import DnsConfig, parse_dns
 from agent.istio.config import MESH_TYPES, IstioConfig, parse_istio
 from agent.proxy.config import ProxyConfig, parse_proxy
 from agent.sidecar.config import SidecarConfig, parse_sidecar
@@ -46,6 +47,14 @@ class StatusConfig:
 
 
 @dataclass(frozen=True)
+class WorkloadConfig:
+    """Reporting to the registrar's workload API (issue: mesh without Kubernetes)."""
+
+    report: bool = True  # addresses, readiness probe, draining; off: the agent stays silent
+    drain_wait: float = 2.0  # after reporting draining, before capture goes off
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     source_file: str
     mesh_type: str                     # "static" (mesh-registrar) or "istio"
@@ -60,6 +69,8 @@ class AgentConfig:
     proxy: ProxyConfig  # the same object as sidecar.proxy and capture.proxy
     sidecar: SidecarConfig
     capture: CaptureConfig
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
     # Deprecated keys that still work: logged at start-up, shown by `mesh-agent check`.
     warnings: tuple[ConfigWarning, ...] = ()
 
@@ -89,12 +100,17 @@ def _status(s: Section) -> StatusConfig:
     return StatusConfig(enabled=s.flag("enabled", True), host=host, port=port)
 
 
+def _workload(s: Section) -> WorkloadConfig:
+    return WorkloadConfig(report=s.flag("report", True),
+                          drain_wait=s.duration("drain_wait", 2.0, minimum=0, maximum=600))
+
+
 def build_config(source: Source) -> AgentConfig:
     """Validate merged config data into an ``AgentConfig`` (raises ConfigError)."""
     root = Section(source)
     sections = {name: root.section(name) for name in (
         "mesh", "registrar", "istio", "attestation", "identity", "rotation", "status",
-        "proxy", "sidecar", "capture")}
+        "proxy", "sidecar", "capture", "workload", "dns")}
     # The proxy keys' old places, in the order a disagreement is reported.
     proxy = parse_proxy(sections["proxy"], legacy=(sections["sidecar"], sections["capture"]))
     mesh_type = sections["mesh"].text("type", "static", choices=MESH_TYPES)
@@ -119,6 +135,8 @@ def build_config(source: Source) -> AgentConfig:
         proxy=proxy.config,
         sidecar=parse_sidecar(sections["sidecar"], proxy.config),
         capture=parse_capture(sections["capture"], proxy.config),
+        workload=_workload(sections["workload"]),
+        dns=parse_dns(sections["dns"]),
         warnings=proxy.warnings,
     )
     for section in sections.values():
@@ -136,6 +154,10 @@ def _check_dataplane(config: AgentConfig, capture: Section) -> None:
         raise capture.error("external_proxy", f"is true but sidecar.enabled is true: two "
                             f"proxies cannot both own ports {ports}",
                             "false while our sidecar runs, or sidecar.enabled: false")
+    if config.dns.enabled and config.dns.capture and not cap.enabled:
+        raise capture.error("enabled", "is false but dns.capture is true: the app's DNS "
+                            "cannot be redirected without capture",
+                            "capture.enabled: true, or dns.capture: false")
     if not cap.enabled:
         return
     if not sidecar.enabled and not cap.external_proxy:

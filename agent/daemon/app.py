@@ -12,6 +12,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from agent.attest import registry
 from agent.attest.base import Attestor
@@ -21,12 +22,15 @@ from agent.credentials import CredentialStore
 from agent.daemon import logs
 from agent.daemon.dataplane import DataPlane, DataPlaneConfigError
 from agent.daemon.notify import Notifier
+from agent.daemon.workload import FETCH_ATTEMPTS, Workload
 from agent.identity.host import local_host_info
 from agent.identity.issuer import IssuerClient
 from agent.identity.manager import CannotContinue, IdentityManager, Tuning
 from agent.istio.attestor import IstioTokenAttestor
 from agent.istio.ca_client import IstioCAClient
 from agent.registrar_client import RegistrarClient
+from agent.registrar_client.workload import WorkloadSettings
+from agent.sidecar.ads import XdsServer
 from agent.state.layout import StateDirError, prepare_state_dir
 from agent.state.store import StateFile
 from agent.status.health import Health
@@ -43,7 +47,8 @@ STATUS_LINE_SECONDS = 5.0
 # socket, Envoy's bootstrap, installed rules, the chosen attestor, open files)
 # and keep their running value until a restart.
 RELOAD_APPLIES = ("registrar", "istio", "identity", "rotation", "log_level")
-RELOAD_REJECTS = ("mesh", "attestation", "status", "state_dir", "proxy", "sidecar", "capture")
+RELOAD_REJECTS = ("mesh", "attestation", "status", "state_dir", "proxy", "sidecar", "capture",
+                  "workload", "dns")
 # config section -> AgentConfig field, where they differ
 _FIELDS = {"identity": "key_type", "mesh": "mesh_type"}
 
@@ -106,6 +111,10 @@ class Daemon:
             clock=self.clock, rng=rng, health=self.health, tuning=tuning_of(config),
             host=local_host_info)
         self.dataplane = DataPlane(config, self.health, self.clock)
+        # Istio mode has no workload API (istiod registers VMs by WorkloadEntry).
+        self.workload = Workload(config, self._registrar_client if config.istio is None
+                                 else None, self.clock)
+        self._up = asyncio.Event()
         self.manager.on_rotated.append(
             lambda creds: self.dataplane.rotated(creds, self.manager.state))
         self.status = StatusServer(self.health, self.clock, host=config.status.host,
@@ -169,14 +178,50 @@ class Daemon:
         await self._stop.wait()
         self.health.update(phase="stopping")
         self.notifier.stopping()
+        # Callers first: draining takes this VM out of their endpoints before
+        # capture goes off and Envoy drains.
+        try:
+            await self.workload.drain()
+        except Exception as exc:  # any failure: never block the stop order
+            log.error("could not report draining", extra={"error": str(exc)})
         await self.dataplane.shut_down()
         raise _Stop
 
     async def _bring_up(self) -> None:
+        await self.dataplane.start_dns(self.workload.names)
         await self.dataplane.bring_up()
+        self._up.set()
         self.notifier.ready(self._summary())
         creds = self.health.current.credentials
         log.info("ready", extra={"spiffe_id": creds.spiffe_id if creds else None})
+
+    async def _workload(self) -> None:
+        """Probe and report only once Envoy and capture are up: healthy means
+        callers may send, so the data plane must be ready for them."""
+        await self._up.wait()
+        await self.workload.run()
+
+    def _registrar_client(self) -> RegistrarClient:
+        client = self.manager.client
+        assert isinstance(client, RegistrarClient)  # static mode only
+        return client
+
+    def _xds(self, settings: WorkloadSettings | None) -> XdsServer | None:
+        """Where Envoy gets its config: the registrar's ADS server, or None (static).
+
+        ``auto`` follows the registrar: xds when its settings name an xDS port.
+        Raises DataPlaneConfigError for ``xds`` against a registrar without it."""
+        mode = self.config.sidecar.mode
+        port = settings.xds_port if settings is not None else None
+        if mode == "static" or not self.config.sidecar.enabled or self.config.registrar is None:
+            return None
+        if port is None:
+            if mode == "xds":
+                raise DataPlaneConfigError(
+                    "sidecar.mode is xds but the registrar offers no xDS server "
+                    "(its workload settings have no xds port)")
+            return None
+        return XdsServer(urlsplit(self.config.registrar.url).hostname or "", port)
 
     async def run(self) -> int:
         self._install_signals()
@@ -228,8 +273,14 @@ class Daemon:
             log.error("cannot obtain credentials: %s", exc)
             self.notifier.status(f"failed: {exc}")
             return exc.exit_code
+        # Only an explicit ``sidecar.mode: xds`` waits for the settings; otherwise one
+        # try, so a registrar that is down never delays a start on cached credentials.
+        settings = await self.workload.fetch(
+            attempts=FETCH_ATTEMPTS if self.config.sidecar.mode == "xds" else 1)
         try:
-            await self.dataplane.configure(start.result(), self.manager.state)
+            xds = self._xds(settings)
+            log.info("sidecar mode: %s", f"xds ({xds.host}:{xds.port})" if xds else "static")
+            await self.dataplane.configure(start.result(), self.manager.state, xds)
         except DataPlaneConfigError as exc:
             log.error("cannot start the sidecar: %s", exc)
             self.notifier.status(f"failed: {exc}")
@@ -240,6 +291,8 @@ class Daemon:
                 group.create_task(self.dataplane.run_envoy())
                 group.create_task(self._bring_up())
                 group.create_task(self.dataplane.watch())
+                group.create_task(self.dataplane.guard_dns())
+                group.create_task(self._workload())
                 group.create_task(self.manager.run())
                 group.create_task(self._status_lines())
                 group.create_task(self._until_stopped())

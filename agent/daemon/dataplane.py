@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import stat
 from dataclasses import replace
 from pathlib import Path
@@ -17,11 +18,14 @@ from typing import TYPE_CHECKING
 
 from agent.capture.controller import CaptureController, ipv6_available
 from agent.capture.exempt import url_exemptions
-from agent.capture.plan import Exempt
+from agent.capture.plan import DnsCapture, Exempt
 from agent.capture.runner import CaptureError
 from agent.config.model import AgentConfig, control_plane_urls, effective_capture
 from agent.credentials import Credentials
+from agent.dns.resolv import nameservers
+from agent.dns.table import LISTEN, NameTable
 from agent.proxy.user import ProxyUserMissing, resolve_proxy_user
+from agent.sidecar.ads import XdsServer
 from agent.sidecar.install import ConfigRejected
 from agent.sidecar.process import EnvoyNotFound, SidecarError
 from agent.sidecar.service import Sidecar
@@ -31,6 +35,8 @@ from agent.status.health import Health
 from meshcore.clock import Clock
 
 if TYPE_CHECKING:
+    from agent.dns.guard import DnsGuard
+    from agent.dns.proxy import DnsProxy
     from agent.istio.dataplane import IstioDataPlane
 
 log = logging.getLogger(__name__)
@@ -81,6 +87,10 @@ class DataPlane:
         self._state_dir = config.state_dir
         self._captured = False
         self._configured = False
+        self._xds: XdsServer | None = None
+        self._dns = config.dns
+        self.dns_proxy: DnsProxy | None = None
+        self.dns_guard: DnsGuard | None = None  # both set by start_dns
         if self.sidecar is not None:
             health.condition("sidecar", False)
         if self._capture_enabled:
@@ -108,10 +118,13 @@ class DataPlane:
         if self.istio is not None and self.sidecar is not None:
             await self.istio.start(self.sidecar.proxy.gid)
 
-    async def configure(self, creds: Credentials, state: AgentState) -> None:
-        """Hand the credentials and mesh settings to Envoy (start-up)."""
+    async def configure(self, creds: Credentials, state: AgentState,
+                        xds: XdsServer | None = None) -> None:
+        """Hand the credentials and mesh settings to Envoy (start-up); with ``xds``
+        Envoy gets the ADS bootstrap and its config from the registrar."""
         if self.sidecar is None:
             return
+        self._xds = xds
         try:
             # Istio mode: the key goes to Envoy over the SDS socket only, never
             # into a file the proxy user could read.
@@ -119,7 +132,7 @@ class DataPlane:
                 self.istio.publish(creds)
             else:
                 self.sidecar.publish(creds.directory)
-            await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh))
+            await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh), xds)
         except (EnvoyNotFound, ConfigRejected) as exc:
             raise DataPlaneConfigError(str(exc)) from exc
         self._configured = True
@@ -133,7 +146,8 @@ class DataPlane:
             return  # the bootstrap does not depend on the certificate
         try:
             self.sidecar.publish(creds.directory)
-            await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh))
+            await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh),
+                                         self._xds)
         except SidecarError as exc:
             # The old certificate and config stay live; the next rotation retries.
             log.error("could not hand the new certificate to envoy", extra={"error": str(exc)})
@@ -141,6 +155,34 @@ class DataPlane:
     async def run_envoy(self) -> None:
         if self.sidecar is not None:
             await self.sidecar.supervisor.run()
+
+    async def start_dns(self, names: NameTable) -> None:
+        """The DNS proxy, before capture: the redirect goes on only once it answers."""
+        if not self._dns.enabled:
+            return
+        # dnspython is imported only here: a quarter second of start-up that agents
+        # without the DNS proxy should not pay.
+        from agent.dns.guard import DnsGuard, wire_check
+        from agent.dns.proxy import DnsProxy
+
+        text = await asyncio.to_thread(self._dns.resolv_conf.read_text)
+        upstreams = nameservers(text)
+        listen = (LISTEN[0], self._dns.listen_port)
+        self.dns_proxy = DnsProxy(names, upstreams, listen=listen)
+        await self.dns_proxy.start()
+        if self._dns.capture and self._capture_enabled:
+            # The forwarder runs in this process: its own queries to the nameservers
+            # must go direct, so this process's uid is exempt for port 53.
+            wanted = DnsCapture(upstreams, to_port=self._dns.listen_port,
+                                exempt_uids=(os.getuid(),))
+            self.dns_guard = DnsGuard(self.capture, wanted, wire_check(*listen), self._clock,
+                                      active=lambda: self._captured
+                                      and not self.capture.failed_open)
+            await self.dns_guard.step()  # records the wish; capture's apply carries it
+
+    async def guard_dns(self) -> None:
+        if self.dns_guard is not None:
+            await self.dns_guard.run()
 
     async def bring_up(self) -> None:
         """Wait for Envoy, then install and verify capture."""
@@ -193,6 +235,8 @@ class DataPlane:
     async def shut_down(self) -> None:
         """Capture off first (never leave apps black-holed), then drain Envoy."""
         await self.remove_capture()
+        if self.dns_proxy is not None:
+            await self.dns_proxy.stop()
         if self.sidecar is not None:
             await self.sidecar.supervisor.shutdown()
         if self.istio is not None:

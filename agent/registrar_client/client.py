@@ -17,6 +17,7 @@ import httpx
 from agent.attest.base import Evidence
 from agent.registrar_client.errors import RegistrarError, from_response, from_transport
 from agent.registrar_client.wire import Issued, WireError, decode_issued
+from agent.registrar_client.workload import WorkloadSettings, decode_settings
 
 TransportFactory = Callable[[ssl.SSLContext], httpx.AsyncBaseTransport]
 MAX_RESPONSE_BYTES = 1 << 20
@@ -107,6 +108,22 @@ class RegistrarClient:
         if not isinstance(pem, str):
             raise RegistrarError("retry", "bad_response", "bundle missing", url=self.url)
         return pem.encode()
+
+    async def workload_status(self, *, addresses: Sequence[str], health: str,
+                              chain_file: Path, key_file: Path) -> None:
+        """Report addresses and health (mTLS with the workload certificate)."""
+        await self._call("POST", "/v1/workload/status",
+                         {"addresses": list(addresses), "health": health},
+                         client_cert=(chain_file, key_file))
+
+    async def workload_settings(self, *, chain_file: Path, key_file: Path) -> WorkloadSettings:
+        """The group's probe, the reporting interval, the DNS name table, the xDS port."""
+        body = await self._call("GET", "/v1/workload/settings", None,
+                                client_cert=(chain_file, key_file))
+        try:
+            return decode_settings(body)
+        except WireError as exc:
+            raise RegistrarError("retry", "bad_response", str(exc), url=self.url) from None
 
     def _decode(self, body: Any) -> Issued:
         try:

@@ -4,6 +4,7 @@ Example::
 
     sidecar:
       enabled: true
+      mode: auto                      # auto | xds | static (see docs/discovery.md)
       envoy_path: /usr/local/bin/envoy
       admin_port: 15000               # Envoy's admin interface, on 127.0.0.1 only
       app_ports: [8080, 9090]         # original destination port -> 127.0.0.1:<port>
@@ -29,6 +30,8 @@ from pathlib import Path
 from agent.proxy.config import ProxyConfig
 from meshcore.config.reader import Section
 
+# auto: xds when the registrar's workload settings offer an xDS port, else static.
+MODES = ("auto", "xds", "static")
 ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
 SPIFFE_PATTERN_HELP = "spiffe://TRUST-DOMAIN/PATH, or a prefix ending in /* (spiffe://td/ns/x/*)"
 
@@ -54,6 +57,7 @@ class RestartPolicy:
 @dataclass(frozen=True)
 class SidecarConfig:
     enabled: bool
+    mode: str = "auto"
     envoy_path: Path = Path("/usr/local/bin/envoy")
     # Envoy's user and listener ports: the proxy: section, shared with capture.
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
@@ -125,6 +129,7 @@ def parse_sidecar(s: Section, proxy: ProxyConfig) -> SidecarConfig:
                           "ports other than " + ", ".join(str(p) for p in envoy_ports))
     return SidecarConfig(
         enabled=enabled,
+        mode=s.text("mode", "auto", choices=MODES),
         envoy_path=s.path("envoy_path", "/usr/local/bin/envoy"),
         proxy=proxy,
         admin_port=admin_port,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.proxy.user import ProxyIdentity, resolve_proxy_user
+from agent.sidecar.ads import XdsServer, render_ads_bootstrap
 from agent.sidecar.config import SidecarConfig
 from agent.sidecar.install import install_bootstrap
 from agent.sidecar.process import Runner, SubprocessRunner
@@ -88,12 +89,20 @@ class Sidecar:
         self._logger.info("certificate generation %s handed to envoy", generation.name)
         return generation.name
 
-    async def configure(self, mesh: MeshSettings) -> bool:
-        """Render, validate and install the bootstrap for ``mesh``; restart a running
-        Envoy when the file changed (e.g. new mesh settings after a renewal).
-        Raises ConfigRejected/EnvoyNotFound with the old file kept live."""
-        document = (self._render(mesh) if self._render is not None
-                    else render_bootstrap(self.config, mesh, self.paths))
+    async def configure(self, mesh: MeshSettings, xds: XdsServer | None = None) -> bool:
+        """Render, validate and install the bootstrap for ``mesh`` (Istio mode's
+        renderer when one was given; the ADS bootstrap when ``xds`` is given);
+        restart a running Envoy when the file changed (e.g. new mesh settings after
+        a renewal). In xds mode the bootstrap depends only on the identity and the
+        registrar's address, so mesh changes arrive as ADS pushes and never restart
+        Envoy. Raises ConfigRejected/EnvoyNotFound with the old file kept live."""
+        if self._render is not None:
+            document = self._render(mesh)
+        elif xds is not None:
+            document = render_ads_bootstrap(mesh, xds, self.paths,
+                                            admin_port=self.config.admin_port)
+        else:
+            document = render_bootstrap(self.config, mesh, self.paths)
         changed = await install_bootstrap(
             self.config, document, self.paths,
             runner=self._runner, user=self.proxy, chown=self._chown)

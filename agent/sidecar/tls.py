@@ -24,7 +24,7 @@ SECRET_TYPE = _TLS_TYPES + "Secret"
 _TLS_PARAMS = {"tls_minimum_protocol_version": "TLSv1_2"}
 
 
-def _sds(name: str, document: str, paths: EnvoyPaths) -> dict[str, Any]:
+def sds_ref(name: str, document: str, paths: EnvoyPaths) -> dict[str, Any]:
     return {
         "name": name,
         "sds_config": {
@@ -51,10 +51,10 @@ def common_tls_context(paths: EnvoyPaths, peers: Sequence[str]) -> dict[str, Any
     return {
         "tls_params": dict(_TLS_PARAMS),
         "tls_certificate_sds_secret_configs": [
-            _sds(CERT_SECRET, str(paths.cert_secret_file), paths)],
+            sds_ref(CERT_SECRET, str(paths.cert_secret_file), paths)],
         "combined_validation_context": {
             "default_validation_context": {"match_typed_subject_alt_names": san_matchers(peers)},
-            "validation_context_sds_secret_config": _sds(
+            "validation_context_sds_secret_config": sds_ref(
                 BUNDLE_SECRET, str(paths.bundle_secret_file), paths),
         },
     }

@@ -16,11 +16,15 @@ from agent.capture.config import CaptureConfig
 from agent.capture.iptables import NatState, parse_nat, render_apply, render_remove, render_rule
 from agent.capture.nftables import render_apply as render_nft
 from agent.capture.plan import (
+    DNS as DNS_CHAIN,
+)
+from agent.capture.plan import (
     IN_REDIRECT,
     INBOUND,
     OUTPUT,
     REDIRECT,
     CaptureSettings,
+    DnsCapture,
     Exempt,
     RuleSet,
     plan,
@@ -215,3 +219,45 @@ def test_cidrs_are_canonical_like_the_read_back() -> None:
     got = lines(config, 6) + lines(config, 4)
     assert "-A MESH_OUTPUT -d fd00::/32 -j RETURN" in got
     assert "-A MESH_OUTPUT -d 10.0.0.0/8 -j RETURN" in got
+
+
+# DNS capture (Istio's): the app's port 53 to each IPv4 nameserver -> the DNS proxy.
+DNS = DnsCapture(("10.0.0.2", "fd00::53", "127.0.0.53"), to_port=15053, exempt_uids=(998,))
+
+
+def planned_dns(config: CaptureConfig) -> RuleSet:
+    return plan(CaptureSettings(config, 1337, 1338, REGISTRAR, dns=DNS))
+
+
+@pytest.mark.parametrize(("name", "family"), [("dns-ipv4.rules", 4), ("dns-ipv6.rules", 6)])
+def test_iptables_dns_golden(name: str, family: int) -> None:
+    fam = planned_dns(CaptureConfig(enabled=True)).family(family)
+    assert fam is not None
+    check_golden(name, render_apply(fam, EMPTY))
+
+
+def test_nftables_dns_golden() -> None:
+    check_golden("dns.nft", render_nft(planned_dns(CaptureConfig(enabled=True))))
+
+
+def test_dns_semantics() -> None:
+    fam = planned_dns(CaptureConfig(enabled=True)).family(4)
+    assert fam is not None
+    dns = [render_rule(r) for r in fam.rules if r.chain == DNS_CHAIN]
+    # Exemptions first: Envoy's uid and gid and the forwarder's uid, for both protocols.
+    assert dns[:3] == ["-A MESH_DNS -m owner --uid-owner 1337 -j RETURN",
+                       "-A MESH_DNS -m owner --gid-owner 1338 -j RETURN",
+                       "-A MESH_DNS -m owner --uid-owner 998 -j RETURN"]
+    # Then UDP and TCP 53, per IPv4 nameserver (the IPv6 one is not captured).
+    assert dns[3:] == [
+        f"-A MESH_DNS -d {ns}/32 -p {p} -m {p} --dport 53 -j REDIRECT --to-ports 15053"
+        for ns in ("10.0.0.2", "127.0.0.53") for p in ("udp", "tcp")]
+    # The DNS chain is consulted before MESH_OUTPUT's catch-all redirect.
+    hooks = [(j.hook, j.chain, j.proto) for j in fam.jumps]
+    assert hooks.index(("OUTPUT", DNS_CHAIN, "udp")) < hooks.index(("OUTPUT", OUTPUT, "tcp"))
+    assert hooks.index(("OUTPUT", DNS_CHAIN, "tcp")) < hooks.index(("OUTPUT", OUTPUT, "tcp"))
+    v6 = planned_dns(CaptureConfig(enabled=True)).family(6)
+    assert v6 is not None and DNS_CHAIN not in v6.chains
+    # No DNS settings: no DNS chain at all (the guard's "redirect off").
+    off = planned(CaptureConfig(enabled=True)).family(4)
+    assert off is not None and DNS_CHAIN not in off.chains

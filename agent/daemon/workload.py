@@ -1,0 +1,145 @@
+"""The workload's side of the mesh catalog, sequenced for the daemon.
+
+After attestation the agent reads its group's settings (``GET
+/v1/workload/settings``, mTLS with the workload certificate): the readiness
+probe, the reporting interval, the DNS name table and whether the registrar
+serves xDS. Then, for the agent's lifetime, it runs the probe and reports its
+addresses and health (``POST /v1/workload/status``), and re-reads the settings
+every ``dns.refresh`` for the name table. A registrar without the workload API
+(404) is remembered: nothing is reported, the sidecar stays static. Start-up
+never waits long on the settings (``sidecar.mode: auto`` asks once); when they
+cannot be read then, ``run`` keeps asking and starts reporting once they come.
+
+Without a probe in the group the workload is healthy while the agent runs. A
+probe the agent cannot parse counts as failing (never serve traffic it cannot
+check), with the reason logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.config.model import AgentConfig
+from agent.dns.table import NameTable
+from agent.health.reporter import HealthReporter
+from agent.health.runners import Runner, run_probe
+from agent.health.spec import ProbeSpec, ProbeSpecError, parse_probe
+from agent.identity.host import local_host_info
+from agent.registrar_client.client import RegistrarClient
+from agent.registrar_client.errors import RegistrarError
+from agent.registrar_client.workload import WorkloadSettings
+from meshcore.clock import Clock
+
+log = logging.getLogger(__name__)
+FETCH_ATTEMPTS = 5
+
+
+async def _always(spec: ProbeSpec) -> bool:
+    return True
+
+
+async def _never(spec: ProbeSpec) -> bool:
+    return False
+
+
+class Workload:
+    def __init__(self, config: AgentConfig, client: Callable[[], RegistrarClient] | None,
+                 clock: Clock, *, addresses: Callable[[], list[str]] | None = None) -> None:
+        """``client`` None: no workload API (Istio mode: istiod has none)."""
+        self._config = config
+        self._client: Callable[[], RegistrarClient] = client or _no_client
+        self._clock = clock
+        self._addresses = addresses or (lambda: local_host_info()[1])
+        self._current = config.state_dir / "credentials" / "current"
+        self.settings: WorkloadSettings | None = None
+        # False once the registrar answered 404, or from the start without a registrar.
+        self.available = client is not None
+        self.names = NameTable()
+        self.reporter: HealthReporter | None = None
+
+    def _cert(self) -> dict[str, Path]:
+        # ``current`` follows every renewal, so each call presents the live certificate.
+        return {"chain_file": self._current / "cert-chain.pem",
+                "key_file": self._current / "key.pem"}
+
+    async def fetch(self, attempts: int = FETCH_ATTEMPTS) -> WorkloadSettings | None:
+        """The settings, or None when the registrar has no workload API or cannot
+        be reached in ``attempts`` (the caller decides what that means)."""
+        if not self.available:
+            return None
+        for attempt in range(attempts):
+            try:
+                self.settings = await self._client().workload_settings(**self._cert())
+            except RegistrarError as exc:
+                if exc.status == 404:
+                    log.info("the registrar has no workload API; not reporting health")
+                    self.available = False
+                    return None
+                log.warning("workload settings (attempt %d): %s", attempt + 1, exc)
+                if attempt + 1 < attempts:
+                    await self._clock.sleep(min(2.0 ** attempt, 10.0))
+                continue
+            self.names.update(self.settings.names)
+            return self.settings
+        return None
+
+    def _reporter(self, settings: WorkloadSettings) -> HealthReporter:
+        runner: Runner = run_probe
+        if settings.probe is None:
+            spec, runner = ProbeSpec("none", period=settings.report_interval), _always
+        else:
+            try:
+                spec = parse_probe(settings.probe)
+            except ProbeSpecError as exc:
+                log.error("the group's readiness probe is invalid, reporting unhealthy: %s",
+                          exc, extra={"reason": exc.reason})
+                spec, runner = ProbeSpec("invalid", period=settings.report_interval), _never
+        return HealthReporter(spec, self._report, self._clock,
+                              report_interval=settings.report_interval, runner=runner)
+
+    async def _report(self, health: str) -> None:
+        addresses = await asyncio.to_thread(self._addresses)
+        await self._client().workload_status(addresses=addresses, health=health, **self._cert())
+
+    async def run(self) -> None:
+        """Probe and report, and keep the name table fresh; returns at once when
+        neither is wanted or the registrar has no workload API."""
+        wanted = self._config.workload.report or self._config.dns.enabled
+        while wanted and self.settings is None and self.available:
+            await self._clock.sleep(self._config.dns.refresh)
+            await self.fetch(attempts=1)
+        if not wanted or self.settings is None:
+            return
+        async with asyncio.TaskGroup() as group:
+            if self._config.workload.report:
+                self.reporter = self._reporter(self.settings)
+                group.create_task(self.reporter.run())
+            group.create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        while True:
+            await self._clock.sleep(self._config.dns.refresh)
+            try:
+                settings = await self._client().workload_settings(**self._cert())
+            except RegistrarError as exc:
+                log.warning("workload settings refresh failed, keeping the last: %s", exc)
+                continue
+            if self.names.update(settings.names):
+                log.info("mesh name table: %d names", len(settings.names))
+            self.settings = settings
+
+    async def drain(self) -> None:
+        """Report ``draining`` and give callers ``drain_wait`` to stop sending."""
+        if self.reporter is None:
+            return
+        await self.reporter.drain()
+        log.info("reported draining; waiting %gs before capture goes off",
+                 self._config.workload.drain_wait)
+        await asyncio.sleep(self._config.workload.drain_wait)
+
+
+def _no_client() -> RegistrarClient:
+    raise RuntimeError("no workload API without a registrar")  # guarded by ``available``

@@ -1,0 +1,1 @@
+"""The DNS proxy: mesh hostnames answered with their VIPs, the rest forwarded."""
