@@ -58,7 +58,9 @@ class Source:
         while key:
             if key in self.origins:
                 return self.origins[key]
-            key = key.rpartition(".")[0]
+            # "groups[0].name" -> "groups[0]" -> "groups": a list item was set by
+            # the file that set the list.
+            key = key.rpartition("[")[0] if key.endswith("]") else key.rpartition(".")[0]
         return self.default_file
 
 

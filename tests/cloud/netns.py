@@ -47,7 +47,8 @@ class CloudVm:
 
     def serve_metadata(self, cloud: str, pki_dir: Path, *, drop_put: bool = False) -> None:
         argv = [*self.prefix, sys.executable, "-m", "tests.fakes.metadata_main",
-                "--cloud", cloud, "--pki", str(pki_dir), "--listen", f"{METADATA}:80"]
+                "--cloud", cloud, "--pki", str(pki_dir), "--listen", f"{METADATA}:80",
+                "--private-ip", self.vm_ip]
         if drop_put:
             argv.append("--drop-put")
         proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

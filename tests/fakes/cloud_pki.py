@@ -191,7 +191,8 @@ class CloudPki:
     # -- EC2 -------------------------------------------------------------------
     @staticmethod
     def aws_document(*, instance_id: str = "i-0123456789abcdef0", region: str = "us-east-1",
-                     account_id: str = "123456789012", pending: float | None = None) -> bytes:
+                     account_id: str = "123456789012", pending: float | None = None,
+                     private_ip: str = "10.0.0.12") -> bytes:
         pending = time.time() - 300 if pending is None else pending
         doc = {
             "accountId": account_id, "architecture": "x86_64",
@@ -201,7 +202,7 @@ class CloudPki:
             "instanceType": "t3.micro", "kernelId": None,
             "pendingTime": dt.datetime.fromtimestamp(pending, dt.UTC).strftime(
                 "%Y-%m-%dT%H:%M:%SZ"),
-            "privateIp": "10.0.0.12", "ramdiskId": None, "region": region, "version": "2017-09-30",
+            "privateIp": private_ip, "ramdiskId": None, "region": region, "version": "2017-09-30",
         }
         # AWS pretty-prints with two spaces; the exact bytes matter for the signature.
         return json.dumps(doc, indent=2).encode()

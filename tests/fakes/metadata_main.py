@@ -21,11 +21,14 @@ from tests.fakes.gce_metadata import FakeGce
 
 
 def build_app(cloud: str, pki: CloudPki, *, drop_put: bool = False,
-              instance_id: str | None = None) -> web.Application:
+              instance_id: str | None = None, private_ip: str | None = None) -> web.Application:
     if cloud == "gce":
         return FakeGce(pki, **({"instance_id": instance_id} if instance_id else {})).app()
     if cloud == "aws":
-        doc = pki.aws_document(instance_id=instance_id) if instance_id else None
+        # Like EC2, the document names the instance's own private address.
+        options = {"instance_id": instance_id, "private_ip": private_ip}
+        doc = pki.aws_document(**{k: v for k, v in options.items() if v}) if any(
+            options.values()) else None
         return FakeEc2(pki, document=doc, drop_put_replies=drop_put).app()
     if cloud == "azure":
         return FakeAzure(pki, **({"vm_id": instance_id} if instance_id else {})).app()
@@ -35,7 +38,8 @@ def build_app(cloud: str, pki: CloudPki, *, drop_put: bool = False,
 async def serve(args: argparse.Namespace) -> None:
     host, _, port = args.listen.rpartition(":")
     runner = web.AppRunner(build_app(args.cloud, CloudPki.load(Path(args.pki)),
-                                     drop_put=args.drop_put, instance_id=args.instance_id),
+                                     drop_put=args.drop_put, instance_id=args.instance_id,
+                                     private_ip=args.private_ip),
                            access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, int(port)).start()
@@ -55,6 +59,7 @@ def main() -> None:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--drop-put", action="store_true")
     parser.add_argument("--instance-id")
+    parser.add_argument("--private-ip")
     asyncio.run(serve(parser.parse_args()))
 
 

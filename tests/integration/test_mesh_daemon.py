@@ -116,7 +116,8 @@ def test_two_agents_talk_mtls_and_stop_cleanly(mesh: tuple[AgentProcess, AgentPr
     # The registrar is exempt (the VM renews even with Envoy down), nothing else of the peer's.
     assert f"-A MESH_OUTPUT -d {address}/32 -p tcp -m tcp --dport {port} -j RETURN" in (
         nat_rules(hosts.vm.name))
-    assert f"capture exempts the registrar: {address}/32 port {port}" in vm.log_text()
+    assert f"capture exempts the control plane: registrar {address}/32 port {port}" in (
+        vm.log_text())
     # The peer's config predates proxy:; it works, and says where the old keys are.
     assert "capture.proxy_uid: is deprecated (use: proxy.uid instead)" in peer.log_text()
     assert "is deprecated" not in vm.log_text()

@@ -175,7 +175,9 @@ def test_istiod_refuses_a_bad_istio_token(istiod: Istiod, pilot_agent_vm: PilotA
     offset = len(istiod.log_text())
     agent = pilot_agent_vm("bad", "vm-bad", "bad-sa", token=token[why], start=False)
     agent.start()
-    deadline = time.monotonic() + 20
+    # pilot-agent's first CSR can come late on a loaded machine (it starts Envoy
+    # and its local XDS proxy first): wait up to a minute; a refusal ends the wait.
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not istiod.rejections(offset):
         time.sleep(0.5)
     assert istiod.rejections(offset), istiod.log_text()[offset:][-2000:]

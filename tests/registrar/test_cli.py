@@ -86,15 +86,15 @@ def test_bad_config_exits_78_naming_file_key_and_allowed(
     state = tmp_path / "s"
     assert cli("init", "--state-dir", str(state), "--trust-domain", "x.example").returncode == 0
     config = state / "registrar.yaml"
-    base = config.read_text()
-    replaced = text.split(":", maxsplit=1)[0]
-    if replaced in ("trust_domain", "listen"):  # a duplicate key: drop the starter's line
-        base = "\n".join(line for line in base.splitlines() if not line.startswith(replaced))
-    config.write_text(base + "\n" + text)
+    # A drop-in overrides the starter config (a key written twice in one file is an
+    # error of its own), and the error must name the drop-in that set the key.
+    dropin = state / "registrar.d" / "90-test.yaml"
+    dropin.parent.mkdir()
+    dropin.write_text(text)
     for command in (["serve"], ["token", "list"]):
         out = cli(*command, "--config", str(config))
         assert out.returncode == 78, out.stderr
-        assert str(config) in out.stderr and key in out.stderr and allowed in out.stderr
+        assert str(dropin) in out.stderr and key in out.stderr and allowed in out.stderr
 
 
 def test_token_create_for_unknown_group_is_a_config_error(tmp_path: Path) -> None:
