@@ -1,6 +1,7 @@
 """Installed into the test VM only (never packaged): lets the watchdog test
 stall a running agent. A ``.pth`` file in the guest's
-``/usr/local/lib/python3.11/dist-packages`` imports it at interpreter start;
+``/usr/lib/python3/dist-packages`` (on sys.path for every Debian python3, 3.11
+on Debian 12 and 3.13 on Debian 13) imports it at interpreter start;
 the packaged launcher runs ``python3 -I``, which still reads site-packages
 ``.pth`` files but ignores PYTHONPATH. It acts only where the unit's drop-in
 sets ``MESH_VMTEST_STALL_ON_USR1=1`` (the agent, not cloud-init's Python).
@@ -16,7 +17,7 @@ import time
 
 ENV = "MESH_VMTEST_STALL_ON_USR1"
 MODULE = "mesh_vmtest_stall"
-SITE_DIR = "/usr/local/lib/python3.11/dist-packages"
+SITE_DIR = "/usr/lib/python3/dist-packages"
 
 
 def _stall(signum: int, frame: object) -> None:
