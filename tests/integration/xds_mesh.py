@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -163,6 +165,44 @@ def outbound_chains(vm: Vm) -> set[str]:
     return set()
 
 
+def push_latency(db: Path, action: Callable[[], object], arrived: Callable[[], bool],
+                 timeout: float = 10.0) -> float:
+    """Seconds from the commit of ``action``'s catalog write (a CLI call) until
+    ``arrived()`` holds. The commit is the first moment ``mesh_changes.counter``
+    (bumped by triggers on every catalog write) differs, polled every 5 ms from a
+    thread; ``arrived`` is polled meanwhile, while the CLI may still be exiting. So
+    neither the CLI's start-up nor its exit (seconds each under load) is charged."""
+    def counter(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT counter FROM mesh_changes").fetchone()[0])
+
+    committed: list[float] = []
+    conn = sqlite3.connect(db, check_same_thread=False)
+    before = counter(conn)
+    deadline = time.monotonic() + timeout
+
+    def watch() -> None:
+        while time.monotonic() < deadline:
+            if counter(conn) != before:
+                committed.append(time.monotonic())
+                return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    runner = threading.Thread(target=action, daemon=True)
+    watcher.start()
+    runner.start()
+    try:
+        while not committed and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert committed, "the action changed nothing in the catalog"
+        wait_for(arrived, max(0.0, deadline - time.monotonic()), "the change to arrive")
+        return time.monotonic() - committed[0]
+    finally:
+        runner.join(timeout=60)
+        watcher.join()
+        conn.close()
+
+
 class Load:
     """The app's continuous calls by name: one curl after another inside the VM,
     each writing ``HTTP_CODE CURL_EXIT`` to a file, until ``stop``."""
@@ -228,8 +268,9 @@ def start_resolver(hub: Hub) -> subprocess.Popen[str]:
     return proc
 
 
-VMS = (("frontend", "frontend", []), ("intruder", "intruder", []),
-       ("orders-b", "orders", [9090]), ("orders-c", "orders", [9090]))
+VMS: tuple[tuple[str, str, list[int]], ...] = (
+    ("frontend", "frontend", []), ("intruder", "intruder", []),
+    ("orders-b", "orders", [9090]), ("orders-c", "orders", [9090]))
 
 
 @pytest.fixture
