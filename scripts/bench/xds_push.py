@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -196,6 +197,7 @@ def main() -> int:
         many = fan_out(reg, node_id, pairs[1:], args.client_procs, xds, port, "many")
     finally:
         reg.kill()
+        shutil.rmtree(base, ignore_errors=True)  # 1,001 private keys: never left behind
     print(f"machine: {os.cpu_count()} cores; {args.client_procs} client processes share them "
           f"with the registrar; load average (1 min) at the 1-node push {one['load']:.2f}, "
           f"at the {many['connected']:.0f}-node push {many['load']:.2f}")
