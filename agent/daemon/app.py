@@ -12,6 +12,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from agent.attest import registry
@@ -22,7 +23,7 @@ from agent.credentials import CredentialStore
 from agent.daemon import logs
 from agent.daemon.dataplane import DataPlane, DataPlaneConfigError
 from agent.daemon.notify import Notifier
-from agent.daemon.workload import FETCH_ATTEMPTS, Workload
+from agent.daemon.workload import Workload
 from agent.identity.host import local_host_info
 from agent.identity.issuer import IssuerClient
 from agent.identity.manager import CannotContinue, IdentityManager, Tuning
@@ -39,8 +40,11 @@ from meshcore.clock import Clock, Rng, SystemClock, system_rng
 from meshcore.exits import EX_CONFIG, EX_OK
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 STATUS_LINE_SECONDS = 5.0
+# Not ready while xds mode waits for the registrar's workload settings at start.
+SETTINGS_CONDITION = "registrar_settings"
 
 # What SIGHUP does with each changed part of the config. Applied parts take
 # effect at once; the others are bound into running parts (a listening
@@ -113,7 +117,7 @@ class Daemon:
         self.dataplane = DataPlane(config, self.health, self.clock)
         # Istio mode has no workload API (istiod registers VMs by WorkloadEntry).
         self.workload = Workload(config, self._registrar_client if config.istio is None
-                                 else None, self.clock)
+                                 else None, self.clock, rng=rng)
         self._up = asyncio.Event()
         self.manager.on_rotated.append(
             lambda creds: self.dataplane.rotated(creds, self.manager.state))
@@ -223,6 +227,33 @@ class Daemon:
             return None
         return XdsServer(urlsplit(self.config.registrar.url).hostname or "", port)
 
+    async def _until_stop(self, work: Awaitable[_T]) -> tuple[_T] | None:
+        """``(result,)`` of ``work``, or None when SIGTERM came first (work cancelled)."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            return None
+        return (task.result(),)
+
+    async def _wait_settings(self) -> WorkloadSettings | None:
+        """xds mode: the settings, however long the registrar takes. Meanwhile the
+        agent is not ready, and status and systemd say why."""
+        def waiting(error: str) -> None:
+            self.health.condition(SETTINGS_CONDITION, False)
+            self.health.detail("xds", {"state": "waiting for the registrar's workload "
+                                                "settings", "last_error": error})
+            self.notifier.status(f"not ready: waiting for the registrar's workload "
+                                 f"settings (xDS port): {error}")
+        settings = await self.workload.wait_settings(waiting)
+        if SETTINGS_CONDITION in self.health.current.conditions:
+            self.health.condition(SETTINGS_CONDITION, True)
+            self.health.detail("xds", {"state": "settings received"})
+            log.info("workload settings received")
+        return settings
+
     async def run(self) -> int:
         self._install_signals()
         if self.status is not None:
@@ -260,27 +291,28 @@ class Daemon:
             self.notifier.status(f"failed: {exc}")
             return EX_CONFIG
         self.notifier.status("obtaining credentials")
-        start = asyncio.ensure_future(self.manager.start())
-        stop = asyncio.ensure_future(self._stop.wait())
-        await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if not start.done():
-            start.cancel()
-            return EX_OK
-        stop.cancel()
         try:
-            start.result()
+            started = await self._until_stop(self.manager.start())
         except CannotContinue as exc:
             log.error("cannot obtain credentials: %s", exc)
             self.notifier.status(f"failed: {exc}")
             return exc.exit_code
-        # Only an explicit ``sidecar.mode: xds`` waits for the settings; otherwise one
-        # try, so a registrar that is down never delays a start on cached credentials.
-        settings = await self.workload.fetch(
-            attempts=FETCH_ATTEMPTS if self.config.sidecar.mode == "xds" else 1)
+        if started is None:
+            return EX_OK
+        # Only an explicit ``sidecar.mode: xds`` waits for the settings (the xDS port
+        # is in them); otherwise one try, so a registrar that is down never delays a
+        # start on cached credentials.
+        if self.config.sidecar.mode == "xds" and self.config.registrar is not None:
+            waited = await self._until_stop(self._wait_settings())
+            if waited is None:
+                return EX_OK
+            settings = waited[0]
+        else:
+            settings = await self.workload.fetch()
         try:
             xds = self._xds(settings)
             log.info("sidecar mode: %s", f"xds ({xds.host}:{xds.port})" if xds else "static")
-            await self.dataplane.configure(start.result(), self.manager.state, xds)
+            await self.dataplane.configure(started[0], self.manager.state, xds)
         except DataPlaneConfigError as exc:
             log.error("cannot start the sidecar: %s", exc)
             self.notifier.status(f"failed: {exc}")

@@ -3,12 +3,15 @@
 After attestation the agent reads its group's settings (``GET
 /v1/workload/settings``, mTLS with the workload certificate): the readiness
 probe, the reporting interval, the DNS name table and whether the registrar
-serves xDS. Then, for the agent's lifetime, it runs the probe and reports its
-addresses and health (``POST /v1/workload/status``), and re-reads the settings
-every ``dns.refresh`` for the name table. A registrar without the workload API
-(404) is remembered: nothing is reported, the sidecar stays static. Start-up
-never waits long on the settings (``sidecar.mode: auto`` asks once); when they
-cannot be read then, ``run`` keeps asking and starts reporting once they come.
+serves xDS. ``sidecar.mode: xds`` cannot start Envoy without them (the xDS port
+is in them), so it waits for them as long as it takes (``wait_settings``,
+capped backoff with jitter), saying why it is not ready meanwhile. Then, for
+the agent's lifetime, it runs the probe and reports its addresses and health
+(``POST /v1/workload/status``), and re-reads the settings every
+``dns.refresh`` for the name table. A registrar without the workload API
+(404) is remembered: nothing is reported, the sidecar stays static. With
+``sidecar.mode: auto`` start-up asks once; when they cannot be read then,
+``run`` keeps asking and starts reporting once they come.
 
 Without a probe in the group the workload is healthy while the agent runs. A
 probe the agent cannot parse counts as failing (never serve traffic it cannot
@@ -31,10 +34,13 @@ from agent.identity.host import local_host_info
 from agent.registrar_client.client import RegistrarClient
 from agent.registrar_client.errors import RegistrarError
 from agent.registrar_client.workload import WorkloadSettings
-from meshcore.clock import Clock
+from agent.rotation.retry import backoff
+from meshcore.clock import Clock, Rng, system_rng
 
 log = logging.getLogger(__name__)
-FETCH_ATTEMPTS = 5
+# Waiting for the settings at start (xds mode): 1 s doubling to 15 s, so a
+# registrar that comes back is seen within 15 s and a fleet does not retry in step.
+WAIT_MIN_BACKOFF, WAIT_MAX_BACKOFF = 1.0, 15.0
 
 
 async def _always(spec: ProbeSpec) -> bool:
@@ -47,11 +53,13 @@ async def _never(spec: ProbeSpec) -> bool:
 
 class Workload:
     def __init__(self, config: AgentConfig, client: Callable[[], RegistrarClient] | None,
-                 clock: Clock, *, addresses: Callable[[], list[str]] | None = None) -> None:
+                 clock: Clock, *, addresses: Callable[[], list[str]] | None = None,
+                 rng: Rng | None = None) -> None:
         """``client`` None: no workload API (Istio mode: istiod has none)."""
         self._config = config
         self._client: Callable[[], RegistrarClient] = client or _no_client
         self._clock = clock
+        self._rng = rng or system_rng()
         self._addresses = addresses or (lambda: local_host_info()[1])
         self._current = config.state_dir / "credentials" / "current"
         self.settings: WorkloadSettings | None = None
@@ -65,26 +73,44 @@ class Workload:
         return {"chain_file": self._current / "cert-chain.pem",
                 "key_file": self._current / "key.pem"}
 
-    async def fetch(self, attempts: int = FETCH_ATTEMPTS) -> WorkloadSettings | None:
+    async def fetch(self) -> WorkloadSettings | None:
         """The settings, or None when the registrar has no workload API or cannot
-        be reached in ``attempts`` (the caller decides what that means)."""
+        be reached now (one try; the caller decides what that means)."""
+        try:
+            return await self._fetch_once()
+        except RegistrarError as exc:
+            log.warning("workload settings: %s", exc)
+            return None
+
+    async def wait_settings(self, waiting: Callable[[str], None]) -> WorkloadSettings | None:
+        """The settings, however long the registrar takes to answer; None only when
+        it has no workload API. ``waiting`` is told each failure (for status)."""
+        attempt = 0
+        while True:
+            try:
+                return await self._fetch_once()
+            except RegistrarError as exc:
+                attempt += 1
+                wait = backoff(attempt, min_backoff=WAIT_MIN_BACKOFF,
+                               max_backoff=WAIT_MAX_BACKOFF, rng=self._rng)
+                log.warning("workload settings (attempt %d, next in %.1fs): %s",
+                            attempt, wait, exc)
+                waiting(str(exc))
+                await self._clock.sleep(wait)
+
+    async def _fetch_once(self) -> WorkloadSettings | None:
         if not self.available:
             return None
-        for attempt in range(attempts):
-            try:
-                self.settings = await self._client().workload_settings(**self._cert())
-            except RegistrarError as exc:
-                if exc.status == 404:
-                    log.info("the registrar has no workload API; not reporting health")
-                    self.available = False
-                    return None
-                log.warning("workload settings (attempt %d): %s", attempt + 1, exc)
-                if attempt + 1 < attempts:
-                    await self._clock.sleep(min(2.0 ** attempt, 10.0))
-                continue
-            self.names.update(self.settings.names)
-            return self.settings
-        return None
+        try:
+            self.settings = await self._client().workload_settings(**self._cert())
+        except RegistrarError as exc:
+            if exc.status != 404:
+                raise
+            log.info("the registrar has no workload API; not reporting health")
+            self.available = False
+            return None
+        self.names.update(self.settings.names)
+        return self.settings
 
     def _reporter(self, settings: WorkloadSettings) -> HealthReporter:
         runner: Runner = run_probe
@@ -110,7 +136,7 @@ class Workload:
         wanted = self._config.workload.report or self._config.dns.enabled
         while wanted and self.settings is None and self.available:
             await self._clock.sleep(self._config.dns.refresh)
-            await self.fetch(attempts=1)
+            await self.fetch()
         if not wanted or self.settings is None:
             return
         async with asyncio.TaskGroup() as group:

@@ -77,8 +77,8 @@ class WorkloadApi:
             raise Rejected("address_mismatch", f"primary address {parsed[0]} is not the "
                            f"address the attestation evidence proved ({', '.join(proven)})")
         now = self._clock()
-        self._status.report(workload_id, parsed, health, now)
         grace = self._config.mesh.health_grace
+        self._status.report(workload_id, parsed, health, now, grace)
         status, _ = effective_health(health, now, now, grace)
         return {"workload_id": workload_id, "health": status, "addresses": parsed,
                 "report_interval_seconds": max(1.0, grace / 3), "grace_seconds": grace}

@@ -123,15 +123,25 @@ class StatusStore:
         return () if row is None else tuple(json.loads(row[0]))
 
     def report(self, workload_id: int, addresses: Sequence[str], health: str,
-               now: float) -> None:
+               now: float, grace: float | None = None) -> None:
+        """Record a report. A report that revives an entry (never reported, or silent
+        for longer than ``grace``) changes its effective health even when the health
+        and addresses are the same, which the triggers cannot see: it bumps the
+        change counter itself, so the xDS server re-reads at once."""
         if health not in HEALTH_STATES:
             raise ValueError(health)
-        self._conn.execute(
-            "INSERT INTO mesh_workload_status (workload_id, addresses, health, reported_at)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT (workload_id) DO UPDATE SET"
-            " addresses = excluded.addresses, health = excluded.health,"
-            " reported_at = excluded.reported_at",
-            (workload_id, json.dumps(list(addresses)), health, now))
+        with transaction(self._conn) as conn:
+            row = conn.execute("SELECT reported_at FROM mesh_workload_status"
+                               " WHERE workload_id = ?", (workload_id,)).fetchone()
+            previous = float(row[0]) if row is not None and row[0] else 0.0
+            conn.execute(
+                "INSERT INTO mesh_workload_status (workload_id, addresses, health,"
+                " reported_at) VALUES (?, ?, ?, ?) ON CONFLICT (workload_id) DO UPDATE SET"
+                " addresses = excluded.addresses, health = excluded.health,"
+                " reported_at = excluded.reported_at",
+                (workload_id, json.dumps(list(addresses)), health, now))
+            if grace is not None and (not previous or now - previous > grace):
+                conn.execute("UPDATE mesh_changes SET counter = counter + 1")
 
 
 def change_counter(conn: sqlite3.Connection) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -26,6 +27,8 @@ from registrar.store.inventory import Inventory
 
 log = logging.getLogger("registrar.xds")
 FLUSH_INTERVAL = 1.0
+M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+TRIM_AFTER_STREAMS = 50  # streams opened or closed since the last trim
 
 
 def _authorizer(inventory: Inventory) -> Callable[[str, str], str | None]:
@@ -52,7 +55,7 @@ async def serve_xds(config: RegistrarConfig, *, watch_parent: bool) -> None:
     status.reset()
     hub = Hub(lambda: load_catalog(conn, config, time.time()), lambda: change_counter(conn),
               clock=SystemClock(), quiet=mesh.debounce_quiet, max_delay=mesh.debounce_max,
-              poll=mesh.poll_interval)
+              poll=mesh.poll_interval, grace=mesh.health_grace)
     credentials = server_credentials(config.tls_cert.read_bytes(), config.tls_key.read_bytes(),
                                      config.ca.roots.read_bytes())
     host = f"[{mesh.xds_host}]" if ":" in (mesh.xds_host or "") else mesh.xds_host
@@ -66,6 +69,7 @@ async def serve_xds(config: RegistrarConfig, *, watch_parent: bool) -> None:
     watcher = asyncio.ensure_future(hub.run(stop))
     parent = os.getppid()
     log.info("xds serving %s:%d pid=%d", mesh.xds_host, mesh.xds_port, os.getpid())
+    trimmed = 0
     try:
         while not stop.is_set():
             if watch_parent and os.getppid() != parent:
@@ -73,6 +77,9 @@ async def serve_xds(config: RegistrarConfig, *, watch_parent: bool) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), FLUSH_INTERVAL)
             status.flush(time.time())
+            if abs(len(status.streams) - trimmed) >= TRIM_AFTER_STREAMS:
+                trimmed = len(status.streams)
+                release_free_memory()
     finally:
         stop.set()
         await server.stop(grace=1.0)
@@ -80,8 +87,27 @@ async def serve_xds(config: RegistrarConfig, *, watch_parent: bool) -> None:
         status.flush(time.time())
 
 
+def fewer_malloc_arenas() -> None:
+    """glibc gives threads that allocate their own malloc arenas (up to 8 per core);
+    gRPC's threads then each keep one partly used. Two arenas, set before gRPC
+    starts a thread, lower the RSS per idle ADS connection (scripts/bench/xds_push.py).
+    Not glibc (no ``mallopt``): nothing to do."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
+
+
+def release_free_memory() -> None:
+    """Give freed heap pages back to the system (glibc ``malloc_trim``). Each TLS
+    handshake leaves freed temporaries between the allocations that stay for the
+    connection's life, which RSS keeps counting; once a wave of connections has
+    come or gone, this returns them (measured in scripts/bench/xds_push.py)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def run_xds(config: RegistrarConfig) -> int:
     """Entry point of the forked xDS child; returns its exit code."""
+    fewer_malloc_arenas()
     try:
         asyncio.run(serve_xds(config, watch_parent=True))
     except Exception:

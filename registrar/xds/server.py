@@ -27,7 +27,7 @@ from cryptography import x509
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 
-from registrar.xds.hub import Hub
+from registrar.xds.hub import Hub, Key
 from registrar.xds.resources import DEFAULT_SDS_DIR, NodeFiles
 from registrar.xds.status import StreamRow, XdsStatus
 from registrar.xds.stream import AdsStream, Reply
@@ -110,16 +110,20 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             log.warning("xds refused peer=%s: %s", peer, exc)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
             return
-        await self._serve(context, request_iterator, first, spiffe_id, peer)
-
-    async def _serve(self, context: grpc.aio.ServicerContext[DiscoveryRequest, Any],
-                     requests: AsyncIterator[DiscoveryRequest], first: DiscoveryRequest,
-                     spiffe_id: str, peer: str) -> None:
         key = (spiffe_id, node_files(first))
-        stream = AdsStream(spiffe_id)
-        row = StreamRow(str(next(self._ids)), spiffe_id, peer, time.time())
         inbox = _Inbox()
         inbox.queue.put_nowait(first)
+        # The first request carries Envoy's whole node (build, extensions: tens of KiB
+        # as a message); once handled nothing may keep it for the stream's lifetime.
+        del first
+        await self._serve(context, request_iterator, inbox, key, peer)
+
+    async def _serve(self, context: grpc.aio.ServicerContext[DiscoveryRequest, Any],
+                     requests: AsyncIterator[DiscoveryRequest], inbox: _Inbox, key: Key,
+                     peer: str) -> None:
+        spiffe_id = key[0]
+        stream = AdsStream(spiffe_id)
+        row = StreamRow(str(next(self._ids)), spiffe_id, peer, time.time())
 
         async def read() -> None:
             async for request in requests:
@@ -173,6 +177,20 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         return responses
 
 
+# Per-connection buffers, sized for xDS rather than bulk transfer: a push is a few
+# KiB and an ACK a few hundred bytes, yet by default each mTLS connection keeps a
+# 16 KiB TLS frame buffer and a read buffer that BDP probing grows. Smaller ones
+# cost nothing measurable in push time (scripts/bench/xds_push.py).
+MEMORY_OPTIONS = (
+    ("grpc.tsi.max_frame_size", 4096),
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.experimental.tcp_read_chunk_size", 2048),
+    ("grpc.experimental.tcp_max_read_chunk_size", 16384),
+    ("grpc.enable_channelz", 0),
+    ("grpc.http2.hpack_table_size.decoder", 512),
+)
+
+
 def server_credentials(cert_pem: bytes, key_pem: bytes, roots_pem: bytes) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=roots_pem,
                                        require_client_auth=True)
@@ -184,6 +202,7 @@ async def start(hub: Hub, status: XdsStatus, authorize: Authorizer, address: str
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_concurrent_streams", 16),
+        *MEMORY_OPTIONS,
     ])
     # Registered by hand rather than with xds-protos' helper: responses are bytes
     # already serialized (registrar/xds/wire.py), so the serializer is the identity.

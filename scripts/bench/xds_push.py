@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -34,6 +35,7 @@ import psutil  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
+from meshcore.clock import SystemClock  # noqa: E402
 from registrar.ca.authority import load_authority  # noqa: E402
 from registrar.catalog.model import Service, ServicePort  # noqa: E402
 from registrar.catalog.store import ServiceStore  # noqa: E402
@@ -50,7 +52,7 @@ LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 def issue(config_path: Path, count: int, out: Path) -> list[tuple[Path, Path]]:
     config = build_config(config_path)
     authority = load_authority(config.ca)
-    inventory = Inventory(connect(config.database))
+    inventory = Inventory(connect(config.database), SystemClock())
     group = config.groups["bench"]
     pairs = []
     for i in range(count):
@@ -151,6 +153,7 @@ def fan_out(reg: RegistrarProcess, node_id: str, pairs: list[tuple[Path, Path]],
               now=time.time())
     time.sleep(3.0 + len(pairs) / 500)
     cpu = sum(xds.cpu_times()[:2]) - cpu0
+    load = os.getloadavg()[0]
     stop.set()
     times = [t for _ in workers for t in results.get(timeout=60)]
     for w in workers:
@@ -160,7 +163,7 @@ def fan_out(reg: RegistrarProcess, node_id: str, pairs: list[tuple[Path, Path]],
             "last": max(got) if got else float("nan"),
             "median": statistics.median(got) if got else float("nan"),
             "rss_per_conn": (rss_idle - rss_before) / max(1, connected),
-            "rss_before": rss_before, "cpu": cpu}
+            "rss_before": rss_before, "cpu": cpu, "load": load}
 
 
 def main() -> int:
@@ -168,6 +171,8 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--client-procs", type=int, default=4)
     args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores, load average at start "
+          f"{os.getloadavg()[0]:.2f} (1 min)", flush=True)
     base = Path(tempfile.mkdtemp(prefix="xds-bench-"))
     port = free_port()
     reg = RegistrarProcess(base, groups={"bench": Group("bench", "vm", 3600, {"app": "bench"})},
@@ -192,8 +197,10 @@ def main() -> int:
         many = fan_out(reg, node_id, pairs[1:], args.client_procs, xds, port, "many")
     finally:
         reg.kill()
-    print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
-          f"{args.client_procs} client processes share them with the registrar")
+        shutil.rmtree(base, ignore_errors=True)  # 1,001 private keys: never left behind
+    print(f"machine: {os.cpu_count()} cores; {args.client_procs} client processes share them "
+          f"with the registrar; load average (1 min) at the 1-node push {one['load']:.2f}, "
+          f"at the {many['connected']:.0f}-node push {many['load']:.2f}")
     print(f"push to 1 node (reference):      {one['last'] * 1000:7.0f} ms")
     print(f"push to {many['received']}/{many['connected']:.0f} nodes, last ACKed: "
           f"{many['last'] * 1000:7.0f} ms (median {many['median'] * 1000:.0f} ms; "
