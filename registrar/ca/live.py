@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from meshcore.clock import Clock
@@ -128,3 +129,38 @@ class LiveCa:
         base.sni_callback = switch
         return base
 
+
+
+def xds_pems(config: RegistrarConfig) -> tuple[tuple[bytes, bytes, bytes],
+                                                Callable[[], tuple[bytes, bytes, bytes] | None]]:
+    """The xDS server's certificate, key and client roots now, and a function that
+    returns new ones once ``rotation.json`` changed (None meanwhile)."""
+    path = rotation_file(config.state_dir)
+
+    def stamp() -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def read() -> tuple[bytes, bytes, bytes]:
+        return (config.tls_cert.read_bytes(), config.tls_key.read_bytes(),
+                verify_pem(config, load(config.state_dir)).encode())
+
+    seen = [stamp()]
+
+    def changed() -> tuple[bytes, bytes, bytes] | None:
+        now = stamp()
+        if now == seen[0]:
+            return None
+        try:
+            pems = read()
+        except (OSError, ValueError) as exc:
+            log.warning("xds: CA rotation seen but not loadable yet", extra={"error": str(exc)})
+            return None
+        seen[0] = now
+        log.info("xds: server certificate and client roots reloaded")
+        return pems
+
+    return read(), changed
