@@ -3,8 +3,9 @@ poll interval rather than one certificate lifetime.
 
 ``GET /v1/bundle`` over the pinned TLS, with the current certificate (the
 registrar records that this workload holds the new bundle, which ``ca rotate
-activate`` waits for) and ``If-None-Match`` with the last version seen (an
-unchanged bundle costs a bodiless 304). A changed bundle becomes a new
+activate`` waits for) and ``If-None-Match`` with the version applied here (an
+unchanged bundle costs a bodiless 304, and the registrar learns which version
+this VM holds). A changed bundle becomes a new
 credential generation with the same key and chain (written durably, like a
 renewal), and Envoy takes the new validation context live from the file SDS
 directory. Renewals hand out the bundle too; this only makes it sooner.
@@ -42,11 +43,15 @@ class BundlePoller:
         cert = (creds.chain_path, creds.key_path) if creds is not None else None
         answer = await self._client().poll_bundle(known_version=self.version, client_cert=cert)
         if answer is None:
+            log.debug("trust bundle unchanged", extra={"version": self.version})
             return False
         changed = await self._manager.adopt_bundle(answer.pem)
         self.version = answer.version
         if changed:
             log.info("new trust bundle from the registrar", extra={"version": answer.version})
+            # Tell the registrar at once that this version is now in use here (a 304
+            # carrying it): `ca rotate activate` waits for that, not for the download.
+            await self._client().poll_bundle(known_version=self.version, client_cert=cert)
         return changed
 
     async def run(self) -> None:

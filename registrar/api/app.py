@@ -187,12 +187,18 @@ class Api:
 
     async def _bundle(self, request: web.Request) -> web.Response:
         """The bundle and its version; the version is also the ETag, so a poller
-        sending ``If-None-Match`` gets a bodiless 304 while nothing changed."""
+        sending ``If-None-Match`` gets a bodiless 304 while nothing changed. With a
+        client certificate, ``If-None-Match`` also records which version the
+        workload holds."""
         authority = self._service.authority()
         version = authority.bundle_version
-        self._service.bundle_seen(peer_certificate(request), version)
+        held = request.headers.get("If-None-Match", "").strip().removeprefix("W/").strip('"')
+        if held.isdigit():
+            # What the agent says it holds (applied), not what we are about to send:
+            # `ca rotate activate` must wait until the new root is in use on the VM.
+            self._service.bundle_seen(peer_certificate(request), int(held))
         etag = f'"{version}"'
-        if etag in request.headers.get("If-None-Match", ""):
+        if held == str(version):
             return web.Response(status=304, headers={"ETag": etag})
         return web.json_response({"trust_domain": self._config.trust_domain,
                                   "trust_bundle": authority.bundle_pem, "version": version},
