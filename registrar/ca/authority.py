@@ -78,7 +78,6 @@ class Authority:
         self._clock = clock
         self.bundle_pem = pem(roots)
         self._intermediates_pem = pem(intermediates)
-        self.digest = hashes.SHA256()
         self._hash = hashes.SHA256() if isinstance(key, ec.EllipticCurvePrivateKey) or (
             key.key_size < 3072) else hashes.SHA384()
         # Leaves name their issuer by its own SKI, so strict verifiers can build the chain.

@@ -20,6 +20,9 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
 from meshcore.clock import Clock
 from registrar.ca.authority import Authority, load_authority, load_pem_certs
 from registrar.ca.versions import Rotation, load, rotation_file, version_dir
@@ -44,16 +47,23 @@ def load_current(config: RegistrarConfig, clock: Clock) -> Authority:
         return load_authority(config.ca, clock.now)
     authority = load_authority(_files(config.state_dir, rotation.active), clock.now,
                                version=rotation.active)
-    roots = []
+    return authority.with_bundle(bundle_certs(config.state_dir, rotation),
+                                 rotation.bundle_version)
+
+
+def bundle_certs(state_dir: Path, rotation: Rotation) -> list[x509.Certificate]:
+    """Every root of the versions in the bundle (the signing root first), once each:
+    the one definition of what agents are told to trust."""
     seen: set[bytes] = set()
+    out: list[x509.Certificate] = []
     for name in (rotation.active, rotation.next, rotation.previous):
         if name is None:
             continue
-        for root in load_pem_certs(_files(config.state_dir, name).roots):
-            if root.fingerprint(authority.digest) not in seen:
-                seen.add(root.fingerprint(authority.digest))
-                roots.append(root)
-    return authority.with_bundle(roots, rotation.bundle_version)
+        for root in load_pem_certs(_files(state_dir, name).roots):
+            if root.fingerprint(hashes.SHA256()) not in seen:
+                seen.add(root.fingerprint(hashes.SHA256()))
+                out.append(root)
+    return out
 
 
 def verify_pem(config: RegistrarConfig, rotation: Rotation | None) -> str:

@@ -27,6 +27,7 @@ from registrar.ca.bootstrap import (
     key_pem,
     new_key,
 )
+from registrar.ca.live import bundle_certs
 from registrar.ca.plugin import ImportRefused, load_plugin_ca
 from registrar.ca.servercert import reissue_server_certificate
 from registrar.ca.versions import (
@@ -83,20 +84,6 @@ def current(config: RegistrarConfig, now: float) -> Rotation:
                        root_key=root_key.read_bytes() if root_key.exists() else None)
     return Rotation(phase="idle", active="v1", bundle_version=1,
                     versions=(_version_of(v1, "v1", "initial", now),), updated_at=now)
-
-
-def bundle_certs(state_dir: Path, rotation: Rotation) -> list[x509.Certificate]:
-    """Every root of the versions in the bundle (the signing root first), once each."""
-    seen: set[str] = set()
-    out: list[x509.Certificate] = []
-    for name in (rotation.active, rotation.next, rotation.previous):
-        if name is None:
-            continue
-        for root in load_pem_certs(version_dir(state_dir, name) / "root-cert.pem"):
-            if fingerprint(root) not in seen:
-                seen.add(fingerprint(root))
-                out.append(root)
-    return out
 
 
 def _publish(config: RegistrarConfig, rotation: Rotation, *, reissue_server: bool) -> None:
