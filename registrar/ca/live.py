@@ -1,10 +1,11 @@
 """What a running registrar signs and serves with, following ``ca/rotation.json``.
 
-Every worker checks the rotation file's identity (inode, size, mtime) at most
-once a second, on the next request or TLS handshake, and reloads when it
-changed: the signing authority, the bundle and its version, and the TLS
-context. ``ca rotate`` therefore needs no restart and no signal, and a
-multi-worker registrar converges within a second.
+Every worker checks the identity (inode, size, mtime) of the rotation file and
+of the server certificate at most once a second, on the next request or TLS
+handshake, and reloads when either changed: the signing authority, the bundle
+and its version, and the TLS context. ``ca rotate`` and ``server-cert reissue``
+therefore need no restart and no signal, and a multi-worker registrar
+converges within a second.
 
 The listening socket keeps one context whose SNI callback (OpenSSL calls it on
 every handshake, with or without a server name) moves the connection onto the
@@ -82,23 +83,36 @@ def server_context(config: RegistrarConfig, rotation: Rotation | None) -> ssl.SS
     return tls_context(config, verify_pem(config, rotation))
 
 
+Stamp = tuple[tuple[int, int, int] | None, ...]
+
+
+def stamp(config: RegistrarConfig) -> Stamp:
+    """What says the CA or the server certificate changed: the identity (inode, size,
+    mtime) of ``ca/rotation.json`` and of the server certificate, which
+    ``server-cert reissue`` replaces on its own."""
+    out: list[tuple[int, int, int] | None] = []
+    for path in (rotation_file(config.state_dir), config.tls_cert):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            out.append(None)
+            continue
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
 class LiveCa:
     def __init__(self, config: RegistrarConfig, clock: Clock) -> None:
         self._config = config
         self._clock = clock
-        self._path = rotation_file(config.state_dir)
-        self._stamp = self._identity()
+        self._stamp: Stamp = self._identity()
         self._checked = clock.monotonic()
         self._authority = load_current(config, clock)
         self._context = server_context(config, load(config.state_dir))
         self.listening = self._listening_context()
 
-    def _identity(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self._path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+    def _identity(self) -> Stamp:
+        return stamp(self._config)
 
     def refresh(self) -> None:
         now = self._clock.monotonic()
@@ -145,23 +159,14 @@ def xds_pems(config: RegistrarConfig) -> tuple[tuple[bytes, bytes, bytes],
                                                 Callable[[], tuple[bytes, bytes, bytes] | None]]:
     """The xDS server's certificate, key and client roots now, and a function that
     returns new ones once ``rotation.json`` changed (None meanwhile)."""
-    path = rotation_file(config.state_dir)
-
-    def stamp() -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
-
     def read() -> tuple[bytes, bytes, bytes]:
         return (config.tls_cert.read_bytes(), config.tls_key.read_bytes(),
                 verify_pem(config, load(config.state_dir)).encode())
 
-    seen = [stamp()]
+    seen = [stamp(config)]
 
     def changed() -> tuple[bytes, bytes, bytes] | None:
-        now = stamp()
+        now = stamp(config)
         if now == seen[0]:
             return None
         try:
