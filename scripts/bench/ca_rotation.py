@@ -28,6 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from meshcore.clock import SystemClock  # noqa: E402
+from registrar.store.db import connect  # noqa: E402
+from registrar.store.tokens import TokenStore  # noqa: E402
 from tests.fixtures.registrar import RegistrarProcess  # noqa: E402
 from tests.integration.rotation_mesh import RotationMesh, bundle_roots  # noqa: E402
 from tests.sidecar.netns import HostPair  # noqa: E402
@@ -63,7 +66,8 @@ def main() -> int:
                             cert_ttl=args.ttl, poll=f"{args.poll:g}s")
         mesh.start()
         tokens = base / "tokens"
-        tokens.write_text("\n".join(mesh.registrar.create_token("light", "1h")
+        store = TokenStore(connect(mesh.registrar.state_dir / "registrar.db"), SystemClock())
+        tokens.write_text("\n".join(store.create("light", 3600.0)[1].reveal()
                                     for _ in range(args.agents)))
         out = base / "fleet" / "fleet.json"
         out.parent.mkdir()
