@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -99,10 +100,10 @@ class Anyone:
 
 
 class World:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, start: float = 1_900_000_000.0) -> None:
         result = init_state(tmp / "s", TD, ["localhost", "127.0.0.1"])
         self.config: RegistrarConfig = build_config(result.config_path)
-        self.clock = FakeClock(start=1_900_000_000.0)
+        self.clock = FakeClock(start=start)
         conn = connect(self.config.database)
         self.conn = conn
         self.inventory = Inventory(conn, self.clock)
@@ -133,12 +134,13 @@ class World:
         return [w.subject for w in self.inventory.holders_of(versions)]
 
 
-def chains_to(body: Mapping[str, Any], roots_pem: bytes, tmp: Path) -> bool:
+def chains_to(body: Mapping[str, Any], roots_pem: bytes, tmp: Path,
+              at: float = 1_900_000_001) -> bool:
     """``openssl verify -x509_strict`` of the issued chain against ``roots_pem``."""
     (tmp / "roots.pem").write_bytes(roots_pem)
     (tmp / "chain.pem").write_text(body["cert_chain"])
     out = subprocess.run(["openssl", "verify", "-x509_strict", "-attime",
-                          "1900000001", "-CAfile", str(tmp / "roots.pem"),
+                          str(int(at)), "-CAfile", str(tmp / "roots.pem"),
                           "-untrusted", str(tmp / "chain.pem"), str(tmp / "chain.pem")],
                          capture_output=True, text=True, check=False)
     return out.returncode == 0
@@ -258,3 +260,28 @@ def test_schema_3_inventories_migrate_with_the_initial_ca(tmp_path: Path) -> Non
     assert [w.subject for w in inventory.holders_of(frozenset({""}))] == ["t1"]
     assert inventory.ca_versions_in_use() == {"": 1}
     assert [w.subject for w in inventory.missing_bundle(1)] == ["t1"]
+
+
+def test_prepare_imports_an_istio_plugin_ca_with_the_strict_checks_of_init(
+        tmp_path: Path) -> None:
+    from tests.registrar.test_strict_x509 import plugin_ca
+    w = World(tmp_path, start=time.time())  # the plug-in CA lives a year from now
+    plugin_ca(tmp_path / "lenient", intermediate_ski=False)
+    with pytest.raises(RotationRefused) as refused:
+        steps.prepare(w.config, w.now(), import_dir=tmp_path / "lenient")
+    assert refused.value.reason == "import_refused"
+    assert "no Subject Key Identifier" in refused.value.message
+    assert load(w.config.state_dir) is None  # nothing recorded
+
+    plugin_ca(tmp_path / "cacerts")
+    rotation, _ = steps.prepare(w.config, w.now(), import_dir=tmp_path / "cacerts")
+    assert rotation.version("v2").kind == "imported"
+    assert not (version_dir(w.config.state_dir, "v2") / "root-key.pem").exists()
+    assert (version_dir(w.config.state_dir, "v2") / "ca-key.pem").stat().st_mode & 0o777 == 0o600
+    steps.activate(w.config, w.now())
+    w.step()
+    imported_root = (tmp_path / "cacerts" / "root-cert.pem").read_bytes()
+    assert chains_to(w.attest("vm-a"), imported_root, tmp_path, at=w.now() + 1)
+    with pytest.raises(RotationRefused) as again:
+        steps.prepare(w.config, w.now(), import_dir=tmp_path / "cacerts")
+    assert again.value.reason == "wrong_phase"
