@@ -196,6 +196,10 @@ def test_an_expired_or_revoked_holder_does_not_block_retire(tmp_path: Path) -> N
     workload = next(x for x in w.inventory.list() if x.subject == "vm-revoked")
     w.inventory.set_state(workload.id, "revoked")
     assert w.holders(frozenset({"", "v1"})) == ["vm-gone"]
+    # Issued before the first rotation step (no CA version recorded): the initial CA's.
+    with pytest.raises(RotationRefused) as refused:
+        steps.retire(w.config, w.now(), w.holders)
+    assert refused.value.workloads == ("vm-gone",)
     w.clock.advance(86400 * 2)  # past the group's 24 h certificates
     steps.retire(w.config, w.now(), w.holders)
     assert revoked  # (issued before the rotation)
