@@ -23,6 +23,7 @@ Pure apart from ``load``/``save``: transitions return new values.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -129,7 +130,6 @@ class Rotation:
 
 
 def _t(when: float) -> str:
-    import datetime as dt
     return dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
