@@ -84,6 +84,7 @@ class RotationMesh:
         self.base = state_dirs("rotation")
         anchor = self.base / "registrar-ca.pem"
         self.anchor = anchor
+        self._traffic: list[Traffic] = []
         shutil.copyfile(self.registrar.ca_file, anchor)
         self.vm = AgentProcess(
             state_dirs("vm"), self.registrar, token=self.registrar.create_token("vm"),
@@ -117,6 +118,7 @@ class RotationMesh:
 
     def traffic(self, interval: float = 0.05) -> Traffic:
         traffic = Traffic()
+        self._traffic.append(traffic)
         for name, ns, target, port in (
                 ("peer->vm", self.hosts.peer.name, self.hosts.vm.address, VM_PORT),
                 ("vm->peer", self.hosts.vm.name, self.hosts.peer.address, PEER_PORT)):
@@ -166,6 +168,11 @@ class RotationMesh:
                 for a in self.agents}
 
     def close(self) -> None:
+        for traffic in self._traffic:  # a test that failed before stopping them
+            for _, proc, _ in traffic.procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         for agent in self.agents:
             agent.kill()
         for app in self.apps:
