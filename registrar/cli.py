@@ -1,4 +1,5 @@
-"""``mesh-registrar``: init, serve, token create|list|revoke, workloads list|evict|revoke.
+"""``mesh-registrar``: init, serve, token create|list|revoke, workloads list|evict|revoke,
+ca status|rotate, server-cert reissue (registrar/ca/cli.py).
 
 Exit codes (``meshcore.exits``): 0 ok, 2 usage, 3 no such token or workload,
 65 input refused (init over an existing CA, incomplete CA to import, inventory
@@ -19,6 +20,7 @@ from meshcore.config.errors import ConfigError
 from meshcore.config.reader import parse_duration
 from meshcore.exits import EX_CONFIG, EX_DATAERR, EX_NOT_OK, EX_USAGE
 from registrar import __version__
+from registrar.ca import cli as ca_cli
 from registrar.ca.bootstrap import InitError, init_state
 from registrar.catalog import cli as catalog_cli
 from registrar.config import RegistrarConfig, build_config
@@ -75,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         w.add_argument("--config", required=True, type=Path)
         w.add_argument("id", type=int)
     catalog_cli.add_parsers(sub)
+    ca_cli.add_parsers(sub)
     return p
 
 
@@ -178,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return catalog_cli.run_service(args, config)
         if args.command == "xds":
             return catalog_cli.run_xds(args, config)
+        if args.command == "ca":
+            return ca_cli.run_ca(args, config)
+        if args.command == "server-cert":
+            return ca_cli.run_server_cert(args, config)
         return _workloads(args, config)
     except ConfigError as exc:
         print(f"mesh-registrar: {exc}", file=sys.stderr)

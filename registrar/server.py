@@ -27,8 +27,9 @@ from registrar.api.protocol import listen, runner_options
 from registrar.api.ratelimit import RateLimiter
 from registrar.api.service import Service
 from registrar.attestation.registry import VerifierDeps, build_verifiers
-from registrar.ca.authority import load_authority, load_pem_certs
+from registrar.ca.authority import load_pem_certs
 from registrar.ca.keyids import strict_report
+from registrar.ca.live import LiveCa
 from registrar.catalog.agent_api import WorkloadApi
 from registrar.catalog.store import StatusStore
 from registrar.config import RegistrarConfig
@@ -36,17 +37,18 @@ from registrar.store.challenges import ChallengeStore
 from registrar.store.db import connect
 from registrar.store.inventory import Inventory
 from registrar.store.tokens import TokenStore
-from registrar.tlsctx import tls_context
 from registrar.xds.status import metrics_text
 
 log = logging.getLogger("registrar.server")
 
 
-def build_app(config: RegistrarConfig, clock: Clock) -> web.Application:
-    """The application, with ``clock`` the one source of time for every part."""
+def build_app(config: RegistrarConfig, clock: Clock,
+              live: LiveCa | None = None) -> web.Application:
+    """The application, with ``clock`` the one source of time for every part and
+    ``live`` the CA it signs with (reloaded when ``ca rotate`` changes it)."""
     conn = connect(config.database)
     tokens = TokenStore(conn, clock)
-    authority = load_authority(config.ca, clock.now)
+    authority = live if live is not None else LiveCa(config, clock)
     challenges = ChallengeStore(conn, config.challenge_ttl, clock)
     verifiers = build_verifiers(VerifierDeps(config=config, tokens=tokens, clock=clock))
     status = StatusStore(conn)
@@ -54,7 +56,7 @@ def build_app(config: RegistrarConfig, clock: Clock) -> web.Application:
                       challenges=challenges, inventory=Inventory(conn, clock), clock=clock.now,
                       on_attested=lambda wid, addrs: status.record_evidence_addresses(
                           wid, addrs, clock.now().timestamp()))
-    api = Api(config=config, service=service, authority=authority, challenges=challenges,
+    api = Api(config=config, service=service, challenges=challenges,
               challenge_types=tuple(sorted(
                   name for name, v in verifiers.items() if v.needs_challenge)),
               limiter=RateLimiter(config.limits.rates, clock), faults=FaultLog(clock),
@@ -75,7 +77,8 @@ def _shared_metrics(config: RegistrarConfig) -> Path | None:
 async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
     clock = SystemClock()
     limits = config.limits
-    runner = web.AppRunner(build_app(config, clock), **runner_options(
+    live = LiveCa(config, clock)
+    runner = web.AppRunner(build_app(config, clock, live), **runner_options(
         limits.max_header_bytes, limits.request_timeout))
     await runner.setup()
     files = file_limit()
@@ -86,7 +89,7 @@ async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
     gate = ConnectionGate(total=total, per_address=limits.max_connections_per_address,
                           clock=clock)
     listener = await listen(runner, host=config.host, port=config.port,
-                            ssl_context=tls_context(config), reuse_port=reuse_port,
+                            ssl_context=live.listening, reuse_port=reuse_port,
                             gate=gate, request_timeout=limits.request_timeout)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -17,14 +17,19 @@ import ssl
 from registrar.config import RegistrarConfig
 
 
-def tls_context(config: RegistrarConfig) -> ssl.SSLContext:
+def tls_context(config: RegistrarConfig, verify_pem: str | None = None) -> ssl.SSLContext:
+    """``verify_pem``: the roots and intermediates client certificates may chain to
+    (during a CA rotation, both CAs'); default: the configured roots and chain."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(config.tls_cert, config.tls_key)
     ctx.verify_mode = ssl.CERT_OPTIONAL
     # Roots plus our intermediates, so an agent that sends only its leaf still verifies.
-    ctx.load_verify_locations(cafile=str(config.ca.roots))
-    ctx.load_verify_locations(cafile=str(config.ca.chain))
+    if verify_pem is not None:
+        ctx.load_verify_locations(cadata=verify_pem)
+    else:
+        ctx.load_verify_locations(cafile=str(config.ca.roots))
+        ctx.load_verify_locations(cafile=str(config.ca.chain))
     ctx.options |= ssl.OP_NO_TICKET
     ctx.num_tickets = 0
     return ctx

@@ -29,6 +29,8 @@ class RegistrarConfig:
     url: str
     ca_file: Path
     timeout: float
+    # How often the trust bundle is fetched (a CA rotation reaches the VM within it).
+    bundle_poll_interval: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ def _registrar(s: Section) -> RegistrarConfig:
         url=s.url("url", schemes=("https",)),
         ca_file=s.path("ca_file", "/etc/mesh-agent/registrar-ca.pem"),
         timeout=s.duration("timeout", 10.0, minimum=0.5, maximum=300),
+        bundle_poll_interval=s.duration("bundle_poll_interval", 300.0, minimum=1.0,
+                                        maximum=86400.0),
     )
 
 

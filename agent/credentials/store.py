@@ -111,6 +111,17 @@ class CredentialStore:
                              (self.current_link, directory))
         return Credentials(name, directory, key, tuple(chain), tuple(bundle))
 
+    @staticmethod
+    def parse_bundle(bundle_pem: bytes) -> list[x509.Certificate]:
+        """The bundle's certificates; StoreError when it holds none or does not parse."""
+        try:
+            bundle = load_pem_certs(bundle_pem)
+        except ValueError as exc:
+            raise StoreError(f"unreadable trust bundle: {exc}") from exc
+        if not bundle:
+            raise StoreError("refusing to store an empty trust bundle")
+        return bundle
+
     def commit(self, key: PrivateKey, chain_pem: bytes, bundle_pem: bytes) -> Credentials:
         """Write a new generation and make it current. Refuses a mismatched pair."""
         chain = load_pem_certs(chain_pem)

@@ -24,12 +24,14 @@ from agent.daemon import logs
 from agent.daemon.dataplane import DataPlane, DataPlaneConfigError
 from agent.daemon.notify import Notifier
 from agent.daemon.workload import Workload
+from agent.identity.bundle import BundlePoller
 from agent.identity.host import local_host_info
 from agent.identity.issuer import IssuerClient
 from agent.identity.manager import CannotContinue, IdentityManager, Tuning
 from agent.istio.attestor import IstioTokenAttestor
 from agent.istio.ca_client import IstioCAClient
 from agent.registrar_client import RegistrarClient
+from agent.registrar_client.client import ExtraAnchors
 from agent.registrar_client.workload import WorkloadSettings
 from agent.sidecar.ads import XdsServer
 from agent.state.layout import StateDirError, prepare_state_dir
@@ -71,14 +73,15 @@ def tuning_of(config: AgentConfig) -> Tuning:
                   min_backoff=r.min_backoff, max_backoff=r.max_backoff)
 
 
-def client_of(config: AgentConfig) -> IssuerClient:
-    """mesh-registrar, or istiod's CA in Istio mode."""
+def client_of(config: AgentConfig, anchors: ExtraAnchors | None = None) -> IssuerClient:
+    """mesh-registrar, or istiod's CA in Istio mode. ``anchors``: the mesh bundle
+    the agent holds, trusted beside ``registrar.ca_file`` (a rotated CA)."""
     if config.istio is not None:
         return IstioCAClient(config.istio.vm, cert_ttl=config.istio.cert_ttl,
                              timeout=config.istio.timeout)
     assert config.registrar is not None
     return RegistrarClient(config.registrar.url, config.registrar.ca_file,
-                           timeout=config.registrar.timeout)
+                           timeout=config.registrar.timeout, extra_anchors=anchors)
 
 
 def log_warnings(config: AgentConfig) -> None:
@@ -110,11 +113,13 @@ class Daemon:
         self.manager = IdentityManager(
             store=CredentialStore(state_dir / "credentials"),
             state_file=StateFile(state_dir / "state.json"),
-            client=client_of(config),
+            client=client_of(config, self._held_bundle),
             choose_attestor=attestor_of(config, self.clock),
             clock=self.clock, rng=rng, health=self.health, tuning=tuning_of(config),
             host=local_host_info)
         self.dataplane = DataPlane(config, self.health, self.clock)
+        self.bundle = BundlePoller(self.manager, self._registrar_client,
+                                   self._bundle_interval, self.clock)
         # Istio mode has no workload API (istiod registers VMs by WorkloadEntry).
         self.workload = Workload(config, self._registrar_client if config.istio is None
                                  else None, self.clock, rng=rng)
@@ -152,7 +157,7 @@ class Daemon:
                                       for name in rejected})
         log_warnings(self.config)
         self.manager.tuning = tuning_of(self.config)
-        self.manager.client = client_of(self.config)
+        self.manager.client = client_of(self.config, self._held_bundle)
         logging.getLogger().setLevel(self.config.log_level.upper())
         self.manager.renew_soon()
         log.info("sighup: %s", reload_summary(applied, rejected),
@@ -204,6 +209,17 @@ class Daemon:
         callers may send, so the data plane must be ready for them."""
         await self._up.wait()
         await self.workload.run()
+
+    def _held_bundle(self) -> bytes | None:
+        creds = self.health.current.credentials
+        try:
+            return creds.bundle_path.read_bytes() if creds is not None else None
+        except OSError:
+            return None
+
+    def _bundle_interval(self) -> float:
+        registrar = self.config.registrar
+        return registrar.bundle_poll_interval if registrar is not None else 300.0
 
     def _registrar_client(self) -> RegistrarClient:
         client = self.manager.client
@@ -326,6 +342,8 @@ class Daemon:
                 group.create_task(self.dataplane.guard_dns())
                 group.create_task(self._workload())
                 group.create_task(self.manager.run())
+                if self.config.istio is None:
+                    group.create_task(self.bundle.run())
                 group.create_task(self._status_lines())
                 group.create_task(self._until_stopped())
         except* _Stop:

@@ -269,6 +269,25 @@ class IdentityManager:
         for hook in self.on_rotated:
             await hook(new)
 
+    async def adopt_bundle(self, bundle_pem: bytes) -> bool:
+        """A new trust bundle for the certificate we hold (a CA rotation published
+        it): a new generation with the same key and chain, handed to Envoy like a
+        renewal. No await between reading and committing: a renewal cannot land in
+        between and be undone. False when nothing changed."""
+        creds = self._health.current.credentials
+        if creds is None:
+            return False
+        offered = self.store.parse_bundle(bundle_pem)
+        if set(offered) == set(creds.bundle):
+            return False
+        new = self.store.commit(creds.key, creds.chain_path.read_bytes(), bundle_pem)
+        self._health.update(credentials=new)
+        log.info("trust bundle updated", extra={"generation": new.generation,
+                                                "roots": len(new.bundle)})
+        for hook in self.on_rotated:
+            await hook(new)
+        return True
+
     async def _not_stored(self, exc: OSError) -> None:
         """A full or failing disk (ENOSPC, EIO, ...) while storing a renewal: the
         current generation is untouched and still served; retry with backoff."""

@@ -4,11 +4,13 @@ certificate (mTLS) and need no evidence."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
 import json
 import ssl
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,15 @@ from agent.registrar_client.wire import Issued, WireError, decode_issued
 from agent.registrar_client.workload import WorkloadSettings, decode_settings
 
 TransportFactory = Callable[[ssl.SSLContext], httpx.AsyncBaseTransport]
+# The mesh bundle the agent holds now (PEM), or None: trusted beside the pinned anchor.
+ExtraAnchors = Callable[[], bytes | None]
 MAX_RESPONSE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Bundle:
+    version: int | None
+    pem: bytes
 
 
 class RegistrarClient:
@@ -32,8 +42,14 @@ class RegistrarClient:
 
     def __init__(self, url: str, ca_file: Path, *, timeout: float,
                  user_agent: str = "mesh-agent",
-                 transport_factory: TransportFactory | None = None) -> None:
+                 transport_factory: TransportFactory | None = None,
+                 extra_anchors: ExtraAnchors | None = None) -> None:
+        """``extra_anchors``: after a CA rotation the registrar's own certificate is
+        signed by the new root, which reached the agent in the bundle over a
+        connection verified against the anchor; trusting the bundle too keeps the
+        agent talking to its registrar without editing ``ca_file``."""
         self.url = url.rstrip("/")
+        self._extra_anchors = extra_anchors
         self.ca_file = ca_file
         self._timeout = timeout
         self._user_agent = user_agent
@@ -49,6 +65,11 @@ class RegistrarClient:
                 "fatal", "trust_anchor_unreadable",
                 f"cannot load the registrar trust anchor {self.ca_file}: {exc}",
                 url=self.url) from None
+        extra = self._extra_anchors() if self._extra_anchors is not None else None
+        if extra:
+            # A bundle that does not load leaves the pinned anchor alone in force.
+            with contextlib.suppress(ssl.SSLError, ValueError):
+                ctx.load_verify_locations(cadata=extra.decode("ascii", "replace"))
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         # Python 3.13 sets this by default; setting it everywhere means a registrar
         # certificate that Debian 13 would refuse is refused on every Python alike.
@@ -59,7 +80,8 @@ class RegistrarClient:
         return ctx
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None,
-                    client_cert: tuple[Path, Path] | None = None) -> Any:
+                    client_cert: tuple[Path, Path] | None = None,
+                    headers: dict[str, str] | None = None) -> Any:
         ctx = self._context(client_cert)
         transport = self._transport_factory(ctx) if self._transport_factory else None
         url = f"{self.url}{path}"
@@ -67,11 +89,13 @@ class RegistrarClient:
             async with httpx.AsyncClient(verify=ctx, transport=transport, timeout=self._timeout,
                                          follow_redirects=False, trust_env=False,
                                          headers={"user-agent": self._user_agent}) as http:
-                response = await http.request(method, url, json=body)
+                response = await http.request(method, url, json=body, headers=headers)
         except httpx.HTTPError as exc:
             raise from_transport(exc, url, ca_file=str(self.ca_file),
                                  mtls=client_cert is not None) from None
         self.last_date = _http_date(response.headers.get("date"))
+        if response.status_code == 304 and headers and "if-none-match" in headers:
+            return None
         if response.status_code != 200:
             raise from_response(response)
         if len(response.content) > MAX_RESPONSE_BYTES:
@@ -108,6 +132,21 @@ class RegistrarClient:
         if not isinstance(pem, str):
             raise RegistrarError("retry", "bad_response", "bundle missing", url=self.url)
         return pem.encode()
+
+    async def poll_bundle(self, *, known_version: int | None,
+                          client_cert: tuple[Path, Path] | None) -> Bundle | None:
+        """The bundle if it changed since ``known_version`` (None: unchanged, 304).
+        With ``client_cert`` the registrar records that this workload has it."""
+        headers = {"if-none-match": f'"{known_version}"'} if known_version is not None else {}
+        body = await self._call("GET", "/v1/bundle", None, client_cert=client_cert,
+                                headers=headers)
+        if body is None:
+            return None
+        pem = body.get("trust_bundle") if isinstance(body, dict) else None
+        version = body.get("version") if isinstance(body, dict) else None
+        if not isinstance(pem, str) or not (version is None or isinstance(version, int)):
+            raise RegistrarError("retry", "bad_response", "bundle missing", url=self.url)
+        return Bundle(version, pem.encode())
 
     async def workload_status(self, *, addresses: Sequence[str], health: str,
                               chain_file: Path, key_file: Path) -> None:

@@ -22,7 +22,6 @@ from registrar.api.protocol import answer, request_started
 from registrar.api.ratelimit import RateLimiter
 from registrar.api.service import Decision, Service
 from registrar.api.wire import error_response, read_json, timestamp
-from registrar.ca.authority import Authority
 from registrar.catalog.agent_api import WorkloadApi
 from registrar.config import RegistrarConfig
 from registrar.rejections import Rejected
@@ -66,7 +65,7 @@ def _remote(request: web.Request) -> str:
 
 
 class Api:
-    def __init__(self, *, config: RegistrarConfig, service: Service, authority: Authority,
+    def __init__(self, *, config: RegistrarConfig, service: Service,
                  challenges: ChallengeStore, limiter: RateLimiter, metrics: Metrics,
                  challenge_types: tuple[str, ...], faults: FaultLog,
                  workloads: WorkloadApi | None = None,
@@ -76,7 +75,6 @@ class Api:
         self._faults = faults
         self._config = config
         self._service = service
-        self._authority = authority
         self._challenges = challenges
         self._limiter = limiter
         self._metrics = metrics
@@ -188,8 +186,23 @@ class Api:
             dt.datetime.fromtimestamp(expires, dt.UTC))})
 
     async def _bundle(self, request: web.Request) -> web.Response:
+        """The bundle and its version; the version is also the ETag, so a poller
+        sending ``If-None-Match`` gets a bodiless 304 while nothing changed. With a
+        client certificate, ``If-None-Match`` also records which version the
+        workload holds."""
+        authority = self._service.authority()
+        version = authority.bundle_version
+        held = request.headers.get("If-None-Match", "").strip().removeprefix("W/").strip('"')
+        if held.isdigit():
+            # What the agent says it holds (applied), not what we are about to send:
+            # `ca rotate activate` must wait until the new root is in use on the VM.
+            self._service.bundle_seen(peer_certificate(request), int(held))
+        etag = f'"{version}"'
+        if held == str(version):
+            return web.Response(status=304, headers={"ETag": etag})
         return web.json_response({"trust_domain": self._config.trust_domain,
-                                  "trust_bundle": self._authority.bundle_pem})
+                                  "trust_bundle": authority.bundle_pem, "version": version},
+                                 headers={"ETag": etag})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -16,7 +16,14 @@ from cryptography import x509
 
 from registrar.api.wire import host_fields, only_keys, string_field, timestamp
 from registrar.attestation.base import SingleUse, Verified, Verifier
-from registrar.ca.authority import Authority, Clock, Issued, utcnow
+from registrar.ca.authority import (
+    Authority,
+    AuthoritySource,
+    Clock,
+    FixedAuthority,
+    Issued,
+    utcnow,
+)
 from registrar.ca.csr import check_csr
 from registrar.config import Group, RegistrarConfig
 from registrar.rejections import Rejected
@@ -38,13 +45,15 @@ class Decision:
 
 
 class Service:
-    def __init__(self, *, config: RegistrarConfig, authority: Authority,
+    def __init__(self, *, config: RegistrarConfig, authority: Authority | AuthoritySource,
                  verifiers: Mapping[str, Verifier], challenges: ChallengeStore,
                  inventory: Inventory, clock: Clock = utcnow,
                  on_attested: Callable[[int, Sequence[str]], None] | None = None) -> None:
         self._config = config
         self._clock = clock
-        self._authority = authority
+        # A source, so a CA rotation takes effect without a restart (registrar/ca/live.py).
+        self._authorities = (FixedAuthority(authority) if isinstance(authority, Authority)
+                             else authority)
         self._verifiers = verifiers
         # Decided once: a runtime Protocol check per request is measurable under load.
         self._single_use = {name for name, v in verifiers.items() if isinstance(v, SingleUse)}
@@ -63,11 +72,21 @@ class Service:
                            f"group {verified.group!r} is not in the registrar's config")
         return group
 
-    def _credentials(self, issued: Issued, spiffe_id: str, group: Group) -> dict[str, Any]:
+    def authority(self) -> Authority:
+        return self._authorities.authority()
+
+    def bundle_seen(self, peer: x509.Certificate | None, bundle_version: int) -> None:
+        """An agent fetched the bundle with its certificate: ``activate`` counts it."""
+        if peer is not None:
+            self._inventory.saw_bundle(format(peer.serial_number, "x"), bundle_version)
+
+    def _credentials(self, issued: Issued, spiffe_id: str, group: Group,
+                     authority: Authority) -> dict[str, Any]:
         return {
             "spiffe_id": spiffe_id,
             "cert_chain": issued.chain_pem,
-            "trust_bundle": self._authority.bundle_pem,
+            "trust_bundle": authority.bundle_pem,
+            "trust_bundle_version": authority.bundle_version,
             "not_after": timestamp(issued.not_after),
             "renew_after": timestamp(issued.renew_after),
             "mesh": {"trust_domain": group.trust_domain, "namespace": group.namespace,
@@ -98,7 +117,8 @@ class Service:
             raise Rejected("address_mismatch", f"primary address {addresses[0]!r} is not the "
                            "address the evidence proves")
         csr.require_identity(group.spiffe_id)
-        issued = self._authority.issue(csr.public_key, group.spiffe_id, group.cert_ttl)
+        authority = self.authority()
+        issued = authority.issue(csr.public_key, group.spiffe_id, group.cert_ttl)
         if verified.evidence_type in self._single_use:
             assert isinstance(verifier, SingleUse)
             await verifier.commit(verified)  # last: only a request that will succeed spends it
@@ -106,11 +126,12 @@ class Service:
             evidence_type=verified.evidence_type, subject=verified.subject,
             spiffe_id=group.spiffe_id, group=group.name, hostname=hostname or "",
             addresses=addresses or [], serial=issued.serial_hex,
-            not_after=issued.not_after.timestamp())
+            not_after=issued.not_after.timestamp(), ca_version=authority.version,
+            bundle_version=authority.bundle_version)
         if verified.addresses and self._on_attested is not None:
             self._on_attested(workload.id, verified.addresses)
-        return Decision(self._credentials(issued, group.spiffe_id, group), group.spiffe_id,
-                        verified.subject)
+        return Decision(self._credentials(issued, group.spiffe_id, group, authority),
+                        group.spiffe_id, verified.subject)
 
     # -- renew ------------------------------------------------------------------
     def _owner_checked(self, peer: x509.Certificate | None) -> tuple[CertOwner, Group]:
@@ -151,13 +172,15 @@ class Service:
         hostname, addresses = host_fields(body)
         csr = check_csr(string_field(body, "csr"))
         csr.require_identity(spiffe_id)
-        issued = self._authority.issue(csr.public_key, spiffe_id, group.cert_ttl)
+        authority = self.authority()
+        issued = authority.issue(csr.public_key, spiffe_id, group.cert_ttl)
         if not self._inventory.record_renewal(
                 workload_id, presented=owner.serial, hostname=hostname, addresses=addresses,
                 serial=issued.serial_hex, spiffe_id=spiffe_id,
-                not_after=issued.not_after.timestamp()):
+                not_after=issued.not_after.timestamp(), ca_version=authority.version,
+                bundle_version=authority.bundle_version):
             raise _superseded(workload_id)  # a newer certificate renewed meanwhile
-        return Decision(self._credentials(issued, spiffe_id, group), spiffe_id,
+        return Decision(self._credentials(issued, spiffe_id, group, authority), spiffe_id,
                         owner.workload.subject)
 
 

@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -65,7 +66,11 @@ class Authority:
 
     def __init__(self, *, cert: x509.Certificate, key: SigningKey,
                  intermediates: list[x509.Certificate], roots: list[x509.Certificate],
-                 clock: Clock = utcnow) -> None:
+                 clock: Clock = utcnow, version: str = "", bundle_version: int = 1) -> None:
+        # ``version``: the CA version that signs (registrar/ca/versions.py), recorded
+        # with every leaf so ``ca rotate retire`` knows which root each one needs.
+        self.version = version
+        self.bundle_version = bundle_version
         self.cert = cert
         self._key = key
         self._intermediates = intermediates
@@ -77,6 +82,12 @@ class Authority:
             key.key_size < 3072) else hashes.SHA384()
         # Leaves name their issuer by its own SKI, so strict verifiers can build the chain.
         self._aki = authority_key_id(cert).extension
+
+    def with_bundle(self, roots: list[x509.Certificate], bundle_version: int) -> Authority:
+        """The same signer, handing out ``roots`` as the trust bundle."""
+        return Authority(cert=self.cert, key=self._key, intermediates=self._intermediates,
+                         roots=roots, clock=self._clock, version=self.version,
+                         bundle_version=bundle_version)
 
     def issue(self, public_key: PublicKey, spiffe_id: str, ttl: float) -> Issued:
         """A workload leaf: URI SAN (critical, empty subject), CA:false, server+client auth,
@@ -121,7 +132,21 @@ class Authority:
         )
 
 
-def load_authority(files: CaFiles, clock: Clock = utcnow) -> Authority:
+class AuthoritySource(Protocol):
+    """Where the current authority comes from (registrar/ca/live.py reloads it)."""
+
+    def authority(self) -> Authority: ...
+
+
+class FixedAuthority:
+    def __init__(self, authority: Authority) -> None:
+        self._authority = authority
+
+    def authority(self) -> Authority:
+        return self._authority
+
+
+def load_authority(files: CaFiles, clock: Clock = utcnow, version: str = "") -> Authority:
     """Read the plug-in layout. ``chain`` may hold the intermediate and the root (Istio
     writes ``cert-chain.pem`` as ca-cert + root); roots are never sent as chain."""
     cert = load_pem_certs(files.cert)[0]
@@ -134,4 +159,4 @@ def load_authority(files: CaFiles, clock: Clock = utcnow) -> Authority:
     elif not intermediates or intermediates[0] != cert:
         intermediates = [cert, *[c for c in intermediates if c != cert]]
     return Authority(cert=cert, key=load_signing_key(files.key), intermediates=intermediates,
-                     roots=roots, clock=clock)
+                     roots=roots, clock=clock, version=version)

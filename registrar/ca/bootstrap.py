@@ -46,18 +46,19 @@ class InitResult:
     warnings: tuple[str, ...] = ()
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
+def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _key_pem(key: SigningKey) -> bytes:
+def key_pem(key: SigningKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
-def _ca_cert(subject: str, *, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None,
-             issuer_key: SigningKey, ttl: dt.timedelta, path_length: int | None,
-             trust_domain: str) -> x509.Certificate:
+def ca_certificate(subject: str, *, key: ec.EllipticCurvePrivateKey,
+                   issuer: x509.Certificate | None, issuer_key: SigningKey,
+                   ttl: dt.timedelta, path_length: int | None,
+                   trust_domain: str) -> x509.Certificate:
     """A CA certificate as the SPIFFE X.509-SVID spec wants it: keyCertSign and cRLSign
     only (digitalSignature is for leaves), the trust domain's URI SAN, and both key
     identifiers (strict verifiers refuse a CA without them)."""
@@ -88,8 +89,8 @@ def _ca_cert(subject: str, *, key: ec.EllipticCurvePrivateKey, issuer: x509.Cert
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def _server_cert(names: list[str], key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate,
-                 issuer_key: SigningKey) -> x509.Certificate:
+def server_certificate(names: list[str], key: ec.EllipticCurvePrivateKey,
+                       issuer: x509.Certificate, issuer_key: SigningKey) -> x509.Certificate:
     sans: list[x509.GeneralName] = []
     for name in names:
         try:
@@ -161,30 +162,30 @@ def init_state(state_dir: Path, trust_domain: str, server_names: list[str],
             raise InitError(str(exc)) from None
         ca_cert, ca_key, roots, chain = plugin.cert, plugin.key, plugin.roots, plugin.chain
         warnings = plugin.warnings
-        key_pem = _key_pem(ca_key)
+        signing_pem = key_pem(ca_key)
     else:
-        root_key = _key()
-        root = _ca_cert(f"{trust_domain} mesh root", key=root_key, issuer=None,
+        root_key = new_key()
+        root = ca_certificate(f"{trust_domain} mesh root", key=root_key, issuer=None,
                         issuer_key=root_key, ttl=ROOT_TTL, path_length=1,
                         trust_domain=trust_domain)
-        ca_key = _key()
-        ca_cert = _ca_cert(f"{trust_domain} registrar intermediate", key=ca_key, issuer=root,
+        ca_key = new_key()
+        ca_cert = ca_certificate(f"{trust_domain} registrar intermediate", key=ca_key, issuer=root,
                            issuer_key=root_key, ttl=INTERMEDIATE_TTL, path_length=0,
                            trust_domain=trust_domain)
         roots, chain = [root], [ca_cert, root]
-        key_pem = _key_pem(ca_key)
-        write_atomic(state_dir / "root-key.pem", _key_pem(root_key), mode=0o600)
+        signing_pem = key_pem(ca_key)
+        write_atomic(state_dir / "root-key.pem", key_pem(root_key), mode=0o600)
     # Keys first: a crash part-way leaves a key without a cert, which init refuses
     # to overwrite, rather than a cert nobody can sign with.
-    write_atomic(state_dir / "ca-key.pem", key_pem, mode=0o600)
+    write_atomic(state_dir / "ca-key.pem", signing_pem, mode=0o600)
     write_atomic(state_dir / "root-cert.pem", pem(roots).encode(), mode=0o644)
     write_atomic(state_dir / "cert-chain.pem", pem(chain).encode(), mode=0o644)
-    server_key = _key()
-    server = _server_cert(server_names, server_key, ca_cert, ca_key)
+    server_key = new_key()
+    server = server_certificate(server_names, server_key, ca_cert, ca_key)
     intermediates = [c for c in chain if c.issuer != c.subject and c not in roots]
     if ca_cert not in intermediates and ca_cert.issuer != ca_cert.subject:
         intermediates.insert(0, ca_cert)
-    write_atomic(state_dir / "server-key.pem", _key_pem(server_key), mode=0o600)
+    write_atomic(state_dir / "server-key.pem", key_pem(server_key), mode=0o600)
     write_atomic(state_dir / "server-cert.pem", pem([server, *intermediates]).encode(),
                  mode=0o644)
     write_atomic(state_dir / "ca-cert.pem", pem([ca_cert]).encode(), mode=0o644)

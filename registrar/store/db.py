@@ -124,6 +124,15 @@ MIGRATIONS: tuple[str, ...] = (
             OR OLD.spiffe_id IS NOT NEW.spiffe_id
         BEGIN UPDATE mesh_changes SET counter = counter + 1; END;
     """,
+    # 4: CA rotation (registrar/ca/versions.py). Each certificate records the CA
+    # version that issued it ('' = before versions were recorded: the initial CA),
+    # so `ca rotate retire` knows who still needs the old root; each workload
+    # records the bundle version it was last handed, so `activate` knows who has
+    # the new root.
+    """
+    ALTER TABLE certs ADD COLUMN ca_version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE workloads ADD COLUMN bundle_version INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -15,6 +15,7 @@ race hands out, only the last recorded can ever renew.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 from collections.abc import Sequence
@@ -70,7 +71,8 @@ class Inventory:
 
     def record_attestation(self, *, evidence_type: str, subject: str, spiffe_id: str,
                            group: str, hostname: str, addresses: Sequence[str],
-                           serial: str, not_after: float) -> Workload:
+                           serial: str, not_after: float, ca_version: str = "",
+                           bundle_version: int = 0) -> Workload:
         """Upsert the workload and record its new certificate, in one transaction.
 
         A revoked workload is not revived by re-attesting: that is the operator's call.
@@ -79,20 +81,21 @@ class Inventory:
         with transaction(self._conn) as conn:
             row = conn.execute(
                 "INSERT INTO workloads (subject, evidence_type, spiffe_id, group_name, hostname,"  # noqa: S608
-                " addresses, first_seen, last_seen, current_serial)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                " addresses, first_seen, last_seen, current_serial, bundle_version)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (evidence_type, subject) DO UPDATE SET spiffe_id = excluded.spiffe_id,"
                 " group_name = excluded.group_name, hostname = excluded.hostname,"
                 " addresses = excluded.addresses, last_seen = excluded.last_seen,"
                 " state = CASE WHEN state = 'revoked' THEN 'revoked' ELSE 'active' END,"
-                " current_serial = excluded.current_serial, pending_serial = NULL "
+                " current_serial = excluded.current_serial, pending_serial = NULL,"
+                " bundle_version = excluded.bundle_version "
                 f"RETURNING {_COLUMNS.replace('w.', '')}",
                 (subject, evidence_type, spiffe_id, group, hostname, json.dumps(list(addresses)),
-                 now, now, serial)).fetchone()
+                 now, now, serial, bundle_version)).fetchone()
             workload = _workload(row)
-            conn.execute("INSERT INTO certs (serial, workload_id, spiffe_id, issued_at, not_after)"
-                         " VALUES (?, ?, ?, ?, ?)",
-                         (serial, workload.id, spiffe_id, now, not_after))
+            conn.execute("INSERT INTO certs (serial, workload_id, spiffe_id, issued_at, not_after,"
+                         " ca_version) VALUES (?, ?, ?, ?, ?, ?)",
+                         (serial, workload.id, spiffe_id, now, not_after, ca_version))
         return workload
 
     def claim_first_use(self, evidence_type: str, subject: str) -> bool:
@@ -122,7 +125,7 @@ class Inventory:
 
     def record_renewal(self, workload_id: int, *, presented: str, hostname: str | None,
                        addresses: Sequence[str] | None, serial: str, spiffe_id: str,
-                       not_after: float) -> bool:
+                       not_after: float, ca_version: str = "", bundle_version: int = 0) -> bool:
         """Record ``serial`` as the workload's pending certificate if ``presented`` may
         still renew. One ``UPDATE ... WHERE`` decides, so across worker processes a
         renewal racing a promotion either sees the old state or loses (False, nothing
@@ -133,15 +136,15 @@ class Inventory:
                 "UPDATE workloads SET last_seen = ?, hostname = COALESCE(?, hostname),"
                 " addresses = COALESCE(?, addresses),"
                 " current_serial = CASE WHEN pending_serial = ? THEN pending_serial"
-                " ELSE current_serial END, pending_serial = ?"
+                " ELSE current_serial END, pending_serial = ?, bundle_version = ?"
                 " WHERE id = ? AND ? IN (current_serial, pending_serial)",
                 (now, hostname, None if addresses is None else json.dumps(list(addresses)),
-                 presented, serial, workload_id, presented))
+                 presented, serial, bundle_version, workload_id, presented))
             if cursor.rowcount != 1:
                 return False
-            conn.execute("INSERT INTO certs (serial, workload_id, spiffe_id, issued_at, not_after)"
-                         " VALUES (?, ?, ?, ?, ?)", (serial, workload_id, spiffe_id, now,
-                                                     not_after))
+            conn.execute("INSERT INTO certs (serial, workload_id, spiffe_id, issued_at, not_after,"
+                         " ca_version) VALUES (?, ?, ?, ?, ?, ?)",
+                         (serial, workload_id, spiffe_id, now, not_after, ca_version))
         return True
 
     def set_state(self, workload_id: int, state: str) -> bool:
@@ -154,6 +157,39 @@ class Inventory:
     def list(self) -> list[Workload]:
         rows = self._conn.execute(f"SELECT {_COLUMNS} FROM workloads w ORDER BY w.id")  # noqa: S608
         return [_workload(r) for r in rows]
+
+    def saw_bundle(self, serial: str, bundle_version: int) -> None:
+        """A workload fetched the bundle over mTLS: it holds ``bundle_version`` now."""
+        self._conn.execute(
+            "UPDATE workloads SET bundle_version = MAX(bundle_version, ?) WHERE id ="
+            " (SELECT workload_id FROM certs WHERE serial = ?)", (bundle_version, serial))
+
+    def _live_newest(self) -> builtins.list[tuple[Workload, str, int]]:
+        """Each live workload (not revoked, newest certificate unexpired) with the CA
+        version of that certificate and the bundle version it was last handed. The
+        newest certificate is the one its agent serves: older ones were replaced."""
+        now = self._clock.now().timestamp()
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS}, c.ca_version, w.bundle_version FROM workloads w"  # noqa: S608
+            " JOIN certs c ON c.serial = (SELECT c2.serial FROM certs c2"
+            " WHERE c2.workload_id = w.id ORDER BY c2.issued_at DESC, c2.rowid DESC LIMIT 1)"
+            " WHERE w.state != 'revoked' AND c.not_after > ? ORDER BY w.id", (now,))
+        return [(_workload(r[:10]), str(r[10]), int(r[11])) for r in rows]
+
+    def holders_of(self, ca_versions: frozenset[str]) -> builtins.list[Workload]:
+        """Live workloads whose certificate was issued by one of ``ca_versions``."""
+        return [w for w, version, _ in self._live_newest() if version in ca_versions]
+
+    def missing_bundle(self, bundle_version: int) -> builtins.list[Workload]:
+        """Live workloads last handed a bundle older than ``bundle_version``."""
+        return [w for w, _, seen in self._live_newest() if seen < bundle_version]
+
+    def ca_versions_in_use(self) -> dict[str, int]:
+        """Live workloads per issuing CA version."""
+        counts: dict[str, int] = {}
+        for _, version, _ in self._live_newest():
+            counts[version] = counts.get(version, 0) + 1
+        return counts
 
     def prune_certs(self, before: float) -> int:
         """Forget certificates that expired before ``before``: they can no longer renew."""

@@ -45,8 +45,9 @@ def _authorizer(inventory: Inventory) -> Callable[[str, str], str | None]:
 
 
 async def serve_xds(config: RegistrarConfig, *, watch_parent: bool) -> None:
+    from registrar.ca.live import xds_pems
     from registrar.xds.hub import Hub
-    from registrar.xds.server import server_credentials, start
+    from registrar.xds.server import rotating_credentials, start
     from registrar.xds.status import XdsStatus
 
     conn = connect(config.database)
@@ -56,8 +57,7 @@ async def serve_xds(config: RegistrarConfig, *, watch_parent: bool) -> None:
     hub = Hub(lambda: load_catalog(conn, config, time.time()), lambda: change_counter(conn),
               clock=SystemClock(), quiet=mesh.debounce_quiet, max_delay=mesh.debounce_max,
               poll=mesh.poll_interval, grace=mesh.health_grace)
-    credentials = server_credentials(config.tls_cert.read_bytes(), config.tls_key.read_bytes(),
-                                     config.ca.roots.read_bytes())
+    credentials = rotating_credentials(*xds_pems(config))
     host = f"[{mesh.xds_host}]" if ":" in (mesh.xds_host or "") else mesh.xds_host
     clock = SystemClock()
     server = await start(hub, status, _authorizer(Inventory(conn, clock)),

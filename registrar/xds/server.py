@@ -191,9 +191,26 @@ MEMORY_OPTIONS = (
 )
 
 
-def server_credentials(cert_pem: bytes, key_pem: bytes, roots_pem: bytes) -> grpc.ServerCredentials:
-    return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=roots_pem,
-                                       require_client_auth=True)
+
+ServerPems = tuple[bytes, bytes, bytes]  # certificate chain, key, client roots
+
+
+def rotating_credentials(initial: ServerPems,
+                         changed: Callable[[], ServerPems | None]) -> grpc.ServerCredentials:
+    """Credentials gRPC asks ``changed`` about before each handshake (None: keep), so
+    a CA rotation's server certificate and roots apply without a restart."""
+    def configuration(pems: ServerPems) -> grpc.ServerCertificateConfiguration:
+        cert, key, roots = pems
+        return grpc.ssl_server_certificate_configuration([(key, cert)], roots)
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        pems = changed()
+        return None if pems is None else configuration(pems)
+
+    # gRPC documents None as "no change"; the stubs do not allow it.
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(initial), fetch,  # type: ignore[arg-type]
+        require_client_authentication=True)
 
 
 async def start(hub: Hub, status: XdsStatus, authorize: Authorizer, address: str,
