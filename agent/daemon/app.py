@@ -12,6 +12,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from agent.attest import registry
@@ -30,13 +31,15 @@ from agent.istio.attestor import IstioTokenAttestor
 from agent.istio.ca_client import IstioCAClient
 from agent.registrar_client import RegistrarClient
 from agent.registrar_client.workload import WorkloadSettings
-from agent.sidecar.ads import XdsServer
 from agent.state.layout import StateDirError, prepare_state_dir
 from agent.state.store import StateFile
 from agent.status.health import Health
 from agent.status.server import StatusServer
 from meshcore.clock import Clock, Rng, SystemClock, system_rng
 from meshcore.exits import EX_CONFIG, EX_OK
+
+if TYPE_CHECKING:
+    from agent.sidecar.ads import XdsServer
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +224,8 @@ class Daemon:
                     "sidecar.mode is xds but the registrar offers no xDS server "
                     "(its workload settings have no xds port)")
             return None
+        from agent.sidecar.ads import XdsServer
+
         return XdsServer(urlsplit(self.config.registrar.url).hostname or "", port)
 
     async def run(self) -> int:
@@ -259,6 +264,14 @@ class Daemon:
             log.error("cannot start the sidecar: %s", exc)
             self.notifier.status(f"failed: {exc}")
             return EX_CONFIG
+        self.dataplane.start_envoy_early()
+        try:
+            return await self._serve()
+        finally:
+            # Only if start-up ended before the TaskGroup took Envoy over.
+            await self.dataplane.stop_early_envoy()
+
+    async def _serve(self) -> int:
         self.notifier.status("obtaining credentials")
         start = asyncio.ensure_future(self.manager.start())
         stop = asyncio.ensure_future(self._stop.wait())
