@@ -248,6 +248,8 @@ class DataPlane:
 
         Every capture change happens here, awaited: a failure is logged or ends
         the agent, never lost in a forgotten task."""
+        if self.sidecar is None and not self._capture_enabled:
+            return  # nothing to follow: an idle agent should not wake twice a second
         was_ready = True
         last_drift = self._clock.monotonic()
         while True:
