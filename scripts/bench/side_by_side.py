@@ -391,11 +391,12 @@ def main() -> int:
     rows: list[Row] = []
     try:
         reg.init()
-        reg.start()
         running.append(reg.stop)
+        reg.start()
+        # Registered before start: a server that fails half-way is still stopped.
+        running.append(spire.stop if spire is not None else lambda: None)
         if spire is not None:
             spire.start()
-        running.append(spire.stop if spire is not None else lambda: None)
 
         mesh, m_first, m_restart = mesh_agent_boots(base, reg, args.runs)
         running.append(mesh.stop)
