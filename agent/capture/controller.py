@@ -214,8 +214,10 @@ class CaptureController:
             keys = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
             raise CaptureError(f"{backend.name}: rules read back differ from the plan in {keys}")
         if self._config is not None and self._config.probe:
-            for probe in ruleset.probes:
-                result = await self._prober.probe(probe)
+            # Each family's probe is its own connection: made side by side.
+            # Read-only: a failure needs no care for the other still running.
+            results = await asyncio.gather(*(self._prober.probe(p) for p in ruleset.probes))
+            for probe, result in zip(ruleset.probes, results, strict=True):
                 if not result.ok:
                     raise CaptureError(f"{backend.name}: probe failed: {result.detail}")
                 log.info("capture probe IPv%d: %s", probe.family, result.detail)

@@ -12,7 +12,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 from agent.attest import registry
@@ -33,13 +33,15 @@ from agent.istio.ca_client import IstioCAClient
 from agent.registrar_client import RegistrarClient
 from agent.registrar_client.client import ExtraAnchors
 from agent.registrar_client.workload import WorkloadSettings
-from agent.sidecar.ads import XdsServer
 from agent.state.layout import StateDirError, prepare_state_dir
 from agent.state.store import StateFile
 from agent.status.health import Health
 from agent.status.server import StatusServer
 from meshcore.clock import Clock, Rng, SystemClock, system_rng
 from meshcore.exits import EX_CONFIG, EX_OK
+
+if TYPE_CHECKING:
+    from agent.sidecar.ads import XdsServer
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -241,6 +243,8 @@ class Daemon:
                     "sidecar.mode is xds but the registrar offers no xDS server "
                     "(its workload settings have no xds port)")
             return None
+        from agent.sidecar.ads import XdsServer
+
         return XdsServer(urlsplit(self.config.registrar.url).hostname or "", port)
 
     async def _until_stop(self, work: Awaitable[_T]) -> tuple[_T] | None:
@@ -306,6 +310,14 @@ class Daemon:
             log.error("cannot start the sidecar: %s", exc)
             self.notifier.status(f"failed: {exc}")
             return EX_CONFIG
+        self.dataplane.start_envoy_early()
+        try:
+            return await self._serve()
+        finally:
+            # Only if start-up ended before the TaskGroup took Envoy over.
+            await self.dataplane.stop_early_envoy()
+
+    async def _serve(self) -> int:
         self.notifier.status("obtaining credentials")
         try:
             started = await self._until_stop(self.manager.start())

@@ -9,6 +9,7 @@ even when capture is now disabled, so a config change can never strand rules.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import stat
@@ -25,11 +26,6 @@ from agent.credentials import Credentials
 from agent.dns.resolv import nameservers
 from agent.dns.table import LISTEN, NameTable
 from agent.proxy.user import ProxyUserMissing, resolve_proxy_user
-from agent.sidecar.ads import XdsServer
-from agent.sidecar.install import ConfigRejected
-from agent.sidecar.process import EnvoyNotFound, SidecarError
-from agent.sidecar.service import Sidecar
-from agent.sidecar.settings import EnvoyPaths, mesh_settings
 from agent.state.store import AgentState
 from agent.status.health import Health
 from meshcore.clock import Clock
@@ -38,6 +34,8 @@ if TYPE_CHECKING:
     from agent.dns.guard import DnsGuard
     from agent.dns.proxy import DnsProxy
     from agent.istio.dataplane import IstioDataPlane
+    from agent.sidecar.ads import XdsServer
+    from agent.sidecar.service import Sidecar
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +66,23 @@ class DataPlane:
         sidecar = replace(config.sidecar, ipv6=config.sidecar.ipv6 and ipv6_available())
         capture = effective_capture(config)
         self.istio: IstioDataPlane | None = None
-        if config.istio is not None and sidecar.enabled:
-            # Imported here: static mode never loads grpcio or protobuf.
-            from agent.istio.dataplane import IstioDataPlane
+        self.sidecar: Sidecar | None = None
+        if sidecar.enabled:
+            # Imported only with the sidecar on: an agent that only keeps the
+            # VM's certificate never loads the sidecar's modules.
+            from agent.sidecar.service import Sidecar
+            from agent.sidecar.settings import EnvoyPaths
 
-            # Envoy is configured by istiod; we serve its certificate over SDS.
-            self.istio = IstioDataPlane(config.istio.vm, sidecar,
-                                        EnvoyPaths.under(config.state_dir).root)
-        self.sidecar = (Sidecar(sidecar, config.state_dir, clock=clock,
-                                on_status=self._on_status,
-                                render=self.istio.render if self.istio else None)
-                        if sidecar.enabled else None)
+            if config.istio is not None:
+                # Imported here: static mode never loads grpcio or protobuf.
+                from agent.istio.dataplane import IstioDataPlane
+
+                # Envoy is configured by istiod; we serve its certificate over SDS.
+                self.istio = IstioDataPlane(config.istio.vm, sidecar,
+                                            EnvoyPaths.under(config.state_dir).root)
+            self.sidecar = Sidecar(sidecar, config.state_dir, clock=clock,
+                                   on_status=self._on_status,
+                                   render=self.istio.render if self.istio else None)
         self.capture = CaptureController(capture if capture.enabled else None,
                                          state_dir=config.state_dir, clock=clock)
         self._capture_enabled = config.capture.enabled
@@ -89,6 +93,7 @@ class DataPlane:
         self._configured = False
         self._xds: XdsServer | None = None
         self._dns = config.dns
+        self._envoy: asyncio.Task[None] | None = None  # started early, see start_envoy_early
         self.dns_proxy: DnsProxy | None = None
         self.dns_guard: DnsGuard | None = None  # both set by start_dns
         if self.sidecar is not None:
@@ -124,6 +129,10 @@ class DataPlane:
         Envoy gets the ADS bootstrap and its config from the registrar."""
         if self.sidecar is None:
             return
+        from agent.sidecar.install import ConfigRejected
+        from agent.sidecar.process import EnvoyNotFound
+        from agent.sidecar.settings import mesh_settings
+
         self._xds = xds
         try:
             # Istio mode: the key goes to Envoy over the SDS socket only, never
@@ -141,6 +150,9 @@ class DataPlane:
         """After each renewal: Envoy picks the new generation up live."""
         if self.sidecar is None or not self._configured:
             return
+        from agent.sidecar.process import SidecarError
+        from agent.sidecar.settings import mesh_settings
+
         if self.istio is not None:
             self.istio.publish(creds)  # pushed to Envoy on its open SDS streams
             return  # the bootstrap does not depend on the certificate
@@ -152,9 +164,38 @@ class DataPlane:
             # The old certificate and config stay live; the next rotation retries.
             log.error("could not hand the new certificate to envoy", extra={"error": str(exc)})
 
+    def start_envoy_early(self) -> bool:
+        """On a restart, start Envoy on the last run's bootstrap and certificate
+        while credentials load and the registrar is asked for settings: its start
+        (~100 ms) overlaps theirs instead of following them. Nothing depends on it
+        yet: capture goes on only after ``configure`` and a fresh ``/ready``, and
+        ``configure`` restarts this Envoy if the bootstrap it installs differs.
+        Not in Istio mode (its SDS server holds no certificate before publish) and
+        not on a first boot (no bootstrap yet). True when started."""
+        if self.sidecar is None or self.istio is not None or self._envoy is not None:
+            return False
+        paths = self.sidecar.paths
+        if not paths.bootstrap.exists() or not paths.current.exists():
+            return False
+        log.info("starting envoy early on the last bootstrap while credentials load")
+        self._envoy = asyncio.create_task(self.sidecar.supervisor.run())
+        return True
+
     async def run_envoy(self) -> None:
-        if self.sidecar is not None:
+        if self._envoy is not None:
+            await self._envoy
+        elif self.sidecar is not None:
             await self.sidecar.supervisor.run()
+
+    async def stop_early_envoy(self) -> None:
+        """Start-up ended before the TaskGroup took Envoy over (no credentials, a
+        config error, SIGTERM): stop the early Envoy, never orphan it."""
+        if self._envoy is None or self._envoy.done() or self.sidecar is None:
+            return
+        await self.sidecar.supervisor.shutdown()
+        self._envoy.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._envoy
 
     async def start_dns(self, names: NameTable) -> None:
         """The DNS proxy, before capture: the redirect goes on only once it answers."""
@@ -207,6 +248,8 @@ class DataPlane:
 
         Every capture change happens here, awaited: a failure is logged or ends
         the agent, never lost in a forgotten task."""
+        if self.sidecar is None and not self._capture_enabled:
+            return  # nothing to follow: an idle agent should not wake twice a second
         was_ready = True
         last_drift = self._clock.monotonic()
         while True:

@@ -7,12 +7,14 @@ import os
 import socket
 from collections.abc import Callable
 
-import psutil
-
 HostInfo = Callable[[], tuple[str, list[str]]]
 
 
 def local_host_info() -> tuple[str, list[str]]:
+    # Imported at the one call that needs it (an attestation): an agent restarting
+    # on stored credentials never loads psutil's extension and its tables.
+    import psutil
+
     addresses: list[str] = []
     for entries in psutil.net_if_addrs().values():
         for entry in entries:

@@ -14,6 +14,7 @@ Example::
       outbound_services:
         payments: {address: 10.0.0.7:8443, spiffe_id: spiffe://example.org/ns/pay/sa/api}
       drain_time: 5s
+      buffer_limit: 32768             # bytes per connection and direction
       restart: {min_backoff: 500ms, max_backoff: 30s, failure_threshold: 5}
 
 Envoy's user and its inbound/outbound ports come from the ``proxy:`` section
@@ -68,6 +69,11 @@ class SidecarConfig:
     drain_time: float = 5.0
     ready_timeout: float = 30.0
     concurrency: int = 2
+    # Bytes Envoy buffers per connection and direction (listeners and clusters).
+    # Envoy's own default is 1 MiB, sized for gateways; a VM's sidecar relays
+    # its apps' TCP streams, where 32 KiB keeps a slow peer from pinning a
+    # megabyte per connection (see docs/performance.md for the measurement).
+    buffer_limit: int = 32 * 1024
     envoy_log_level: str = "warning"
     restart: RestartPolicy = RestartPolicy(0.5, 30.0, 5, 60.0)
     # Also listen on [::] (v6-only sockets beside the IPv4 ones): capture
@@ -140,6 +146,7 @@ def parse_sidecar(s: Section, proxy: ProxyConfig) -> SidecarConfig:
         drain_time=s.duration("drain_time", 5.0, minimum=0, maximum=600),
         ready_timeout=s.duration("ready_timeout", 30.0, minimum=1, maximum=600),
         concurrency=s.integer("concurrency", 2, minimum=1, maximum=64),
+        buffer_limit=s.integer("buffer_limit", 32 * 1024, minimum=1024, maximum=64 * 2**20),
         envoy_log_level=s.text("envoy_log_level", "warning", choices=ENVOY_LOG_LEVELS),
         restart=_restart(s.section("restart")),
         ipv6=s.flag("ipv6", True),

@@ -126,6 +126,7 @@ def _inbound(config: SidecarConfig, mesh: MeshSettings, paths: EnvoyPaths) -> di
     return {
         "name": "inbound",
         **_any_address(config, config.proxy.inbound_port),
+        "per_connection_buffer_limit_bytes": config.buffer_limit,
         "listener_filters": _listener_filters(tls_inspector=True),
         "filter_chains": chains,
         # Connections that match no chain (plaintext, unknown port) are closed;
@@ -150,6 +151,7 @@ def _outbound(config: SidecarConfig, paths: EnvoyPaths) -> dict[str, Any]:
     return {
         "name": "outbound",
         **_any_address(config, config.proxy.outbound_port),
+        "per_connection_buffer_limit_bytes": config.buffer_limit,
         "listener_filters": _listener_filters(tls_inspector=False),
         "filter_chains": chains,
         "default_filter_chain": {
@@ -173,6 +175,8 @@ def _clusters(config: SidecarConfig, paths: EnvoyPaths) -> list[dict[str, Any]]:
     clusters += [_static_cluster(outbound_cluster_name(s), s.address, s.port,
                                  transport_socket=upstream_tls(paths, s.spiffe_id))
                  for s in config.outbound_services]
+    for cluster in clusters:
+        cluster["per_connection_buffer_limit_bytes"] = config.buffer_limit
     return clusters
 
 

@@ -106,6 +106,8 @@ class Sidecar:
         changed = await install_bootstrap(
             self.config, document, self.paths,
             runner=self._runner, user=self.proxy, chown=self._chown)
-        if changed and self._supervisor is not None and self._supervisor.status().pid:
+        if changed and self._supervisor is not None:
+            # Also an Envoy still being spawned (started early on the last
+            # bootstrap): restart() replaces it once it exists.
             await self._supervisor.restart()
         return changed

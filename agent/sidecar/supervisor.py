@@ -26,7 +26,8 @@ from meshcore.clock import Clock, SystemClock, sleep_unless
 
 LOG = logging.getLogger("agent.sidecar")
 STOP_GRACE = 5.0  # after SIGTERM, before SIGKILL
-READY_POLL = 0.05
+# Until the first 200: start-up waits on this poll (a local HTTP GET, ~1 ms).
+READY_POLL = 0.01
 LIVE_POLL = 1.0
 _LEVELS = {"[critical]": logging.CRITICAL, "[error]": logging.ERROR,
            "[warning]": logging.WARNING, "[debug]": logging.DEBUG, "[trace]": logging.DEBUG}
@@ -102,6 +103,10 @@ class EnvoySupervisor:
         self._wake = asyncio.Event()
         self._stopping = False
         self._restart_requested = False
+        # A restart asked for while a process is being spawned: that process may
+        # have read the old bootstrap, so it is replaced as soon as it exists.
+        self._spawning = False
+        self._restart_on_spawn = False
         self._state = EnvoyState.STOPPED
         self._restarts = 0
         self._failures = 0
@@ -135,9 +140,15 @@ class EnvoySupervisor:
     # -- control --------------------------------------------------------------
     async def restart(self) -> None:
         """Stop the running Envoy so ``run()`` starts it again with the current
-        bootstrap file, without counting a failure or backing off."""
+        bootstrap file, without counting a failure or backing off. With no process
+        it does nothing, except while one is being spawned (Envoy started early,
+        before the bootstrap was re-rendered): that one is replaced once it exists."""
+        # Not ready from now on: whoever waits for readiness after this call must
+        # see the restarted Envoy's, never the old one's.
+        self._ready.clear()
         proc = self._proc
         if proc is None or proc.returncode is not None:
+            self._restart_on_spawn = self._spawning
             return
         self._restart_requested = True
         await self._terminate(proc)
@@ -196,13 +207,21 @@ class EnvoySupervisor:
         if self._state is not EnvoyState.CRASHLOOP:
             self._set_state(EnvoyState.STARTING, "")
         self._stderr_tail.clear()
+        self._spawning = True
         try:
             proc = await self._runner.start(self._argv, user=self._user)
         except SidecarError as exc:
             self._detail = str(exc)
             self._log.error("cannot start envoy: %s", exc)
             return None
+        finally:
+            self._spawning = False
         self._proc = proc
+        if self._restart_on_spawn:
+            self._restart_on_spawn = False
+            self._restart_requested = True
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()  # read the file it replaced; run() starts the new one
         self._log.info("envoy started (pid %d, uid %s)", proc.pid,
                        self._user.uid if self._user else "unchanged")
         pumps = [asyncio.create_task(self._pump(proc.stdout, self._access_log, access=True)),
@@ -225,7 +244,9 @@ class EnvoySupervisor:
     async def _watch_ready(self, proc: asyncio.subprocess.Process) -> None:
         while proc.returncode is None:
             ready = await self._probe.ready()
-            if ready and not self._ready.is_set() and not self._stopping:
+            # A process being replaced (restart) never becomes ready again.
+            if ready and not self._ready.is_set() and not self._stopping \
+                    and not self._restart_requested:
                 self._set_state(EnvoyState.READY, "")
                 self._ready.set()
                 self._log.info("envoy ready (pid %d)", proc.pid)

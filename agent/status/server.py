@@ -18,7 +18,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from agent.status.health import Health
-from agent.status.metrics import render
 from meshcore.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -51,6 +50,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200 if ready else 503, {
                 "ready": ready, "phase": health.phase, "summary": health.summary(now)})
         elif path == "/metrics":
+            # prometheus-client is loaded on the first scrape, not at start: an
+            # agent nobody scrapes never pays its memory.
+            from agent.status.metrics import render
+
             self._send(200, render(health, now), "text/plain; version=0.0.4")
         elif path == "/status":
             self._json(200, health.as_dict(now))

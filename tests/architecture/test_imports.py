@@ -78,3 +78,17 @@ def test_agent_entry_points_load_no_registrar_module() -> None:
     assert loaded["agent"] and loaded["meshcore"]
     assert loaded["registrar"] == []
     assert loaded["aiohttp"] == []  # the agent's package does not ship aiohttp
+
+
+def test_agent_start_up_loads_neither_psutil_nor_prometheus_nor_the_sidecar() -> None:
+    """Memory the agent does not need before READY: psutil serves one call at an
+    attestation, prometheus-client the first /metrics scrape, and the sidecar's
+    modules (beyond its config section) only an agent with the sidecar on."""
+    probe = ("import agent.cli, agent.daemon.app, agent.status.server\nimport json, sys\n"
+             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('psutil', 'prometheus_client') or (m.startswith('agent.sidecar.') and "
+             "m != 'agent.sidecar.config'))))")
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, "
+                          f"{str(ROOT)!r})\n{probe}"],
+                         capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

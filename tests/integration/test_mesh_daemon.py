@@ -151,3 +151,44 @@ def test_two_agents_talk_mtls_and_stop_cleanly(mesh: tuple[AgentProcess, AgentPr
     assert log.index("capture removed") < log.index("caught ENVOY_SIGTERM") < log.index(
         "agent.daemon.app: stopped")
     assert peer.stop(timeout=30) == 0
+
+
+def test_restart_starts_envoy_early_and_ready_waits_for_the_current_bootstrap(
+        mesh: tuple[AgentProcess, AgentProcess, Any], hosts: HostPair) -> None:
+    """On a restart, Envoy starts on the last run's bootstrap while credentials load
+    and the registrar is asked for settings. When the new bootstrap equals the old
+    one that Envoy is kept; when it differs (config changed between runs) the early
+    Envoy is replaced before READY, and READY still means the current bootstrap's
+    Envoy is ready and capture verified."""
+    vm, _peer, _app = mesh
+    vm.start()
+    vm.wait_ready(60)
+    assert "starting envoy early" not in vm.log_text()  # first boot: no bootstrap yet
+    vm.stop(30)
+
+    offset = len(vm.log_text())
+    vm.start()
+    vm.wait_ready(60)
+    log = vm.log_text()[offset:]
+    assert log.index("starting envoy early on the last bootstrap") < log.index(
+        "using stored credentials"), log
+    assert log.count("envoy started (pid") == 1, log  # same bootstrap: the early one is kept
+    assert vm.status()["conditions"] == {"sidecar": True, "capture": True}
+    vm.stop(30)
+
+    # Changed between runs: Envoy starts early on the old file, then is replaced.
+    vm.config["sidecar"]["allowed_peers"] = [PEER_ID, f"spiffe://{TD}/ns/ops/sa/debug"]
+    vm.write_config()
+    offset = len(vm.log_text())
+    vm.start()
+    vm.wait_ready(60)
+    log = vm.log_text()[offset:]
+    assert "starting envoy early on the last bootstrap" in log
+    assert log.count("envoy started (pid") == 2, log
+    bootstrap = (vm.state_dir / "envoy" / "bootstrap.yaml").read_text()
+    assert f"spiffe://{TD}/ns/ops/sa/debug" in bootstrap
+    # The Envoy that READY vouched for is the one on the new bootstrap.
+    pid = vm.status()["sidecar"]["pid"]
+    started = [line for line in log.splitlines() if "envoy started (pid" in line]
+    assert f"(pid {pid}," in started[-1], (pid, started)
+    assert "MESH_" in nat_rules(hosts.vm.name)

@@ -196,6 +196,73 @@ def test_shutdown_drains_then_terminates_and_a_cancelled_run_never_orphans() -> 
             f"/proc/{p}/status").read_text()
 
 
+class GatedRunner(ScriptRunner):
+    """The first start waits on ``gate``: a spawn still in progress (an Envoy started
+    early, before the agent re-rendered the bootstrap). Records every child."""
+
+    def __init__(self, script: str) -> None:
+        super().__init__(script)
+        self.gate = asyncio.Event()
+        self.waiting = False
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self, argv: Sequence[str], *,
+                    user: ProxyIdentity | None) -> asyncio.subprocess.Process:
+        if not self.procs:
+            self.waiting = True
+            await self.gate.wait()
+        proc = await super().start(argv, user=user)
+        self.procs.append(proc)
+        return proc
+
+
+def test_restart_during_spawn_replaces_that_process_and_counts_no_failure() -> None:
+    async def scenario() -> tuple[GatedRunner, SidecarStatus, list[int | None]]:
+        runner = GatedRunner("exec sleep 60")
+        sup = EnvoySupervisor(CONFIG, Path("/b.yaml"), user=None, runner=runner,
+                              probe=FakeProbe(ready=True))
+        task = asyncio.create_task(sup.run())
+        await _until(lambda: runner.waiting)
+        await sup.restart()  # the bootstrap changed while this Envoy was being spawned
+        runner.gate.set()
+        await _until(lambda: len(runner.procs) == 2)
+        await sup.wait_ready(5)
+        status = sup.status()
+        await sup.shutdown()
+        await asyncio.wait_for(task, 5)
+        return runner, status, [p.returncode for p in runner.procs]
+
+    runner, status, codes = asyncio.run(scenario())
+    assert status.pid == runner.procs[1].pid  # ready is the replacement's
+    assert codes[0] is not None and codes[0] < 0  # the first was terminated, not left running
+    assert status.restarts == 0 and status.consecutive_failures == 0
+
+
+def test_a_waiter_during_a_restart_sees_the_new_process_ready_not_the_old() -> None:
+    """The old Envoy keeps answering /ready while it exits (here for 1.5 s after
+    SIGTERM, longer than the 1 s live poll): whoever waits for readiness once the
+    restart began must get the replacement's, never the exiting one's."""
+    async def scenario() -> tuple[int | None, int | None, int]:
+        runner = ScriptRunner("trap 'sleep 1.5; kill $!; exit 0' TERM; sleep 60 & wait")
+        sup = EnvoySupervisor(CONFIG, Path("/b.yaml"), user=None, runner=runner,
+                              probe=FakeProbe(ready=True))
+        task = asyncio.create_task(sup.run())
+        await sup.wait_ready(5)
+        old = sup.status().pid
+        restarting = asyncio.create_task(sup.restart())
+        await asyncio.sleep(0)  # SIGTERM sent; the old process answers for 1.5 s more
+        await sup.wait_ready(5)
+        new = sup.status().pid
+        await restarting
+        await sup.shutdown()
+        await asyncio.wait_for(task, 5)
+        return old, new, len(runner.starts)
+
+    old, new, starts = asyncio.run(scenario())
+    assert starts == 2
+    assert new is not None and new != old
+
+
 def test_real_envoy_accepts_graceful_drain(hosts: object, envoy_path: Path,
                                            tmp_path: Path) -> None:
     """The admin calls the supervisor relies on, against a real Envoy (admin only config)."""
