@@ -99,6 +99,8 @@ class CredentialStore:
             key = load_key((directory / "key.pem").read_bytes())
             chain = load_pem_certs((directory / "cert-chain.pem").read_bytes())
             bundle = load_pem_certs((directory / "bundle.pem").read_bytes())
+            for cert in (*chain, *bundle):
+                _parse_all(cert)
         except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
             # TypeError: an encrypted key; UnsupportedAlgorithm: a key type we never write.
             raise StoreError(f"generation {directory} is unreadable: {exc}",
@@ -144,6 +146,15 @@ class CredentialStore:
             if name != keep_from:
                 with contextlib.suppress(OSError):
                     shutil.rmtree(self.root / name)
+
+
+def _parse_all(cert: x509.Certificate) -> None:
+    """Read every field the agent uses now: cryptography parses some only when
+    first read, and a malformed extension found later (the SPIFFE ID at start-up)
+    would end the agent with exit 1 instead of quarantining the generation
+    (found by tests/fuzz, agent_state)."""
+    _ = (cert.subject, cert.issuer, cert.serial_number, cert.extensions, cert.public_key(),
+         cert.not_valid_before_utc, cert.not_valid_after_utc)
 
 
 def _pem(certs: list[x509.Certificate]) -> bytes:
