@@ -86,6 +86,12 @@ class CredentialStore:
                              (self.current_link,))
         return target
 
+    def _points_at(self) -> str | None:
+        try:
+            return os.readlink(self.current_link)
+        except OSError:
+            return None
+
     def current(self) -> Credentials | None:
         """The live credentials, or None before the first bootstrap."""
         name = self._current_name()
@@ -128,14 +134,23 @@ class CredentialStore:
         partial = self.root / f".{name}.partial"
         if partial.exists():
             shutil.rmtree(partial)
-        partial.mkdir(mode=0o700)
-        write_atomic(partial / "key.pem", key_pem(key), mode=0o600)
-        write_atomic(partial / "cert-chain.pem", _pem(chain), mode=0o644)
-        write_atomic(partial / "bundle.pem", _pem(bundle), mode=0o644)
-        os.chmod(partial, 0o700)
-        os.rename(partial, self.root / name)
-        fsync_dir(self.root)
-        replace_symlink(self.current_link, name)
+        try:
+            partial.mkdir(mode=0o700)
+            write_atomic(partial / "key.pem", key_pem(key), mode=0o600)
+            write_atomic(partial / "cert-chain.pem", _pem(chain), mode=0o644)
+            write_atomic(partial / "bundle.pem", _pem(bundle), mode=0o644)
+            os.chmod(partial, 0o700)
+            os.rename(partial, self.root / name)
+            fsync_dir(self.root)
+            replace_symlink(self.current_link, name)
+        except OSError:
+            # A full or failing disk: leave no generation that ``current`` does not
+            # name (prepare() keeps one when there is no ``current`` yet), so a
+            # retry starts from what was there before.
+            shutil.rmtree(partial, ignore_errors=True)
+            if self._points_at() != name:
+                shutil.rmtree(self.root / name, ignore_errors=True)
+            raise
         self._prune(keep_from=name)
         log.info("credentials stored", extra={"generation": name})
         return self.load(name)
