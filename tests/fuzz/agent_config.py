@@ -4,7 +4,8 @@ config reader and the agent's config model (``agent.config.load_config``).
 The input is the main file; if it holds the line ``#--- agent.d/50-fuzz.yaml``,
 what follows is a drop-in instead. Allowed: an ``AgentConfig`` or a
 ``ConfigError`` that names a file and a key (``mesh-agent`` exits 78 on it);
-anything else is a crash that exit code 1 would report as a bug.
+anything else is a crash that exit code 1 would report as a bug. A loaded
+config's control-plane URLs must parse, port included (the daemon dials them).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from agent.config import AgentConfig, load_config
+from agent.config.model import control_plane_urls
 from meshcore.config.errors import ConfigError
 from tests.fuzz.mutate import ByteMutator, yaml_bytes
 
@@ -53,3 +56,6 @@ def check(data: bytes) -> None:
         return
     assert isinstance(config, AgentConfig)
     assert config.source_file == str(main)
+    # What the daemon dials and exempts from capture must be usable as read.
+    for url, _ in control_plane_urls(config):
+        assert urlsplit(url).port is not None or urlsplit(url).hostname, url
