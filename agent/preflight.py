@@ -37,7 +37,7 @@ def _trust_anchor(config: AgentConfig) -> Result:
         certs = x509.load_pem_x509_certificates(path.read_bytes())
     except OSError as exc:
         return Result("trust anchor", False, f"{path}: {exc.strerror}")
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
         return Result("trust anchor", False, f"{path}: not PEM certificates")
     return Result("trust anchor", True, f"{path}: {len(certs)} certificate(s)")
 

@@ -80,8 +80,11 @@ def decode(raw: bytes) -> CaptureRecord:
             owner=str(doc["owner"]),
             updated_at=str(doc["updated_at"]),
         )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RecordError(f"malformed: {exc!r}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError,
+            OverflowError) as exc:
+        # RecursionError: thousands of nested brackets (found by tests/fuzz,
+        # capture_record); OverflowError: Infinity where an integer belongs.
+        raise RecordError(f"malformed: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 def _phase(value: object) -> str:

@@ -22,7 +22,13 @@ def spiffe_id_of(cert: x509.Certificate) -> str | None:
 
 
 def load_pem_certs(data: bytes) -> list[x509.Certificate]:
-    return x509.load_pem_x509_certificates(data)
+    """PEM certificates; ``ValueError`` for anything that does not parse, including
+    an unknown X.509 version, which cryptography raises as ``InvalidVersion`` (not
+    a ValueError: it ended start-up with exit 1; found by tests/fuzz, agent_state)."""
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except x509.InvalidVersion as exc:
+        raise ValueError(f"not an X.509 v1-v3 certificate: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,12 @@ class CredentialStore:
                              (self.current_link,))
         return target
 
+    def _points_at(self) -> str | None:
+        try:
+            return os.readlink(self.current_link)
+        except OSError:
+            return None
+
     def current(self) -> Credentials | None:
         """The live credentials, or None before the first bootstrap."""
         name = self._current_name()
@@ -99,6 +105,8 @@ class CredentialStore:
             key = load_key((directory / "key.pem").read_bytes())
             chain = load_pem_certs((directory / "cert-chain.pem").read_bytes())
             bundle = load_pem_certs((directory / "bundle.pem").read_bytes())
+            for cert in (*chain, *bundle):
+                _parse_all(cert)
         except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
             # TypeError: an encrypted key; UnsupportedAlgorithm: a key type we never write.
             raise StoreError(f"generation {directory} is unreadable: {exc}",
@@ -137,14 +145,23 @@ class CredentialStore:
         partial = self.root / f".{name}.partial"
         if partial.exists():
             shutil.rmtree(partial)
-        partial.mkdir(mode=0o700)
-        write_atomic(partial / "key.pem", key_pem(key), mode=0o600)
-        write_atomic(partial / "cert-chain.pem", _pem(chain), mode=0o644)
-        write_atomic(partial / "bundle.pem", _pem(bundle), mode=0o644)
-        os.chmod(partial, 0o700)
-        os.rename(partial, self.root / name)
-        fsync_dir(self.root)
-        replace_symlink(self.current_link, name)
+        try:
+            partial.mkdir(mode=0o700)
+            write_atomic(partial / "key.pem", key_pem(key), mode=0o600)
+            write_atomic(partial / "cert-chain.pem", _pem(chain), mode=0o644)
+            write_atomic(partial / "bundle.pem", _pem(bundle), mode=0o644)
+            os.chmod(partial, 0o700)
+            os.rename(partial, self.root / name)
+            fsync_dir(self.root)
+            replace_symlink(self.current_link, name)
+        except OSError:
+            # A full or failing disk: leave no generation that ``current`` does not
+            # name (prepare() keeps one when there is no ``current`` yet), so a
+            # retry starts from what was there before.
+            shutil.rmtree(partial, ignore_errors=True)
+            if self._points_at() != name:
+                shutil.rmtree(self.root / name, ignore_errors=True)
+            raise
         self._prune(keep_from=name)
         log.info("credentials stored", extra={"generation": name})
         return self.load(name)
@@ -155,6 +172,15 @@ class CredentialStore:
             if name != keep_from:
                 with contextlib.suppress(OSError):
                     shutil.rmtree(self.root / name)
+
+
+def _parse_all(cert: x509.Certificate) -> None:
+    """Read every field the agent uses now: cryptography parses some only when
+    first read, and a malformed extension found later (the SPIFFE ID at start-up)
+    would end the agent with exit 1 instead of quarantining the generation
+    (found by tests/fuzz, agent_state)."""
+    _ = (cert.subject, cert.issuer, cert.serial_number, cert.extensions, cert.public_key(),
+         cert.not_valid_before_utc, cert.not_valid_after_utc)
 
 
 def _pem(certs: list[x509.Certificate]) -> bytes:

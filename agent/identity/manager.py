@@ -150,11 +150,46 @@ class IdentityManager:
             self._failed(exc)
             raise CannotContinue(f"cannot collect evidence: {exc}",
                                  exit_code=EX_CONFIG if exc.config else EX_NO_IDENTITY) from None
-        creds = self._install(key, issued, renewal=False)
+        stored = await self._store_first(key, issued)
+        if stored is None:
+            log.warning("the issued certificate expired before it could be stored; "
+                        "attesting again")
+            return await self.attest()
+        creds = stored
         attestor.spent()
         for hook in self.on_rotated:
             await hook(creds)
         return creds
+
+    async def _store_first(self, key: PrivateKey, issued: Issued) -> Credentials | None:
+        """Store what the first attestation got, retrying a full or failing disk
+        (ENOSPC, EIO, ...) with backoff while the certificate lasts.
+
+        The evidence is spent (a join token is single use), so the issued
+        certificate and its key are kept in memory and only the write is retried;
+        each failed try leaves no generation behind (``CredentialStore.commit``).
+        None when the certificate expired first."""
+        self._observe_clock()
+        failures = 0
+        stored: Credentials | None = None
+        while True:
+            try:
+                if stored is None:  # once stored, only state.json is left to write
+                    stored = self.store.commit(key, issued.chain_pem, issued.bundle_pem)
+                return self._record(stored, issued, renewal=False)
+            except OSError as exc:
+                failures += 1
+                error = (f"cannot store the issued certificate: "
+                         f"{exc.filename or self.store.root}: {exc.strerror or exc}")
+                self._health.failed("storage_error", error)
+                left = (issued.not_after - self._now()).total_seconds()
+                if left <= 0:
+                    return None
+                wait = min(left, backoff(failures, min_backoff=self.tuning.min_backoff,
+                                         max_backoff=self.tuning.max_backoff, rng=self._rng))
+                log.error("issued certificate not stored; retrying", extra={
+                    "error": error, "attempt": failures, "retry_in_seconds": round(wait, 2)})
+                await self._clock.sleep(wait)
 
     async def _attest_once(self, attestor: Attestor) -> tuple[PrivateKey, Issued]:
         challenge = await self.client.challenge() if attestor.needs_challenge else None
@@ -392,7 +427,11 @@ class IdentityManager:
 
     def _install(self, key: PrivateKey, issued: Issued, *, renewal: bool) -> Credentials:
         self._observe_clock()
-        creds = self.store.commit(key, issued.chain_pem, issued.bundle_pem)
+        return self._record(self.store.commit(key, issued.chain_pem, issued.bundle_pem),
+                            issued, renewal=renewal)
+
+    def _record(self, creds: Credentials, issued: Issued, *, renewal: bool) -> Credentials:
+        """state.json and status for credentials already stored."""
         now = self._clock.now()
         self._state = self._state.updated(
             spiffe_id=issued.spiffe_id, mesh=dict(issued.mesh),

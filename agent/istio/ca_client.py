@@ -152,7 +152,7 @@ class IstioCAClient:
     def _issued(self, pems: list[str]) -> Issued:
         try:
             certs = [x509.load_pem_x509_certificate(p.encode()) for p in pems]
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
             raise RegistrarError("retry", "bad_response", "cert_chain holds a non-PEM entry",
                                  url=self.url) from None
         if not certs:

@@ -23,7 +23,7 @@ def parse_roots(data: bytes, path: Path) -> list[x509.Certificate]:
                              _EXPECTED)
         try:
             certs.append(x509.load_pem_x509_certificate(match.group(0)))
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
             raise file_error(path, line, "pem", "a certificate block that does not parse",
                              _EXPECTED) from None
     if not certs:

@@ -159,7 +159,14 @@ class Section:
 
     def url(self, name: str, default: str | None = None, *, schemes: Sequence[str]) -> str:
         value = self.text(name, default)
-        parts = urlsplit(value)
+        try:
+            # urlsplit raises on a malformed [IPv6] host (found by tests/fuzz,
+            # agent_config); .port raises on a port out of range, so read it now.
+            parts = urlsplit(value)
+            _ = parts.port
+        except ValueError:
+            raise self.error(name, f"{shown(value)} is not a usable URL",
+                             f"a {'|'.join(schemes)} URL with a host") from None
         if parts.scheme not in schemes or not parts.hostname:
             raise self.error(name, f"{shown(value)} is not a usable URL",
                              f"a {'|'.join(schemes)} URL with a host")

@@ -14,7 +14,7 @@ from typing import Any
 
 from cryptography import x509
 
-from registrar.api.wire import host_fields, only_keys, string_field, timestamp
+from registrar.api.wire import parse_attest, parse_renew, timestamp
 from registrar.attestation.base import SingleUse, Verified, Verifier
 from registrar.ca.authority import (
     Authority,
@@ -24,7 +24,6 @@ from registrar.ca.authority import (
     Issued,
     utcnow,
 )
-from registrar.ca.csr import check_csr
 from registrar.config import Group, RegistrarConfig
 from registrar.rejections import Rejected
 from registrar.store.challenges import ChallengeStore
@@ -32,8 +31,6 @@ from registrar.store.inventory import CertOwner, Inventory
 
 log = logging.getLogger("registrar.decisions")
 
-_ATTEST_KEYS = {"evidence", "csr", "challenge", "hostname", "addresses"}
-_RENEW_KEYS = {"csr", "hostname", "addresses"}
 _STATE_REASONS = {"revoked": "identity_revoked", "evicted": "identity_evicted"}
 
 
@@ -96,22 +93,17 @@ class Service:
 
     # -- attest -----------------------------------------------------------------
     async def attest(self, body: Mapping[str, Any], remote: str) -> Decision:
-        only_keys(body, _ATTEST_KEYS, {"evidence", "csr"})
-        evidence = body["evidence"]
-        if not isinstance(evidence, dict) or not isinstance(evidence.get("type"), str):
-            raise Rejected("bad_request", "'evidence' must be an object with a string 'type'")
-        hostname, addresses = host_fields(body)
-        csr = check_csr(string_field(body, "csr"))
-        verifier = self._verifiers.get(evidence["type"])
+        request = parse_attest(body)
+        csr, hostname, addresses = request.csr, request.hostname, request.addresses
+        verifier = self._verifiers.get(request.evidence_type)
         if verifier is None:
             raise Rejected("unsupported_evidence",
-                           f"evidence type {evidence['type']!r} is not enabled; enabled: "
+                           f"evidence type {request.evidence_type!r} is not enabled; enabled: "
                            + ", ".join(sorted(self._verifiers)))
         challenge = None
         if verifier.needs_challenge:
-            raw = body.get("challenge")
-            challenge = self._challenges.consume(raw if isinstance(raw, str) else None)
-        verified = await verifier.verify(evidence, challenge)
+            challenge = self._challenges.consume(request.challenge)
+        verified = await verifier.verify(request.evidence, challenge)
         group = self._group_for(verified)
         if verified.addresses and addresses and addresses[0] not in verified.addresses:
             raise Rejected("address_mismatch", f"primary address {addresses[0]!r} is not the "
@@ -168,9 +160,8 @@ class Service:
                     remote: str) -> Decision:
         owner, group = self._owner_checked(peer)
         spiffe_id, workload_id = owner.spiffe_id, owner.workload.id
-        only_keys(body, _RENEW_KEYS, {"csr"})
-        hostname, addresses = host_fields(body)
-        csr = check_csr(string_field(body, "csr"))
+        request = parse_renew(body)
+        hostname, addresses, csr = request.hostname, request.addresses, request.csr
         csr.require_identity(spiffe_id)
         authority = self.authority()
         issued = authority.issue(csr.public_key, spiffe_id, group.cert_ttl)

@@ -10,15 +10,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from registrar.ca.csr import CheckedCsr, check_csr
 from registrar.rejections import Rejected
 
 MAX_DEPTH = 8
 MAX_ADDRESSES = 64
 MAX_HOSTNAME = 253
+_ATTEST_KEYS = {"evidence", "csr", "challenge", "hostname", "addresses"}
+_RENEW_KEYS = {"csr", "hostname", "addresses"}
 
 
 async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
@@ -35,7 +39,11 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
         chunks.append(chunk)
         if total > limit:  # chunked or lying Content-Length: stop reading at the limit
             raise Rejected("body_too_large", f"body exceeds {limit} bytes")
-    body = b"".join(chunks)
+    return parse_json(b"".join(chunks))
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """A request body (already within the size limit) -> a JSON object, or ``Rejected``."""
     try:
         value = json.loads(body)
     except (ValueError, RecursionError):
@@ -91,6 +99,47 @@ def host_fields(body: Mapping[str, Any]) -> tuple[str | None, list[str] | None]:
         raise Rejected("bad_request",
                        f"'addresses' must be a list of <= {MAX_ADDRESSES} address strings")
     return hostname, addresses
+
+
+@dataclass(frozen=True)
+class AttestRequest:
+    """An attest body whose shape and CSR passed; the evidence is the verifier's."""
+
+    evidence: Mapping[str, Any]
+    evidence_type: str
+    csr: CheckedCsr
+    challenge: str | None
+    hostname: str | None
+    addresses: list[str] | None
+
+
+@dataclass(frozen=True)
+class RenewRequest:
+    csr: CheckedCsr
+    hostname: str | None
+    addresses: list[str] | None
+
+
+def parse_attest(body: Mapping[str, Any]) -> AttestRequest:
+    """Everything about an attest body that needs no store and no key: pure, so
+    the fuzz targets run exactly what the server runs."""
+    only_keys(body, _ATTEST_KEYS, {"evidence", "csr"})
+    evidence = body["evidence"]
+    if not isinstance(evidence, dict) or not isinstance(evidence.get("type"), str):
+        raise Rejected("bad_request", "'evidence' must be an object with a string 'type'")
+    hostname, addresses = host_fields(body)
+    csr = check_csr(string_field(body, "csr"))
+    raw = body.get("challenge")
+    return AttestRequest(evidence=evidence, evidence_type=evidence["type"], csr=csr,
+                         challenge=raw if isinstance(raw, str) else None,
+                         hostname=hostname, addresses=addresses)
+
+
+def parse_renew(body: Mapping[str, Any]) -> RenewRequest:
+    only_keys(body, _RENEW_KEYS, {"csr"})
+    hostname, addresses = host_fields(body)
+    return RenewRequest(csr=check_csr(string_field(body, "csr")), hostname=hostname,
+                        addresses=addresses)
 
 
 def timestamp(when: dt.datetime) -> str:

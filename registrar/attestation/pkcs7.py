@@ -77,7 +77,7 @@ def parse(der: bytes) -> SignedData:
             raise ValueError("no embedded data content")
         content = bytes(encap["content"].native)
         certs = tuple(
-            x509.load_der_x509_certificate(choice.chosen.dump())
+            _certificate(choice.chosen.dump())
             for choice in (signed["certificates"] or ()) if choice.name == "certificate")
         infos = signed["signer_infos"]
         if len(infos) != 1:
@@ -88,6 +88,17 @@ def parse(der: bytes) -> SignedData:
     except Exception as exc:  # asn1crypto raises many types on malformed input
         raise Rejected("evidence_invalid", f"PKCS#7 is malformed: {type(exc).__name__}") from None
     return SignedData(content=content, certificates=certs, signer=signer)
+
+
+def _certificate(der: bytes) -> x509.Certificate:
+    """An embedded certificate with every field this module and the verifiers
+    read already parsed: cryptography parses some only when first read, and a
+    malformed one must be malformed evidence here, not an exception (a 500) in
+    ``names`` or the chain check later (found by tests/fuzz, registrar_request)."""
+    cert = x509.load_der_x509_certificate(der)
+    _ = (cert.issuer, cert.subject, cert.serial_number, cert.extensions, cert.public_key(),
+         cert.not_valid_before_utc, cert.not_valid_after_utc)
+    return cert
 
 
 def _signer(info: Any, content: bytes) -> Signer:

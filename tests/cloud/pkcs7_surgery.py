@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 
 from asn1crypto import cms
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from registrar.attestation.base import Verified
 
 
 def _load(b64: str) -> cms.ContentInfo:
@@ -59,3 +62,22 @@ def signed_ranges(der: bytes) -> list[range]:
 
 def flip(der: bytes, pos: int, mask: int) -> bytes:
     return der[:pos] + bytes([der[pos] ^ mask]) + der[pos + 1:]
+
+
+def assert_cuts_and_flips_refused(raw: bytes, outcome: Callable[[bytes], Verified | None],
+                                  genuine: Verified, *, cut_step: int, flip_step: int,
+                                  mask: int) -> None:
+    """Every cut of a genuine PKCS#7 ``raw`` is refused (``outcome`` is None), and
+    so is every flipped byte inside what is signed; a flip elsewhere (e.g. the
+    certificate list) may verify, but then proves nothing beyond ``genuine``."""
+    for cut in range(0, len(raw), cut_step):
+        assert outcome(raw[:cut]) is None, f"accepted a PKCS#7 cut to {cut} bytes"
+    signed, checked = signed_ranges(raw), 0
+    for pos in range(0, len(raw), flip_step):
+        got = outcome(flip(raw, pos, mask))
+        if any(pos in part for part in signed):
+            checked += 1
+            assert got is None, f"accepted a flipped signed byte at {pos}"
+        else:
+            assert got is None or got == genuine, pos
+    assert checked >= 5
