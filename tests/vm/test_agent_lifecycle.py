@@ -310,11 +310,20 @@ def test_4_reboot_renews_over_mtls_without_token(run: Run) -> None:
 def test_6_watchdog_restarts_a_stalled_agent(run: Run) -> None:
     before, after, t0, t1 = run.text(2, "watchdog").split()
     assert after not in (before, "0"), "the stalled agent was never replaced"
-    elapsed = float(t1) - float(t0)
-    print(f"watchdog restart after {elapsed:.1f}s (WatchdogSec={WATCHDOG_SEC:.0f})")
-    assert elapsed <= 2 * WATCHDOG_SEC
+    # systemd's own monotonic stamps: the stall (SIGUSR1) to the watchdog's kill.
+    # The restart after it (ExecStopPost, RestartSec, a new start with Envoy)
+    # is start-up time, not the watchdog's, and only has to happen.
     journal = run.text(2, "watchdog.journal")
-    assert "Watchdog timeout" in journal
+
+    def stamp(text: str) -> float:
+        line = next((line for line in journal.splitlines() if text in line), None)
+        assert line, f"no {text!r} in the journal:\n{journal[-2000:]}"
+        return float(line.lstrip("[ ").split("]", 1)[0])
+
+    detected = stamp("Watchdog timeout") - stamp("Sent signal SIGUSR1")
+    print(f"watchdog kill {detected:.1f}s after the stall (WatchdogSec={WATCHDOG_SEC:.0f}); "
+          f"agent active again after {float(t1) - float(t0):.1f}s")
+    assert 0 < detected <= 2 * WATCHDOG_SEC
 
 
 # -- item 5 ------------------------------------------------------------------------

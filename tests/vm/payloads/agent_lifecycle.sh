@@ -132,7 +132,7 @@ case "$MESH_VMTEST_BOOT" in
   echo "$before $pid $t0 $t1" > "$OUT/watchdog"
   mark watchdog-restarted
   props after-watchdog
-  journalctl -b -u $UNIT --no-pager > "$OUT/watchdog.journal" 2>&1
+  journalctl -b -u $UNIT -o short-monotonic --no-pager > "$OUT/watchdog.journal" 2>&1
 
   # Purge: nothing of ours may be left.
   rules > "$OUT/before-purge.rules"
