@@ -20,6 +20,12 @@ no such token or workload (registrar CLI). Like ``systemctl status``'s 3."""
 EX_DATAERR: Final = 65
 """BSD EX_DATAERR: input refused (an incomplete CA to import, a state directory
 that already holds a CA, an inventory written by a newer version)."""
+EX_UNAVAILABLE: Final = 69
+"""BSD EX_UNAVAILABLE: the command and its config are fine, but this host could
+not carry the operation out: ``capture apply`` whose probe found no proxy
+answering (rolled back), rules the kernel refused, the capture lock held by
+another process, an unreadable state directory. Fix the cause named on stderr
+and run the command again; nothing is left half-applied."""
 EX_CONFIG: Final = 78
 """BSD EX_CONFIG: bad configuration (file, key and allowed values are printed)."""
 EX_NO_IDENTITY: Final = 79

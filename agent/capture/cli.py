@@ -20,7 +20,7 @@ from agent.capture.record import RecordError
 from agent.capture.runner import CaptureError
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.config.model import control_plane_urls, effective_capture
-from meshcore.exits import EX_CONFIG, EX_FAILED, EX_NOT_OK
+from meshcore.exits import EX_CONFIG, EX_NOT_OK, EX_UNAVAILABLE
 
 DEFAULT_CONFIG = Path("/etc/mesh-agent/agent.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/mesh-agent")
@@ -72,9 +72,11 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                                        always_exempt=exempt, owner=f"mesh-agent capture {action}")
         return asyncio.run(_ACTIONS[action](controller, out))
     except (CaptureError, RecordError, OSError) as exc:
-        # OSError: e.g. the state directory is not readable by a non-root caller.
+        # An operational failure, not a bug (exit 1): no proxy answered the
+        # probe, the kernel refused the rules, the lock is held; OSError: e.g.
+        # the state directory is not readable by a non-root caller.
         print(f"error: capture {action}: {exc}", file=sys.stderr)
-        return EX_FAILED
+        return EX_UNAVAILABLE
 
 
 def _exemptions(config: AgentConfig | None, action: str) -> tuple[Exempt, ...]:

@@ -29,6 +29,12 @@ STOP_GRACE = 5.0  # after SIGTERM, before SIGKILL
 # Until the first 200: start-up waits on this poll (a local HTTP GET, ~1 ms).
 READY_POLL = 0.01
 LIVE_POLL = 1.0
+# A ready Envoy counts as not ready only after this many failed /ready polls
+# in a row: one answer slower than the probe timeout (a busy or CPU-starved
+# VM, Envoy rebuilding TLS contexts after a rotation) is not an outage, and
+# flapping would turn the agent's own readiness and its health reports false
+# for nothing. A hung Envoy is still seen within ~LIVE_FAILURES x (poll + timeout).
+LIVE_FAILURES = 3
 _LEVELS = {"[critical]": logging.CRITICAL, "[error]": logging.ERROR,
            "[warning]": logging.WARNING, "[debug]": logging.DEBUG, "[trace]": logging.DEBUG}
 
@@ -242,17 +248,21 @@ class EnvoySupervisor:
         return returncode
 
     async def _watch_ready(self, proc: asyncio.subprocess.Process) -> None:
+        misses = 0  # failed /ready polls in a row
         while proc.returncode is None:
             ready = await self._probe.ready()
+            misses = 0 if ready else misses + 1
             # A process being replaced (restart) never becomes ready again.
             if ready and not self._ready.is_set() and not self._stopping \
                     and not self._restart_requested:
                 self._set_state(EnvoyState.READY, "")
                 self._ready.set()
                 self._log.info("envoy ready (pid %d)", proc.pid)
-            elif not ready and self._ready.is_set():
+            elif misses >= LIVE_FAILURES and self._ready.is_set():
                 self._ready.clear()
-                self._set_state(EnvoyState.STARTING, "envoy /ready stopped answering 200")
+                detail = f"envoy /ready stopped answering 200 ({misses} polls in a row)"
+                self._set_state(EnvoyState.STARTING, detail)
+                self._log.warning("%s; not ready (pid %d)", detail, proc.pid)
             await self._clock.sleep(LIVE_POLL if self._ready.is_set() else READY_POLL)
 
     async def _pump(self, stream: asyncio.StreamReader | None, logger: logging.Logger,

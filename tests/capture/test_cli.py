@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from meshcore.exits import EX_UNAVAILABLE
 from tests.capture.netns import Topology, ruleset
 
 AGENT = str(Path(sys.executable).with_name("mesh-agent"))
@@ -42,7 +43,9 @@ def test_cli_plan_apply_status_remove(vm_ns: Topology, tmp_path: Path) -> None:
     assert ruleset(vm_ns.vm) == baseline  # plan changes nothing
 
     refused = cli(vm_ns, "apply", "--config", str(conf))  # nobody serves 15001 yet
-    assert refused.returncode == 1 and "nothing listens there" in refused.stderr, refused
+    # An operational failure (69), not a bug (1).
+    assert refused.returncode == EX_UNAVAILABLE and "nothing listens there" in refused.stderr, \
+        refused
     assert ruleset(vm_ns.vm) == baseline  # rolled back
     vm_ns.serve(vm_ns.vm, "proxy:4:0.0.0.0:15001", "proxy:6:[::]:15001")
     applied = cli(vm_ns, "apply", "--config", str(conf))

@@ -287,3 +287,58 @@ def test_real_envoy_accepts_graceful_drain(hosts: object, envoy_path: Path,
     finally:
         loop.close()
     assert drained and state is EnvoyState.STOPPED
+
+
+def test_a_slow_ready_answer_is_not_an_outage_but_a_hung_envoy_is(
+        hosts: object, envoy_path: Path, tmp_path: Path) -> None:
+    """A real Envoy, frozen with SIGSTOP: frozen past one /ready timeout it stays
+    ready (a busy VM); frozen for good it turns not ready, and ready again when thawed."""
+    import os
+    import signal
+    import time
+
+    from agent.sidecar.supervisor import LIVE_FAILURES, LIVE_POLL
+    from tests.sidecar.netns import NetnsLoop
+
+    bootstrap = tmp_path / "b.yaml"
+    bootstrap.write_text("admin: {address: {socket_address: {address: 127.0.0.1, "
+                         "port_value: 15000}}}\n")
+    config = SidecarConfig(enabled=True, envoy_path=envoy_path, drain_time=0.3)
+    loop = NetnsLoop(hosts.vm.name)  # type: ignore[attr-defined]
+
+    async def frozen(sup: EnvoySupervisor, seconds: float) -> list[bool]:
+        """``sup.ready`` sampled every 50 ms while Envoy is stopped, and 1 s after."""
+        pid = sup.status().pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        seen, until = [], time.monotonic() + seconds
+        try:
+            while time.monotonic() < until:
+                seen.append(sup.ready)
+                await asyncio.sleep(0.05)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        return seen
+
+    try:
+        async def scenario() -> tuple[list[bool], list[bool], list[str]]:
+            states: list[str] = []
+            sup = EnvoySupervisor(config, bootstrap, user=None, probe=AdminProbe(15000),
+                                  on_status=lambda s: states.append(s.detail))
+            task = asyncio.create_task(sup.run())
+            await sup.wait_ready(30)
+            await asyncio.sleep(LIVE_POLL)  # now in the live (1 s) polling
+            # One poll times out (1 s), the next one finds Envoy thawed.
+            brief = await frozen(sup, 1.5)
+            # Frozen for good: LIVE_FAILURES timeouts plus the polls between them.
+            hung = await frozen(sup, LIVE_FAILURES * (LIVE_POLL + 1.0) + 3.0)
+            await sup.wait_ready(15)
+            await sup.shutdown()
+            await task
+            return brief, hung, states
+        brief, hung, states = loop.run(scenario())
+    finally:
+        loop.close()
+    assert all(brief), "one slow /ready answer made Envoy not ready"
+    assert not hung[-1], "a hung Envoy still counts as ready"
+    assert any("stopped answering 200" in d for d in states), states

@@ -146,9 +146,10 @@ def _install_guest_files(root: Path) -> None:
         dest.chmod(0o755 if rel.parts[0] == "usr" else 0o644)
     wants = root / "etc/systemd/system/cloud-init.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    link = wants / "mesh-vmtest.service"
-    if not link.is_symlink():
-        link.symlink_to("/etc/systemd/system/mesh-vmtest.service")
+    for unit in sorted((GUEST_DIR / "etc/systemd/system").glob("mesh-vmtest*.service")):
+        link = wants / unit.name
+        if not link.is_symlink():
+            link.symlink_to(f"/etc/systemd/system/{unit.name}")
 
 
 @dataclass(frozen=True)

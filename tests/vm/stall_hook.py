@@ -1,5 +1,5 @@
-"""Installed into the test VM only (never packaged): lets the watchdog test
-stall a running agent. A ``.pth`` file in the guest's
+"""Baked into the lifecycle test's image only (never packaged, never in the
+user data): lets the watchdog test stall a running agent. A ``.pth`` file in the guest's
 ``/usr/lib/python3/dist-packages`` (on sys.path for every Debian python3, 3.11
 on Debian 12 and 3.13 on Debian 13) imports it at interpreter start;
 the packaged launcher runs ``python3 -I``, which still reads site-packages

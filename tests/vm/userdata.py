@@ -1,46 +1,97 @@
-"""cloud-init user data for the VM tests: the same shape docs/cloud-init.md
-documents for "join token + registrar address", plus test-only extras."""
+"""cloud-init user data for the VM tests: docs/cloud-init.md's layout 1 ("join
+token and registrar address") read from the page itself, so the VM boots what
+operators are told to write, with only the two placeholders filled in (the
+registrar's certificate and the token). No exclusion, no test-only key.
+
+What the test harness needs beyond that lives in the test image, never in the
+user data (``image_files``): a hosts entry for the documented registrar name,
+and a 90- drop-in (the documented slot for local overrides) with the slow
+Envoy start of an emulated CPU and a faster renewal ratio.
+"""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
 import yaml
 
+DOC = Path(__file__).resolve().parents[2] / "docs" / "cloud-init.md"
 GUEST_REGISTRAR = "10.0.2.100"  # qemu guestfwd -> the host registrar's loopback port
 GUEST_REGISTRAR_PORT = 8443
+CA_PATH = "/etc/mesh-agent/registrar-ca.pem"
+TOKEN_PATH = "/etc/mesh-agent/bootstrap-token"
+DROP_IN_PATH = "/etc/mesh-agent/agent.d/10-cloud-init.yaml"
+TOKEN_PLACEHOLDER = "REPLACE-WITH-THE-TOKEN"
 
 
-def join_token_user_data(*, ca_pem: str, token: str, agent_yaml: str,
-                         extra_files: list[dict[str, str]] | None = None,
-                         pre_commands: list[list[str]] | None = None) -> str:
-    """User data that drops the trust anchor, the token and an agent.d drop-in,
-    then enables and starts the agent (blocking until READY=1)."""
-    files = [
-        {"path": "/etc/mesh-agent/registrar-ca.pem", "permissions": "0644", "content": ca_pem},
-        # root-owned 0600 is fine: the unit hands it to mesh-agent before start.
-        {"path": "/etc/mesh-agent/bootstrap-token", "permissions": "0600", "content": token},
-        {"path": "/etc/mesh-agent/agent.d/10-cloud-init.yaml", "permissions": "0644",
-         "content": agent_yaml},
-        *(extra_files or []),
-    ]
-    data = {
-        "write_files": files,
-        "runcmd": [*(pre_commands or []), ["systemctl", "enable", "--now", "mesh-agent.service"]],
-    }
-    return "#cloud-config\n" + yaml.safe_dump(data, sort_keys=False)
+def documented_text() -> str:
+    """The first ``yaml`` block under docs/cloud-init.md's "## 1." heading, verbatim."""
+    text = DOC.read_text()
+    section = text[text.index("\n## 1. "):]
+    match = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert match, f"{DOC}: no yaml block in layout 1"
+    assert match.group(1).startswith("#cloud-config\n"), "layout 1 is not #cloud-config"
+    return match.group(1)
 
 
-def agent_drop_in(*, url: str, renew_at: float | None = None,
-                  capture: bool = True, sidecar: bool = True) -> str:
-    # Capture needs a proxy (capture.enabled alone is a config error): our sidecar.
-    data: dict[str, object] = {"registrar": {"url": url}, "attestation": {"method": "token"}}
-    if renew_at is not None:
-        data["rotation"] = {"renew_at": renew_at}
-    if sidecar:
+def documented_user_data() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(documented_text())
+    return data
+
+
+def documented_files() -> dict[str, str]:
+    return {f["path"]: f["content"] for f in documented_user_data()["write_files"]}
+
+
+def registrar_url() -> str:
+    """The registrar URL the documented drop-in names."""
+    url: str = yaml.safe_load(documented_files()[DROP_IN_PATH])["registrar"]["url"]
+    return url
+
+
+def registrar_host() -> str:
+    host = urlsplit(registrar_url()).hostname
+    assert host, registrar_url()
+    return host
+
+
+def join_token_user_data(*, ca_pem: str, token: str) -> str:
+    """Layout 1 as printed, with the trust anchor and the token filled in; the
+    rest of the text is the page's, byte for byte."""
+    text = documented_text()
+    pem = re.search(r"^( +)-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----\n",
+                    text, re.DOTALL | re.MULTILINE)
+    assert pem, "layout 1 has no certificate placeholder"
+    indented = "".join(pem.group(1) + line for line in ca_pem.strip().splitlines(keepends=True))
+    text = text[:pem.start()] + indented + "\n" + text[pem.end():]
+    assert text.count(TOKEN_PLACEHOLDER) == 1, "layout 1 has no token placeholder"
+    text = text.replace(TOKEN_PLACEHOLDER, token)
+    # Only those two values differ from the page.
+    filled = yaml.safe_load(text)
+    for got, doc in zip(filled["write_files"], documented_user_data()["write_files"],
+                        strict=True):
+        assert got["path"] == doc["path"]
+        assert got["path"] in (CA_PATH, TOKEN_PATH) or got == doc
+    ca = next(f for f in filled["write_files"] if f["path"] == CA_PATH)
+    assert ca["content"] == ca_pem.strip() + "\n"
+    return text
+
+
+def image_files(*, renew_at: float, ready_timeout: str = "150s") -> dict[str, bytes]:
+    """Files the test image carries for the harness (not user data, not the package)."""
+    hosts = ("127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n"
+             f"# test harness: qemu forwards this address to the host's registrar\n"
+             f"{GUEST_REGISTRAR}\t{registrar_host()}\n")
+    local = {
         # Envoy starts slowly under TCG emulation; the default 30 s is for real CPUs.
-        data["sidecar"] = {"enabled": True, "envoy_path": "/usr/local/bin/envoy",
-                           "ready_timeout": "150s"}
-    if capture:
-        # The registrar is reached through qemu's 10.0.2.0/24: keep the
-        # control path out of capture (no mesh service stands for it here).
-        data["capture"] = {"enabled": True, "exclude_outbound_cidrs": ["10.0.2.0/24"]}
-    return yaml.safe_dump(data, sort_keys=False)
+        "sidecar": {"ready_timeout": ready_timeout},
+        # Renew often enough that one boot sees renewals under capture.
+        "rotation": {"renew_at": renew_at},
+    }
+    return {
+        "/etc/hosts": hosts.encode(),
+        "/etc/mesh-agent/agent.d/90-vmtest.yaml": yaml.safe_dump(local).encode(),
+    }

@@ -8,6 +8,18 @@ UNIT=mesh-agent.service
 
 rules() { mesh-vmtest-rules; }
 
+mark() {  # guest uptime at each step: where a boot's time goes (timings.json)
+  echo "$(cut -d' ' -f1 /proc/uptime) $1" >> "$OUT/marks"
+}
+
+finish() {  # boot-time facts for the timing report, then leave
+  mark end
+  # Boot is not "finished" while this payload runs, so no systemd-analyze
+  # blame: the journal's monotonic stamps and each unit's CPU use tell instead.
+  ps -eo pid,user,etimes,times,args --sort=-times | cut -c1-160 | head -25 > "$OUT/ps" 2>&1
+  journalctl -b -o short-monotonic --no-pager > "$OUT/journal-monotonic.txt" 2>&1
+}
+
 wait_active() {  # up to $1 s for the unit to be active; "failed" will not restart
   i=0
   while [ "$i" -lt "$1" ]; do
@@ -40,6 +52,7 @@ creds() {  # identity facts: the live generation, its files' modes and owners
   stat -c '%a %U %G %n' /var/lib/mesh-agent /var/lib/mesh-agent/credentials > "$OUT/$1.dir-modes" 2>&1
 }
 
+mark payload-start
 python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' > "$OUT/python" 2>&1
 
 case "$MESH_VMTEST_BOOT" in
@@ -47,20 +60,39 @@ case "$MESH_VMTEST_BOOT" in
   cp /var/tmp/baseline.rules "$OUT/baseline.rules"
   { ip -4 route; ip -6 route; networkctl status --no-pager; } > "$OUT/routes" 2>&1
   wait_active 120
+  mark active
   props started
   systemctl status $UNIT --no-pager -l > "$OUT/started.status" 2>&1
   creds started
   ls -la /etc/mesh-agent > "$OUT/etc-listing" 2>&1
   [ -e /etc/mesh-agent/bootstrap-token ] && echo present > "$OUT/token" || echo absent > "$OUT/token"
   rules > "$OUT/started.rules"
-  mesh-agent status --json > "$OUT/status.json" 2>&1
+  # What cloud-init was given, raw (a file read; `cloud-init query` costs a Python start).
+  cp /var/lib/cloud/instance/user-data.txt "$OUT/userdata" 2>&1
+  cat /etc/mesh-agent/agent.d/*.yaml > "$OUT/agent.d" 2>&1
+
+  # A renewal while capture is on: READY=1 came after capture was applied,
+  # so the next change of the live generation is a renewal under capture.
+  gen=$(readlink /var/lib/mesh-agent/credentials/current)
+  i=0
+  while [ "$i" -lt 150 ] && [ "$(readlink /var/lib/mesh-agent/credentials/current)" = "$gen" ]; do
+    sleep 1; i=$((i + 1))
+  done
+  mark renewed
+  ps -eo pid,user,etimes,times,args --sort=-times | cut -c1-160 | head -25 > "$OUT/renewed.ps" 2>&1
+  creds renewed
+  mesh-agent status --json > "$OUT/renewed.status.json" 2>&1
+  rules > "$OUT/renewed.rules"
   journalctl -u $UNIT -o json --no-pager > "$OUT/agent-journal.json"
 
+  mark recorded
   systemctl stop $UNIT
+  mark stopped
   props stopped
   rules > "$OUT/stopped.rules"
   systemctl start $UNIT
   wait_active 60
+  mark restarted
   props restarted
   creds restarted
   rules > "$OUT/restarted.rules"
@@ -69,12 +101,14 @@ case "$MESH_VMTEST_BOOT" in
   systemctl kill -s KILL $UNIT
   sleep 1
   wait_active 60
+  mark killed-and-restarted
   props killed
   journalctl -u $UNIT -o json --no-pager > "$OUT/agent-journal-2.json"
   journalctl -o export --no-pager > "$OUT/journal.export"
   ;;
 2)
   wait_active 120
+  mark active
   props started
   creds started
   journalctl -b -u $UNIT -o json --no-pager > "$OUT/agent-journal.json"
@@ -96,13 +130,15 @@ case "$MESH_VMTEST_BOOT" in
   done
   t1=$(date +%s.%N)
   echo "$before $pid $t0 $t1" > "$OUT/watchdog"
+  mark watchdog-restarted
   props after-watchdog
-  journalctl -b -u $UNIT --no-pager > "$OUT/watchdog.journal" 2>&1
+  journalctl -b -u $UNIT -o short-monotonic --no-pager > "$OUT/watchdog.journal" 2>&1
 
   # Purge: nothing of ours may be left.
   rules > "$OUT/before-purge.rules"
   DEBIAN_FRONTEND=noninteractive apt-get purge -y mesh-agent > "$OUT/purge.log" 2>&1
   echo $? > "$OUT/purge.rc"
+  mark purged
   rules > "$OUT/purged.rules"
   for p in /etc/mesh-agent /var/lib/mesh-agent /run/mesh-agent /usr/lib/mesh-agent \
            /usr/bin/mesh-agent /usr/lib/systemd/system/mesh-agent.service \
@@ -124,4 +160,5 @@ case "$MESH_VMTEST_BOOT" in
   kill "$planted_proxy" "$planted_envoy"
   ;;
 esac
+finish
 exit 0
