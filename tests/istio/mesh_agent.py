@@ -79,6 +79,15 @@ class MeshAgentVm:
             self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=log,
                                          stderr=subprocess.STDOUT, env=env)
 
+    @property
+    def pid(self) -> int | None:
+        """The agent's pid (``ip netns exec`` execs it; Envoy is its child)."""
+        return self.proc.pid if self.proc is not None else None
+
+    def ready(self) -> bool:
+        """The agent's /ready: certificate, Envoy ready and capture verified."""
+        return self.get(f"http://127.0.0.1:{STATUS_PORT}/ready")[0] == 200
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -105,11 +114,8 @@ class MeshAgentVm:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"agent exited {self.proc.returncode}:\n"
                                      f"{self.log_text()[-4000:]}")
-            try:
-                if self.get(f"http://127.0.0.1:{STATUS_PORT}/ready")[0] == 200:
-                    return
-            except OSError:
-                pass
+            if self.ready():
+                return
             time.sleep(0.3)
         raise AssertionError(f"agent not ready after {timeout}s:\n{self.log_text()[-4000:]}")
 
