@@ -60,13 +60,14 @@ def test_capture_follows_cluster_env(tmp_path: Path) -> None:
         "ISTIO_LOCAL_EXCLUDE_PORTS": "22,15090,15021,15020,2222",
         "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE": "5432"}))
     base = CaptureConfig(enabled=True, exclude_outbound_cidrs=("192.0.2.0/24",))
-    out = capture_from_cluster_env(base, vm, istiod_ips=("10.0.0.5",))
+    out = capture_from_cluster_env(base, vm)
     assert out.inbound_ports == (8080, 9090)
     assert 2222 in out.exclude_inbound_ports and 22 in out.exclude_inbound_ports
     assert out.include_outbound_cidrs == ("10.96.0.0/12",)
-    assert out.exclude_outbound_cidrs == ("192.0.2.0/24", "10.0.0.5/32")
+    # istiod is exempted as the control plane, not here (test_istio_plan.py).
+    assert out.exclude_outbound_cidrs == ("192.0.2.0/24",)
     assert out.exclude_outbound_ports == (5432,)
     star = capture_from_cluster_env(base, load_vm(write_vm_files(
-        tmp_path / "b", root_pem=TestCA().bundle_pem)), istiod_ips=("fd00::5",))
+        tmp_path / "b", root_pem=TestCA().bundle_pem)))
     assert star.inbound_ports is None and star.include_outbound_cidrs is None
-    assert "fd00::5/128" in star.exclude_outbound_cidrs
+    assert star.exclude_outbound_cidrs == base.exclude_outbound_cidrs
