@@ -94,7 +94,12 @@ def test_capture_follows_cluster_env(tmp_path: Path) -> None:
     # istiod is exempted as the control plane, not here (test_istio_plan.py).
     assert out.exclude_outbound_cidrs == ("192.0.2.0/24",)
     assert out.exclude_outbound_ports == (5432,)
+    # An IPv4 node: istiod gives its Envoy IPv4 listeners only (found on the VM).
+    assert out.ipv6 is False
     star = capture_from_cluster_env(base, load_vm(write_vm_files(
         tmp_path / "b", root_pem=TestCA().bundle_pem)))
     assert star.inbound_ports is None and star.include_outbound_cidrs is None
     assert star.exclude_outbound_cidrs == base.exclude_outbound_cidrs
+    six = capture_from_cluster_env(base, load_vm(write_vm_files(
+        tmp_path / "c", root_pem=TestCA().bundle_pem, env_extra={"ISTIO_SVC_IP": "fd00::20"})))
+    assert six.ipv6 is True
