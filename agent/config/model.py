@@ -190,20 +190,20 @@ def control_plane_urls(config: AgentConfig) -> tuple[tuple[str, str], ...]:
         assert config.registrar is not None
         return ((config.registrar.url, "registrar"),)
     vm = config.istio.vm
-    urls = []
+    urls: dict[str, str] = {}
     for address, why in ((vm.discovery, "istiod"), (vm.ca, "istio-ca")):
         ip = vm.resolve(address)
         host = f"[{ip}]" if ":" in ip else ip
-        urls.append((f"https://{host}:{address.port}", why))
-    return tuple(dict.fromkeys(urls))
+        # istiod is usually its own CA: one address, one exemption.
+        urls.setdefault(f"https://{host}:{address.port}", why)
+    return tuple(urls.items())
 
 
 def effective_capture(config: AgentConfig) -> CaptureConfig:
-    """The capture config as applied: in Istio mode, with cluster.env's settings."""
+    """The capture config as applied: in Istio mode, with cluster.env's settings
+    (istiod and its CA go direct as the control plane: ``control_plane_urls``)."""
     if config.istio is None:
         return config.capture
     from agent.istio.capture import capture_from_cluster_env
 
-    vm = config.istio.vm
-    return capture_from_cluster_env(
-        config.capture, vm, istiod_ips=tuple({vm.resolve(vm.discovery), vm.resolve(vm.ca)}))
+    return capture_from_cluster_env(config.capture, config.istio.vm)

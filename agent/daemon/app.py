@@ -293,6 +293,7 @@ class Daemon:
             self.notifier.stopping()
             # Whatever ended us, a dead proxy must not keep capturing traffic.
             await self.dataplane.remove_capture()
+            await self.dataplane.release()
             if self.status is not None:
                 await self.status.stop()
             log.info("stopped")

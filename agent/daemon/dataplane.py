@@ -285,6 +285,13 @@ class DataPlane:
         if self.istio is not None:
             await self.istio.stop()
 
+    async def release(self) -> None:
+        """Whatever ended the agent (also a failure before Envoy ran): the SDS
+        server stops while its event loop still runs (grpcio cannot stop it
+        from a closed loop and prints a traceback at exit)."""
+        if self.istio is not None:
+            await self.istio.stop()
+
     async def remove_capture(self) -> None:
         try:
             await self.capture.remove()

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.istio.errors import file_error
+from meshcore.netaddr import is_ip_literal
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
@@ -22,11 +22,7 @@ class Address:
 
     @property
     def is_ip(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
+        return is_ip_literal(self.host)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -37,17 +33,10 @@ def parse_address(text: str, path: Path, line: int, what: str) -> Address:
     host, sep, port = text.strip().rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-        valid_host = _is_ip(host)
+        valid_host = is_ip_literal(host)
     else:
-        valid_host = bool(_HOSTNAME.match(host)) or (_is_ip(host) and ":" not in host)
+        valid_host = bool(_HOSTNAME.match(host)) or (is_ip_literal(host) and ":" not in host)
     if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or not valid_host:
         raise file_error(path, line, what, f"{text!r} is not HOST:PORT", EXPECTED)
     return Address(host.rstrip("."), int(port))
 
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True

@@ -18,12 +18,12 @@ over ADS, so a mesh change is a push, never a new bootstrap or a restart.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
 from agent.sidecar.settings import BUNDLE_SECRET, CERT_SECRET, EnvoyPaths, MeshSettings
 from agent.sidecar.tls import sds_ref
+from meshcore.netaddr import is_ip_literal
 
 XDS_CLUSTER = "xds"
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -43,11 +43,7 @@ class XdsServer:
 
     @property
     def is_ip(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
+        return is_ip_literal(self.host)
 
 
 def _xds_tls(server: XdsServer, paths: EnvoyPaths) -> dict[str, Any]:

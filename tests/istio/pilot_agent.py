@@ -134,6 +134,14 @@ class PilotAgentVm:
             self._proc = subprocess.Popen(argv, cwd=self.root, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True)
 
+    @property
+    def pid(self) -> int | None:
+        """pilot-agent's pid (the start script execs it; Envoy is its child)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def ready(self) -> bool:
+        return http_get(self.vm.name, f"http://127.0.0.1:{STATUS_PORT}/healthz/ready")[0] == 200
+
     def wait_ready(self, timeout: float = 60) -> None:
         """pilot-agent's status port says Envoy is ready (got istiod's config)."""
         deadline = time.monotonic() + timeout
