@@ -28,6 +28,7 @@ from agent.identity.issuer import IssuerClient
 from agent.identity.manager import CannotContinue, IdentityManager, Tuning
 from agent.istio.attestor import IstioTokenAttestor
 from agent.istio.ca_client import IstioCAClient
+from agent.istio.registrar_token import RegistrarTokenAttestor, RegistrarTokenSource
 from agent.registrar_client import RegistrarClient
 from agent.registrar_client.workload import WorkloadSettings
 from agent.sidecar.ads import XdsServer
@@ -71,7 +72,8 @@ def client_of(config: AgentConfig) -> IssuerClient:
     """mesh-registrar, or istiod's CA in Istio mode."""
     if config.istio is not None:
         return IstioCAClient(config.istio.vm, cert_ttl=config.istio.cert_ttl,
-                             timeout=config.istio.timeout)
+                             timeout=config.istio.timeout,
+                             token_from_registrar=config.istio.token_from_registrar)
     assert config.registrar is not None
     return RegistrarClient(config.registrar.url, config.registrar.ca_file,
                            timeout=config.registrar.timeout)
@@ -83,8 +85,27 @@ def log_warnings(config: AgentConfig) -> None:
         log.warning("configuration: %s", warning)
 
 
+def registrar_token_attestor(config: AgentConfig,
+                             clock: Clock) -> Callable[[], Awaitable[Attestor]]:
+    """Istio mode, ``token_source: registrar``: attest to mesh-registrar with the
+    ``attestation:`` section's evidence, then buy istiod's token with that identity."""
+    assert config.registrar is not None and config.istio is not None
+    source = RegistrarTokenSource(
+        RegistrarClient(config.registrar.url, config.registrar.ca_file,
+                        timeout=config.registrar.timeout),
+        lambda: registry.choose(config.attestation), state_dir=config.state_dir,
+        key_type=config.key_type, clock=clock, host=local_host_info,
+        audience=config.istio.token_audience)
+
+    async def choose() -> Attestor:
+        return RegistrarTokenAttestor(source)
+    return choose
+
+
 def attestor_of(config: AgentConfig, clock: Clock) -> Callable[[], Awaitable[Attestor]]:
     istio = config.istio
+    if istio is not None and istio.token_from_registrar:
+        return registrar_token_attestor(config, clock)
     if istio is not None:
         async def istio_token() -> Attestor:
             return IstioTokenAttestor(istio.vm.token_path, clock)
