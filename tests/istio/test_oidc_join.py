@@ -176,6 +176,8 @@ def test_wrong_audience_is_refused_by_istiod_and_reported(mesh: OidcMesh, vms: A
     assert status.get("failures", {}).get("registrar_token_rejected", 0) >= 2, \
         agent.log_text()[-3000:]
     assert "JWT_RULE" in str(status.get("last_error")), status
+    # Each attempt asked the registrar again: a fresh token, not a cached one.
+    assert mesh.registrar.log_text().count(" aud=other ") >= 2
     assert agent.get("http://127.0.0.1:15020/ready")[0] != 200
     assert "invalid audiences [other]" in mesh.istiod.log_text()[offset:]
     assert "JWT_RULE" in agent.log_text()
