@@ -22,6 +22,7 @@ from registrar import __version__
 from registrar.ca.bootstrap import InitError, init_state
 from registrar.catalog import cli as catalog_cli
 from registrar.config import RegistrarConfig, build_config
+from registrar.export import cli as export_cli
 from registrar.oidc import cli as oidc_cli
 from registrar.server import configure_logging, serve, state_paths
 from registrar.store.db import SchemaTooNew, connect
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         w.add_argument("id", type=int)
     catalog_cli.add_parsers(sub)
     oidc_cli.add_parsers(sub)
+    export_cli.add_parsers(sub)
     return p
 
 
@@ -182,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return catalog_cli.run_xds(args, config)
         if args.command == "oidc":
             return oidc_cli.run(args, config)
+        if args.command == "export":
+            return export_cli.run(args, config)
         return _workloads(args, config)
     except ConfigError as exc:
         print(f"mesh-registrar: {exc}", file=sys.stderr)
