@@ -85,27 +85,27 @@ def log_warnings(config: AgentConfig) -> None:
         log.warning("configuration: %s", warning)
 
 
-def registrar_token_attestor(config: AgentConfig,
-                             clock: Clock) -> Callable[[], Awaitable[Attestor]]:
+def registrar_token_source(config: AgentConfig, clock: Clock) -> RegistrarTokenSource | None:
     """Istio mode, ``token_source: registrar``: attest to mesh-registrar with the
     ``attestation:`` section's evidence, then buy istiod's token with that identity."""
-    assert config.registrar is not None and config.istio is not None
-    source = RegistrarTokenSource(
+    if config.istio is None or not config.istio.token_from_registrar:
+        return None
+    assert config.registrar is not None
+    return RegistrarTokenSource(
         RegistrarClient(config.registrar.url, config.registrar.ca_file,
                         timeout=config.registrar.timeout),
         lambda: registry.choose(config.attestation), state_dir=config.state_dir,
         key_type=config.key_type, clock=clock, host=local_host_info,
         audience=config.istio.token_audience)
 
-    async def choose() -> Attestor:
-        return RegistrarTokenAttestor(source)
-    return choose
 
-
-def attestor_of(config: AgentConfig, clock: Clock) -> Callable[[], Awaitable[Attestor]]:
+def attestor_of(config: AgentConfig, clock: Clock,
+                source: RegistrarTokenSource | None = None) -> Callable[[], Awaitable[Attestor]]:
     istio = config.istio
-    if istio is not None and istio.token_from_registrar:
-        return registrar_token_attestor(config, clock)
+    if source is not None:
+        async def from_registrar() -> Attestor:
+            return RegistrarTokenAttestor(source)
+        return from_registrar
     if istio is not None:
         async def istio_token() -> Attestor:
             return IstioTokenAttestor(istio.vm.token_path, clock)
@@ -124,11 +124,12 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.health = Health()
         state_dir = config.state_dir
+        self.token_source = registrar_token_source(config, self.clock)
         self.manager = IdentityManager(
             store=CredentialStore(state_dir / "credentials"),
             state_file=StateFile(state_dir / "state.json"),
             client=client_of(config),
-            choose_attestor=attestor_of(config, self.clock),
+            choose_attestor=attestor_of(config, self.clock, self.token_source),
             clock=self.clock, rng=rng, health=self.health, tuning=tuning_of(config),
             host=local_host_info)
         self.dataplane = DataPlane(config, self.health, self.clock)
@@ -315,6 +316,10 @@ class Daemon:
                 group.create_task(self.dataplane.guard_dns())
                 group.create_task(self._workload())
                 group.create_task(self.manager.run())
+                if self.token_source is not None:
+                    group.create_task(self.token_source.keep_alive(
+                        min_backoff=self.config.rotation.min_backoff,
+                        max_backoff=self.config.rotation.max_backoff))
                 group.create_task(self._status_lines())
                 group.create_task(self._until_stopped())
         except* _Stop:

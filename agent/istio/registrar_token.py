@@ -155,6 +155,34 @@ class RegistrarTokenSource:
                             extra={"reason": exc.reason})
         return identity
 
+    async def keep_alive(self, *, min_backoff: float = 1.0, max_backoff: float = 120.0,
+                         idle: float = 60.0) -> None:
+        """Renew the registrar certificate at half-life for as long as the agent runs.
+
+        Tokens are needed rarely (istiod renewals go over mTLS), so without this the
+        registrar certificate would lapse between them, and attesting again is not
+        always possible: EC2's identity document is accepted once per instance, and
+        a join token is spent."""
+        backoff = min_backoff
+        while True:
+            identity = self._store.load()
+            if identity is None:  # not attested yet: the first token request does that
+                await self._clock.sleep(idle)
+                continue
+            half = identity.not_before + (identity.not_after - identity.not_before) / 2
+            wait = (half - self._clock.now()).total_seconds()
+            if wait > 0:
+                await self._clock.sleep(wait)
+                continue
+            try:
+                await self.identity()
+                backoff = min_backoff
+            except (RegistrarError, AttestError) as exc:
+                log.warning("registrar identity renewal failed; retrying",
+                            extra={"error": str(exc)[:300], "retry_in": backoff})
+                await self._clock.sleep(backoff)
+                backoff = min(max_backoff, backoff * 2)
+
     async def token(self) -> Evidence:
         """A fresh JWT for istiod, as the evidence the CA client presents."""
         identity = await self.identity()

@@ -32,7 +32,9 @@ REGISTRAR_PORT = 8443
 REGISTRAR_URL = f"https://{ISTIOD_IP}:{REGISTRAR_PORT}"
 ACCOUNT = "123456789012"
 NAMESPACE, SERVICE_ACCOUNT = "vm-app", "web-sa"
-GROUPS = {"web": Group(NAMESPACE, SERVICE_ACCOUNT, 3600), "other": Group("vm-other", "o-sa")}
+GROUPS = {"web": Group(NAMESPACE, SERVICE_ACCOUNT, 3600), "other": Group("vm-other", "o-sa"),
+          # the same identity with 20 s registrar certificates (keep-alive test)
+          "short": Group(NAMESPACE, SERVICE_ACCOUNT, 20)}
 
 
 def jwt_rule() -> dict[str, Any]:

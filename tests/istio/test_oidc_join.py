@@ -69,7 +69,7 @@ def vms(mesh: OidcMesh) -> Iterator[Any]:
     procs: list[Any] = []
 
     def make(label: str, *, ec2: bool = False, join_token: bool = False,
-             istio_extra: dict[str, Any] | None = None) -> RegistrarTokenVm:
+             istio_extra: dict[str, Any] | None = None, group: str = "web") -> RegistrarTokenVm:
         vm = mesh.network.add_vm(label)
         base = mesh.base / f"vm-{label}-{time.monotonic_ns()}"
         base.mkdir(mode=0o755)
@@ -79,7 +79,7 @@ def vms(mesh: OidcMesh) -> Iterator[Any]:
         else:
             token_file = base / "bootstrap-token"
             if join_token:
-                token_file.write_text(mesh.registrar.create_token("web", "10m") + "\n")
+                token_file.write_text(mesh.registrar.create_token(group, "10m") + "\n")
                 token_file.chmod(0o600)
             attestation = {"method": "token", "token_file": str(token_file)}
         agent = RegistrarTokenVm(mesh, vm, base, attestation=attestation,
@@ -146,6 +146,28 @@ def test_join_token_vm_joins_istiod_and_spends_the_token(mesh: OidcMesh, vms: An
     assert not token_file.exists()  # one-time: gone once the registrar identity is stored
     ident = agent.state_dir / "registrar-identity"
     assert oct((ident / "key.pem").stat().st_mode & 0o777) == "0o600"
+
+
+def test_registrar_identity_is_renewed_while_the_vm_runs(mesh: OidcMesh, vms: Any) -> None:
+    """istiod renewals need no token, so the registrar certificate would lapse between
+    tokens; the agent renews it at half-life (20 s certificates here) so a later token
+    request needs no new evidence (the join token is spent)."""
+    agent = vms("alive", join_token=True, group="short")
+    agent.start()
+    agent.wait_ready()
+    chain = agent.state_dir / "registrar-identity" / "cert-chain.pem"
+    first = x509.load_pem_x509_certificate(chain.read_bytes())
+    deadline = time.monotonic() + 45
+    renewed = 0
+    while time.monotonic() < deadline and renewed < 2:
+        leaf = x509.load_pem_x509_certificate(chain.read_bytes())
+        if leaf.serial_number != first.serial_number:
+            renewed += 1
+            first = leaf
+        time.sleep(0.5)
+    assert renewed >= 2, agent.log_text()[-3000:]
+    assert leaf.not_valid_after_utc.timestamp() > time.time()
+    assert agent.proc is not None and agent.proc.poll() is None
 
 
 def test_no_evidence_is_reported_clearly(mesh: OidcMesh, vms: Any) -> None:
