@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 
 from aiohttp import web
@@ -37,6 +38,7 @@ TOKEN_PATH = "/v1/oidc/token"  # noqa: S105 (a path)
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 JWKS_PATH = "/.well-known/jwks.json"
 _KEYS = {"audience", "subject", "ttl_seconds"}
+MAX_TRACKED = 100_000
 PeerReader = Callable[[web.Request], x509.Certificate | None]
 
 
@@ -50,6 +52,10 @@ class OidcApi:
         self._max_body = max_body_bytes
         self._ring = KeyRing(config.key_dir, config.max_token_ttl)
         self._bucket = TokenBucket(Rate(config.per_second, config.burst), clock)
+        # Per workload too, so one VM asking in a loop cannot starve the others. Bounded:
+        # the oldest buckets go first (a forgotten VM just starts with a full bucket).
+        self._per_workload: OrderedDict[int, TokenBucket] = OrderedDict()
+        self._workload_rate = Rate(config.workload_per_second, config.workload_burst)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(DISCOVERY_PATH, self._discovery)
@@ -74,6 +80,7 @@ class OidcApi:
         peer = self._peer(request)
         try:
             owner, group = self._service.authenticated(peer)
+            self._limit_workload(owner.workload.id)
             body = await read_json(request, self._max_body)
             only_keys(body, _KEYS, set())
             subject = subject_of(group.namespace, group.service_account)
@@ -93,6 +100,17 @@ class OidcApi:
                                   "audience": audience, "issuer": self._config.issuer,
                                   "expires_in": issued.expires_at - issued.issued_at},
                                  headers={"Cache-Control": "no-store"})
+
+    def _limit_workload(self, workload_id: int) -> None:
+        bucket = self._per_workload.pop(workload_id, None) or TokenBucket(
+            self._workload_rate, self._clock)
+        self._per_workload[workload_id] = bucket  # most recent last
+        while len(self._per_workload) > MAX_TRACKED:
+            self._per_workload.popitem(last=False)
+        wait = bucket.take()
+        if wait > 0.0:
+            raise Rejected("rate_limited", f"workload {workload_id} asked for tokens too "
+                           "often", retry_after=max(1, math.ceil(wait)))
 
     def _requested(self, body: dict[str, object], subject: str) -> tuple[str, float]:
         asked = body.get("subject", subject)

@@ -8,13 +8,14 @@ oidc:
   max_token_ttl: 1h          # the longest a caller may ask for (at most 1h)
   key_dir: STATE_DIR/oidc    # signing keys (0600), never the CA key
   rate: {per_second: 50, burst: 100}   # token requests, per server worker
+  per_workload: {per_second: 0.2, burst: 10}   # and per workload (one VM cannot starve others)
 ```
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +34,8 @@ class OidcConfig:
     key_dir: Path
     per_second: float
     burst: int
+    workload_per_second: float = 0.2
+    workload_burst: int = 10
 
     @property
     def jwks_uri(self) -> str:
@@ -67,5 +70,11 @@ def read_oidc(root: Section, state_dir: Path) -> OidcConfig | None:
         per_second=rate.number("per_second", 50.0, minimum=0.001, maximum=1e6),
         burst=rate.integer("burst", 100, minimum=1, maximum=10_000_000))
     rate.finish()
+    mine = s.section("per_workload")
+    config = replace(config,
+                     workload_per_second=mine.number("per_second", 0.2, minimum=0.0001,
+                                                     maximum=1e6),
+                     workload_burst=mine.integer("burst", 10, minimum=1, maximum=1_000_000))
+    mine.finish()
     s.finish()
     return config

@@ -30,7 +30,8 @@ def oidc_registrar(base: Path, **oidc: Any) -> RegistrarProcess:
 @pytest.fixture(scope="module")
 def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistrarProcess]:
     server = oidc_registrar(tmp_path_factory.mktemp("oidc"),
-                            rate={"per_second": 1000, "burst": 1000})
+                            rate={"per_second": 1000, "burst": 1000},
+                            per_workload={"per_second": 1000, "burst": 1000})
     try:
         server.start()
         yield server
@@ -165,6 +166,20 @@ def test_token_requests_are_rate_limited(tmp_path: Path) -> None:
             answers = [ask(c) for _ in range(3)]
     assert [s for s, _ in answers] == [200, 200, 429]
     assert answers[2][1]["reason"] == "rate_limited" and answers[2][1]["retry_after"] >= 1
+
+
+def test_one_workload_cannot_starve_the_others(tmp_path: Path) -> None:
+    server = oidc_registrar(tmp_path / "r", per_workload={"per_second": 0.001, "burst": 2})
+    with server:
+        busy = enrol(server, tmp_path / "busy")
+        quiet = enrol(server, tmp_path / "quiet")
+        with mtls(server, *busy) as c:
+            answers = [ask(c)[0] for _ in range(3)]
+        with mtls(server, *quiet) as c:
+            other = ask(c)
+    assert answers == [200, 200, 429]
+    assert other[0] == 200
+    assert "workload" in server.log_text() and "asked for tokens too often" in server.log_text()
 
 
 @pytest.mark.parametrize(("oidc", "key", "allowed"), [
