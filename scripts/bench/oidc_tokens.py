@@ -129,7 +129,7 @@ def main() -> int:
                            workers=args.workers, config={
                                "limits": {"rate": {"attest": dict(fast)}},
                                "oidc": {"issuer": f"https://127.0.0.1:{port}",
-                                        "rate": dict(fast)}})
+                                        "rate": dict(fast), "per_workload": dict(fast)}})
     reg.init()
     store = TokenStore(connect(reg.state_dir / "registrar.db"), SystemClock())
     tokens = [t.reveal() for t in store.create_many("bench", 3600,

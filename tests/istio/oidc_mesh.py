@@ -44,7 +44,9 @@ def jwt_rule() -> dict[str, Any]:
 
 def registrar_config(pki: CloudPki) -> dict[str, Any]:
     return {
-        "oidc": {"issuer": REGISTRAR_URL, "audiences": ["istio-ca", "other"]},
+        # The rotation test asks for a token every ~0.5 s per VM.
+        "oidc": {"issuer": REGISTRAR_URL, "audiences": ["istio-ca", "other"],
+                 "per_workload": {"per_second": 100, "burst": 100}},
         "evidence": {"join_token": {}, "aws": {
             "cert_dir": str(pki.root / "aws"), "max_instance_age": "1h",
             "allowed_accounts": [ACCOUNT],
