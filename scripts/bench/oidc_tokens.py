@@ -78,6 +78,9 @@ async def one_token(host: str, port: int, ctx: ssl.SSLContext, out: dict[str, An
                   "Connection: close\r\n\r\n").encode() + TOKEN_REQUEST)
     data = await reader.read()
     writer.close()
+    if len(data) < 12:  # closed with no answer
+        out["conn_errors"] += 1
+        return
     if int(data[9:12]) != 200 or b'"token"' not in data:
         out["errors"] += 1
         if not out["first_error"]:
