@@ -117,7 +117,10 @@ def _istio(config: AgentConfig) -> list[Result]:
 def run_checks(config: AgentConfig, clock: Clock | None = None) -> list[Result]:
     clock_check = partial(_clock, clock=clock or SystemClock())
     if config.istio is not None:
-        return [clock_check(config), _state_dir(config), *_istio(config)]
+        # token_source: registrar also needs the registrar and its evidence.
+        extra = [_trust_anchor(config), _evidence(config), _registrar(
+            config, clock=clock or SystemClock())] if config.registrar is not None else []
+        return [clock_check(config), _state_dir(config), *_istio(config), *extra]
     checks: tuple[Callable[[AgentConfig], Result], ...] = (
         _trust_anchor, clock_check, _state_dir, _evidence, _metadata,
         partial(_registrar, clock=clock or SystemClock()))

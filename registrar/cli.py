@@ -24,6 +24,8 @@ from registrar.ca import cli as ca_cli
 from registrar.ca.bootstrap import InitError, init_state
 from registrar.catalog import cli as catalog_cli
 from registrar.config import RegistrarConfig, build_config
+from registrar.export import cli as export_cli
+from registrar.oidc import cli as oidc_cli
 from registrar.server import configure_logging, serve, state_paths
 from registrar.store.db import SchemaTooNew, connect
 from registrar.store.inventory import Inventory
@@ -78,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
         w.add_argument("id", type=int)
     catalog_cli.add_parsers(sub)
     ca_cli.add_parsers(sub)
+    oidc_cli.add_parsers(sub)
+    export_cli.add_parsers(sub)
     return p
 
 
@@ -185,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ca_cli.run_ca(args, config)
         if args.command == "server-cert":
             return ca_cli.run_server_cert(args, config)
+        if args.command == "oidc":
+            return oidc_cli.run(args, config)
+        if args.command == "export":
+            return export_cli.run(args, config)
         return _workloads(args, config)
     except ConfigError as exc:
         print(f"mesh-registrar: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from meshcore.config.errors import ConfigError
 from meshcore.config.reader import Section
 from meshcore.config.source import load_source
 from registrar.catalog.settings import GroupMesh, MeshConfig, read_group_mesh, read_mesh
+from registrar.oidc.config import OidcConfig, read_oidc
 
 # DNS-label-ish names: they end up inside SPIFFE IDs and metric labels.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -86,6 +87,7 @@ class RegistrarConfig:
     evidence: dict[str, dict[str, Any]]
     log_level: str
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    oidc: OidcConfig | None = None  # the OIDC issuer for istiod (registrar/oidc/)
 
 
 _DEFAULT_RATES = {
@@ -201,6 +203,7 @@ def build_config(path: Path) -> RegistrarConfig:
         evidence={"join_token": {}} if evidence is None else _evidence(evidence),
         log_level=root.text("log_level", "info", choices=("debug", "info", "warning", "error")),
         mesh=read_mesh(root),
+        oidc=read_oidc(root, state_dir),
     )
     ca.finish()
     tls.finish()

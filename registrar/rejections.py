@@ -52,6 +52,8 @@ REASONS: Final[dict[str, ReasonSpec]] = {
     "identity_revoked": ReasonSpec(403, "reattest"),
     "identity_evicted": ReasonSpec(403, "reattest"),
     "certificate_superseded": ReasonSpec(403, "reattest"),
+    "oidc_subject_not_allowed": ReasonSpec(403, "fatal"),
+    "oidc_audience_not_allowed": ReasonSpec(400, "fatal"),
     "not_found": ReasonSpec(404, "fatal"),
     "method_not_allowed": ReasonSpec(405, "fatal"),
     "rate_limited": ReasonSpec(429, "retry"),

@@ -19,7 +19,7 @@ import uvloop
 from aiohttp import web
 
 from meshcore.clock import Clock, SystemClock
-from registrar.api.app import Api
+from registrar.api.app import Api, peer_certificate
 from registrar.api.connections import ConnectionGate, file_limit, usable_connections
 from registrar.api.faults import FaultLog
 from registrar.api.metrics import SHARED_FILE, Metrics, prepare_shared
@@ -63,7 +63,12 @@ def build_app(config: RegistrarConfig, clock: Clock,
               metrics=Metrics(tokens.outstanding, _shared_metrics(config)),
               workloads=WorkloadApi(conn, config, clock),
               extra_metrics=lambda: metrics_text(conn))
-    return api.build()
+    app = api.build()
+    if config.oidc is not None:
+        from registrar.oidc.api import OidcApi
+        OidcApi(config=config.oidc, service=service, clock=clock, peer=peer_certificate,
+                max_body_bytes=config.limits.max_body_bytes).add_routes(app)
+    return app
 
 
 def _metrics_dir(config: RegistrarConfig) -> Path:
@@ -140,6 +145,10 @@ def serve(config: RegistrarConfig) -> int:
     finally:
         conn.close()
     warn_if_not_strict(config)
+    if config.oidc is not None:  # once, before workers race to make the first key
+        from registrar.oidc.keyring import ensure
+        if ensure(config.oidc.key_dir, clock.now().timestamp()):
+            log.info("oidc: made the first signing key in %s", config.oidc.key_dir)
     xds = _fork_xds(config) if config.mesh.xds_host else None
     if config.workers == 1:
         try:

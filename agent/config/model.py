@@ -119,17 +119,25 @@ def build_config(source: Source) -> AgentConfig:
     proxy = parse_proxy(sections["proxy"], legacy=(sections["sidecar"], sections["capture"]))
     mesh_type = sections["mesh"].text("type", "static", choices=MESH_TYPES)
     istio = mesh_type == "istio"
-    if istio and root.has("registrar"):
+    istio_config = parse_istio(sections["istio"]) if istio else None
+    # Istio mode talks to mesh-registrar only for istiod's token (token_source: registrar).
+    uses_registrar = istio_config is None or istio_config.token_from_registrar
+    if istio and not uses_registrar and root.has("registrar"):
         raise sections["mesh"].error("type", "is istio, but a registrar section is set",
-                                     "either mesh.type: istio (istiod's CA) or a registrar")
+                                     "either mesh.type: istio (istiod's CA) or a registrar; "
+                                     "or istio.token_source: registrar")
+    if istio and uses_registrar and not root.has("registrar"):
+        raise sections["istio"].error("token_source", "is registrar, but no registrar "
+                                      "section is set", "a registrar: section with url and "
+                                      "ca_file, or token_source: file")
     if not istio and root.has("istio"):
         raise root.error("istio", "is set, but mesh.type is static",
                          "mesh: {type: istio} to use it")
     config = AgentConfig(
         source_file=source.default_file,
         mesh_type=mesh_type,
-        registrar=None if istio else _registrar(sections["registrar"]),
-        istio=parse_istio(sections["istio"]) if istio else None,
+        registrar=_registrar(sections["registrar"]) if uses_registrar else None,
+        istio=istio_config,
         attestation=parse_attestation(sections["attestation"]),
         key_type=sections["identity"].text("key_type", "ecdsa-p256", choices=KEY_TYPES),
         rotation=_rotation(sections["rotation"]),
@@ -190,7 +198,8 @@ def control_plane_urls(config: AgentConfig) -> tuple[tuple[str, str], ...]:
         assert config.registrar is not None
         return ((config.registrar.url, "registrar"),)
     vm = config.istio.vm
-    urls: dict[str, str] = {}
+    # istio.token_source: registrar also renews against the registrar.
+    urls: dict[str, str] = {} if config.registrar is None else {config.registrar.url: "registrar"}
     for address, why in ((vm.discovery, "istiod"), (vm.ca, "istio-ca")):
         ip = vm.resolve(address)
         host = f"[{ip}]" if ":" in ip else ip

@@ -30,6 +30,7 @@ from agent.identity.issuer import IssuerClient
 from agent.identity.manager import CannotContinue, IdentityManager, Tuning
 from agent.istio.attestor import IstioTokenAttestor
 from agent.istio.ca_client import IstioCAClient
+from agent.istio.registrar_token import RegistrarTokenAttestor, RegistrarTokenSource
 from agent.registrar_client import RegistrarClient
 from agent.registrar_client.client import ExtraAnchors
 from agent.registrar_client.workload import WorkloadSettings
@@ -80,7 +81,8 @@ def client_of(config: AgentConfig, anchors: ExtraAnchors | None = None) -> Issue
     the agent holds, trusted beside ``registrar.ca_file`` (a rotated CA)."""
     if config.istio is not None:
         return IstioCAClient(config.istio.vm, cert_ttl=config.istio.cert_ttl,
-                             timeout=config.istio.timeout)
+                             timeout=config.istio.timeout,
+                             token_from_registrar=config.istio.token_from_registrar)
     assert config.registrar is not None
     return RegistrarClient(config.registrar.url, config.registrar.ca_file,
                            timeout=config.registrar.timeout, extra_anchors=anchors)
@@ -92,8 +94,27 @@ def log_warnings(config: AgentConfig) -> None:
         log.warning("configuration: %s", warning)
 
 
-def attestor_of(config: AgentConfig, clock: Clock) -> Callable[[], Awaitable[Attestor]]:
+def registrar_token_source(config: AgentConfig, clock: Clock) -> RegistrarTokenSource | None:
+    """Istio mode, ``token_source: registrar``: attest to mesh-registrar with the
+    ``attestation:`` section's evidence, then buy istiod's token with that identity."""
+    if config.istio is None or not config.istio.token_from_registrar:
+        return None
+    assert config.registrar is not None
+    return RegistrarTokenSource(
+        RegistrarClient(config.registrar.url, config.registrar.ca_file,
+                        timeout=config.registrar.timeout),
+        lambda: registry.choose(config.attestation), state_dir=config.state_dir,
+        key_type=config.key_type, clock=clock, host=local_host_info,
+        audience=config.istio.token_audience)
+
+
+def attestor_of(config: AgentConfig, clock: Clock,
+                source: RegistrarTokenSource | None = None) -> Callable[[], Awaitable[Attestor]]:
     istio = config.istio
+    if source is not None:
+        async def from_registrar() -> Attestor:
+            return RegistrarTokenAttestor(source)
+        return from_registrar
     if istio is not None:
         async def istio_token() -> Attestor:
             return IstioTokenAttestor(istio.vm.token_path, clock)
@@ -112,11 +133,12 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.health = Health()
         state_dir = config.state_dir
+        self.token_source = registrar_token_source(config, self.clock)
         self.manager = IdentityManager(
             store=CredentialStore(state_dir / "credentials"),
             state_file=StateFile(state_dir / "state.json"),
             client=client_of(config, self._held_bundle),
-            choose_attestor=attestor_of(config, self.clock),
+            choose_attestor=attestor_of(config, self.clock, self.token_source),
             clock=self.clock, rng=rng, health=self.health, tuning=tuning_of(config),
             host=local_host_info)
         self.dataplane = DataPlane(config, self.health, self.clock)
@@ -357,6 +379,10 @@ class Daemon:
                 group.create_task(self.manager.run())
                 if self.config.istio is None:
                     group.create_task(self.bundle.run())
+                if self.token_source is not None:
+                    group.create_task(self.token_source.keep_alive(
+                        min_backoff=self.config.rotation.min_backoff,
+                        max_backoff=self.config.rotation.max_backoff))
                 group.create_task(self._status_lines())
                 group.create_task(self._until_stopped())
         except* _Stop:

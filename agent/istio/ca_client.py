@@ -14,6 +14,7 @@ becomes a ``RegistrarError`` (the issuer error) with an action:
 | UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL... | ``unreachable``, ``timeout``... | retry |
 | istiod's certificate fails root-cert.pem | ``istiod_untrusted`` | fatal, exit 78 |
 | UNAUTHENTICATED on a first certificate | ``istio_token_rejected`` | fatal, exit 79 |
+| the same, token from mesh-registrar | ``registrar_token_rejected`` | retry (fresh token) |
 | UNAUTHENTICATED on a renewal | ``client_cert_rejected`` | reattest (token, if valid) |
 | anything else (INVALID_ARGUMENT: bad CSR...) | ``ca_refused_<code>`` | fatal |
 """
@@ -46,8 +47,10 @@ _RETRY_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTER
 class IstioCAClient:
     """``attest`` (istio-token) and ``renew`` (mTLS); the ``IssuerClient`` of Istio mode."""
 
-    def __init__(self, vm: IstioVM, *, cert_ttl: float, timeout: float) -> None:
+    def __init__(self, vm: IstioVM, *, cert_ttl: float, timeout: float,
+                 token_from_registrar: bool = False) -> None:
         self.vm = vm
+        self._token_from_registrar = token_from_registrar
         # The trust anchor (IssuerClient): istiod is verified against root-cert.pem.
         self.ca_file = vm.directory / "root-cert.pem"
         # gRPC answers carry no Date header: no clock-offset reading in Istio mode.
@@ -125,6 +128,16 @@ class IstioCAClient:
                 return RegistrarError("reattest", "client_cert_rejected",
                                       f"istiod refused our certificate for renewal ({details})",
                                       url=self.url)
+            if self._token_from_registrar:
+                # A fresh token is minted per attempt, so retrying can succeed once
+                # istiod's JWT_RULE (or its cached JWKS) is put right; nothing on the VM
+                # needs to change.
+                return RegistrarError(
+                    "retry", "registrar_token_rejected",
+                    f"istiod refused the token from mesh-registrar ({details}); istiod's "
+                    "JWT_RULE must name the registrar's oidc.issuer, its jwks_uri and the "
+                    "token's audience (docs/istio.md, 'Joining Istio with no secret on the "
+                    "VM')", url=self.url)
             return RegistrarError(
                 "fatal", "istio_token_rejected",
                 f"istiod refused the istio-token ({details}); generate new VM files with "

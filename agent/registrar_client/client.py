@@ -20,6 +20,7 @@ from agent.attest.base import Evidence
 from agent.registrar_client.errors import RegistrarError, from_response, from_transport
 from agent.registrar_client.wire import Issued, WireError, decode_issued
 from agent.registrar_client.workload import WorkloadSettings, decode_settings
+from meshcore.secret import Secret
 
 TransportFactory = Callable[[ssl.SSLContext], httpx.AsyncBaseTransport]
 # The mesh bundle the agent holds now (PEM), or None: trusted beside the pinned anchor.
@@ -163,6 +164,19 @@ class RegistrarClient:
             return decode_settings(body)
         except WireError as exc:
             raise RegistrarError("retry", "bad_response", str(exc), url=self.url) from None
+
+    async def oidc_token(self, *, chain_file: Path, key_file: Path,
+                         audience: str | None = None) -> tuple[Secret, int]:
+        """A JWT for this workload's own identity (mTLS), and its lifetime in seconds."""
+        request: dict[str, Any] = {} if audience is None else {"audience": audience}
+        body = await self._call("POST", "/v1/oidc/token", request,
+                                client_cert=(chain_file, key_file))
+        token = body.get("token") if isinstance(body, dict) else None
+        lifetime = body.get("expires_in") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not isinstance(lifetime, int):
+            raise RegistrarError("retry", "bad_response", "token answer without token",
+                                 url=self.url)
+        return Secret(token), lifetime
 
     def _decode(self, body: Any) -> Issued:
         try:

@@ -156,6 +156,11 @@ class Service:
                            f"{workload.group!r} no longer gives {owner.spiffe_id}; attest again")
         return owner, group
 
+    def authenticated(self, peer: x509.Certificate | None) -> tuple[CertOwner, Group]:
+        """The workload behind a client certificate, checked as for a renewal (other
+        mTLS endpoints, e.g. OIDC tokens, take exactly the callers renew takes)."""
+        return self._owner_checked(peer)
+
     async def renew(self, body: Mapping[str, Any], peer: x509.Certificate | None,
                     remote: str) -> Decision:
         owner, group = self._owner_checked(peer)

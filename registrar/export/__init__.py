@@ -1,0 +1,1 @@
+"""Exports of the registrar's catalog for other control planes (Istio first)."""

@@ -1,0 +1,1 @@
+"""The registrar as an OIDC issuer: short-lived JWTs that istiod's ``JWT_RULE`` accepts."""
