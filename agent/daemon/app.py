@@ -21,7 +21,7 @@ from agent.config import ConfigError, load_config
 from agent.config.model import AgentConfig
 from agent.credentials import CredentialStore
 from agent.daemon import logs
-from agent.daemon.dataplane import DataPlane, DataPlaneConfigError
+from agent.daemon.dataplane import DataPlane, DataPlaneConfigError, DataPlaneDown
 from agent.daemon.notify import Notifier
 from agent.daemon.workload import Workload
 from agent.identity.bundle import BundlePoller
@@ -39,7 +39,7 @@ from agent.state.store import StateFile
 from agent.status.health import Health
 from agent.status.server import StatusServer
 from meshcore.clock import Clock, Rng, SystemClock, system_rng
-from meshcore.exits import EX_CONFIG, EX_OK
+from meshcore.exits import EX_CONFIG, EX_OK, EX_UNAVAILABLE
 
 if TYPE_CHECKING:
     from agent.sidecar.ads import XdsServer
@@ -222,7 +222,11 @@ class Daemon:
 
     async def _bring_up(self) -> None:
         await self.dataplane.start_dns(self.workload.names)
-        await self.dataplane.bring_up()
+        try:
+            await self.dataplane.bring_up()
+        except DataPlaneDown as exc:
+            # Ends the TaskGroup like any CannotContinue: capture removed, exit 69.
+            raise CannotContinue(f"data plane not up: {exc}", EX_UNAVAILABLE) from exc
         self._up.set()
         self.notifier.ready(self._summary())
         creds = self.health.current.credentials

@@ -47,6 +47,13 @@ class DataPlaneConfigError(Exception):
     """Envoy or capture cannot start with this configuration (exit ``EX_CONFIG``)."""
 
 
+class DataPlaneDown(Exception):
+    """Bring-up failed on this host with a valid config: Envoy never became ready,
+    or capture could not be installed and verified (it is rolled back). The agent
+    ends with ``EX_UNAVAILABLE`` so systemd restarts it: a bug's exit 1 would be
+    wrong, and 78 would stop the restarts for what may pass (a slow host)."""
+
+
 def _traversable(state_dir: Path) -> None:
     """Envoy (the proxy user) reads its files under ``state_dir/envoy``: the state
     directory must let it pass (search permission only; listing stays private,
@@ -228,7 +235,12 @@ class DataPlane:
     async def bring_up(self) -> None:
         """Wait for Envoy, then install and verify capture."""
         if self.sidecar is not None:
-            await self.sidecar.supervisor.wait_ready(self.sidecar.config.ready_timeout)
+            from agent.sidecar.supervisor import SidecarNotReady
+
+            try:
+                await self.sidecar.supervisor.wait_ready(self.sidecar.config.ready_timeout)
+            except SidecarNotReady as exc:
+                raise DataPlaneDown(str(exc)) from exc
             self._health.condition("sidecar", True)
         if self._capture_enabled:
             # Resolved now, at start: the control plane's addresses always go direct.
@@ -238,7 +250,10 @@ class DataPlane:
             log.info("capture exempts the control plane: %s", ", ".join(
                 f"{e.why} {e.network} port {e.port}" for e in exempt))
             self.capture.exempt(tuple(exempt))
-            await self.capture.apply()
+            try:
+                await self.capture.apply()
+            except CaptureError as exc:
+                raise DataPlaneDown(f"capture not installed: {exc}") from exc
             self._captured = True
             self._health.condition("capture", True)
             log.info("traffic capture installed")

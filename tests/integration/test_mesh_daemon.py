@@ -192,3 +192,34 @@ def test_restart_starts_envoy_early_and_ready_waits_for_the_current_bootstrap(
     started = [line for line in log.splitlines() if "envoy started (pid" in line]
     assert f"(pid {pid}," in started[-1], (pid, started)
     assert "MESH_" in nat_rules(hosts.vm.name)
+
+
+def test_capture_that_cannot_be_verified_exits_69_and_leaves_the_baseline(
+        hosts: HostPair, registrar_factory: Callable[..., RegistrarProcess],
+        state_dirs: Callable[[str], Path]) -> None:
+    """``capture.external_proxy: true`` with no proxy on 15001/15006: the probe
+    fails, capture is rolled back, and the agent ends with 69 (the host cannot do
+    it now; systemd restarts) — not 1 with a traceback, which means a bug."""
+    reg = registrar_factory(trust_domain=TD, host=hosts.peer.address, port=free_port(),
+                            prefix=["ip", "netns", "exec", hosts.peer.name],
+                            groups={"vm": ("shop", "vm-app", 3600)})
+    vm = AgentProcess(state_dirs("vm"), reg, token=reg.create_token("vm"), netns=hosts.vm.name,
+                      extra={"proxy": {"uid": 1337, "gid": 1337},
+                             "sidecar": {"enabled": False},
+                             "capture": {"enabled": True, "external_proxy": True,
+                                         "backend": "iptables-nft", "inbound_ports": [9090]}})
+    hosts.vm.ip("route", "add", "default", "via", hosts.peer.address)  # else no probe
+    baseline = nat_rules(hosts.vm.name)
+    vm.start()
+    try:
+        code = vm.wait_exit(90)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        vm.kill()
+    log = vm.log_text()
+    assert code == 69, log[-3000:]
+    assert "data plane not up: capture not installed" in log, log[-2000:]
+    assert "Traceback" not in log
+    assert nat_rules(hosts.vm.name) == baseline
+    assert (vm.credentials / "current").exists(), "the identity obtained is kept"
