@@ -8,7 +8,7 @@ the SPIFFE ID, subject and remote address, never evidence, tokens or keys.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,14 +99,19 @@ class Service:
                            "address the evidence proves")
         csr.require_identity(group.spiffe_id)
         issued = self._authority.issue(csr.public_key, group.spiffe_id, group.cert_ttl)
-        if verified.evidence_type in self._single_use:
-            assert isinstance(verifier, SingleUse)
-            await verifier.commit(verified)  # last: only a request that will succeed spends it
-        workload = self._inventory.record_attestation(
-            evidence_type=verified.evidence_type, subject=verified.subject,
-            spiffe_id=group.spiffe_id, group=group.name, hostname=hostname or "",
-            addresses=addresses or [], serial=issued.serial_hex,
-            not_after=issued.not_after.timestamp())
+        # Spending the evidence and recording the certificate are one transaction: if
+        # the record fails (a full disk, a broken database) the spend rolls back with
+        # it and the same token works on the retry the 500 asks for. Signing is before
+        # it, so a signing failure never reaches the spend.
+        with self._inventory.atomically():
+            if verified.evidence_type in self._single_use:
+                assert isinstance(verifier, SingleUse)
+                _run_now(verifier.commit(verified))
+            workload = self._inventory.record_attestation(
+                evidence_type=verified.evidence_type, subject=verified.subject,
+                spiffe_id=group.spiffe_id, group=group.name, hostname=hostname or "",
+                addresses=addresses or [], serial=issued.serial_hex,
+                not_after=issued.not_after.timestamp())
         if verified.addresses and self._on_attested is not None:
             self._on_attested(workload.id, verified.addresses)
         return Decision(self._credentials(issued, group.spiffe_id, group), group.spiffe_id,
@@ -159,6 +164,18 @@ class Service:
             raise _superseded(workload_id)  # a newer certificate renewed meanwhile
         return Decision(self._credentials(issued, spiffe_id, group), spiffe_id,
                         owner.workload.subject)
+
+
+def _run_now(step: Coroutine[Any, Any, None]) -> None:
+    """Run ``step`` to its end without yielding to the event loop. It runs inside an
+    open transaction on the connection every request shares: were it to suspend,
+    another request's statements would join (and roll back with) this transaction."""
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    step.close()
+    raise RuntimeError("a SingleUse.commit suspended inside the attestation transaction")
 
 
 def _superseded(workload_id: int) -> Rejected:
