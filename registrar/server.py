@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import signal
@@ -46,7 +47,8 @@ def build_app(config: RegistrarConfig, clock: Clock) -> web.Application:
     """The application, with ``clock`` the one source of time for every part."""
     conn = connect(config.database)
     tokens = TokenStore(conn, clock)
-    authority = load_authority(config.ca, clock.now)
+    authority = load_authority(config.ca, clock.now,
+                               dt.timedelta(seconds=config.cert_backdate))
     challenges = ChallengeStore(conn, config.challenge_ttl, clock)
     verifiers = build_verifiers(VerifierDeps(config=config, tokens=tokens, clock=clock))
     status = StatusStore(conn)

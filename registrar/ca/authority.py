@@ -21,6 +21,8 @@ from registrar.ca.csr import PublicKey
 from registrar.ca.keyids import authority_key_id
 from registrar.config import CaFiles
 
+# NotBefore lies this far in the past (``cert_backdate``), so a peer whose clock is
+# a little behind ours accepts a fresh certificate; never before the issuer's own.
 BACKDATE = dt.timedelta(seconds=10)
 RENEW_FRACTION = 0.5
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -65,8 +67,9 @@ class Authority:
 
     def __init__(self, *, cert: x509.Certificate, key: SigningKey,
                  intermediates: list[x509.Certificate], roots: list[x509.Certificate],
-                 clock: Clock = utcnow) -> None:
+                 clock: Clock = utcnow, backdate: dt.timedelta = BACKDATE) -> None:
         self.cert = cert
+        self._backdate = backdate
         self._key = key
         self._intermediates = intermediates
         self.roots = roots
@@ -82,7 +85,8 @@ class Authority:
         """A workload leaf: URI SAN (critical, empty subject), CA:false, server+client auth,
         and both key identifiers (RFC 5280; strict verifiers require the AKI)."""
         now = self._clock()
-        not_before = now - BACKDATE
+        # A leaf starting before its issuer fails strict path validation.
+        not_before = max(now - self._backdate, self.cert.not_valid_before_utc)
         issuer_end = self.cert.not_valid_after_utc
         not_after = min(now + dt.timedelta(seconds=ttl), issuer_end)
         serial = secrets.randbits(159) | 1 << 158  # positive, 20 bytes, never zero
@@ -121,7 +125,8 @@ class Authority:
         )
 
 
-def load_authority(files: CaFiles, clock: Clock = utcnow) -> Authority:
+def load_authority(files: CaFiles, clock: Clock = utcnow,
+                   backdate: dt.timedelta = BACKDATE) -> Authority:
     """Read the plug-in layout. ``chain`` may hold the intermediate and the root (Istio
     writes ``cert-chain.pem`` as ca-cert + root); roots are never sent as chain."""
     cert = load_pem_certs(files.cert)[0]
@@ -134,4 +139,4 @@ def load_authority(files: CaFiles, clock: Clock = utcnow) -> Authority:
     elif not intermediates or intermediates[0] != cert:
         intermediates = [cert, *[c for c in intermediates if c != cert]]
     return Authority(cert=cert, key=load_signing_key(files.key), intermediates=intermediates,
-                     roots=roots, clock=clock)
+                     roots=roots, clock=clock, backdate=backdate)
