@@ -131,7 +131,9 @@ class Demo:
                    "cert_ttl": "1h"}]
         config.write_text(yaml.safe_dump({
             "trust_domain": TD, "listen": f"{host}:{port}", "state_dir": str(reg_dir),
-            "log_level": "info", "evidence": {"join_token": {}}, "groups": groups}))
+            "log_level": "info", "evidence": {"join_token": {}}, "groups": groups,
+            # cert_ttl must be >= 6 x cert_backdate: 5 s lets a 30 s lifetime show rotation.
+            "cert_backdate": "5s"}))
         self.spawn("mesh", "registrar", PY, "-m", "registrar", "serve", "--config", str(config))
         wait_for("the registrar", lambda: "serving" in self.log("registrar"))
         show(f"serving https://{host}:{port}; VM certificates live 30 s so rotation shows")
