@@ -23,6 +23,7 @@ from meshcore.clock import Clock, SystemClock
 from registrar.api.app import Api
 from registrar.api.connections import ConnectionGate, file_limit, usable_connections
 from registrar.api.faults import FaultLog
+from registrar.api.logbudget import LogBudget
 from registrar.api.metrics import SHARED_FILE, Metrics, prepare_shared
 from registrar.api.protocol import listen, runner_options
 from registrar.api.ratelimit import RateLimiter
@@ -60,6 +61,7 @@ def build_app(config: RegistrarConfig, clock: Clock) -> web.Application:
               challenge_types=tuple(sorted(
                   name for name, v in verifiers.items() if v.needs_challenge)),
               limiter=RateLimiter(config.limits.rates, clock), faults=FaultLog(clock),
+              log_budget=LogBudget(clock),
               metrics=Metrics(tokens.outstanding, _shared_metrics(config)),
               workloads=WorkloadApi(conn, config, clock),
               extra_metrics=lambda: metrics_text(conn))
@@ -89,7 +91,8 @@ async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
                           clock=clock)
     listener = await listen(runner, host=config.host, port=config.port,
                             ssl_context=tls_context(config), reuse_port=reuse_port,
-                            gate=gate, request_timeout=limits.request_timeout)
+                            gate=gate, request_timeout=limits.request_timeout,
+                            log_budget=LogBudget(clock))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

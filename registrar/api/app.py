@@ -17,6 +17,7 @@ from aiohttp import web
 from cryptography import x509
 
 from registrar.api.faults import FaultLog
+from registrar.api.logbudget import LogBudget
 from registrar.api.metrics import Metrics
 from registrar.api.protocol import answer, request_started
 from registrar.api.ratelimit import RateLimiter
@@ -69,10 +70,11 @@ class Api:
     def __init__(self, *, config: RegistrarConfig, service: Service, authority: Authority,
                  challenges: ChallengeStore, limiter: RateLimiter, metrics: Metrics,
                  challenge_types: tuple[str, ...], faults: FaultLog,
-                 workloads: WorkloadApi | None = None,
+                 log_budget: LogBudget, workloads: WorkloadApi | None = None,
                  extra_metrics: Callable[[], str] | None = None) -> None:
         """``challenge_types``: the enabled evidence types that bind a challenge."""
         self._challenge_types = challenge_types
+        self._log_budget = log_budget
         self._faults = faults
         self._config = config
         self._service = service
@@ -160,8 +162,13 @@ class Api:
             decision = await run()
         except Rejected as exc:
             self._metrics.decision(operation, exc.reason, time.perf_counter() - started)
-            log.info("%s rejected reason=%s remote=%s detail=%s", operation, exc.reason,
-                     remote, exc.message[:200])  # bounded: parts may echo the client
+            # Never exc.message: it may quote the client (an evidence type, a field
+            # name, a hostname). The reason and the registrar's own ids only, and at
+            # most so many lines per reason a minute (logbudget.py).
+            suffix = self._log_budget.take(f"{operation}:{exc.reason}")
+            if suffix is not None:
+                log.info("%s rejected reason=%s remote=%s%s%s", operation, exc.reason, remote,
+                         "" if exc.logged is None else f" {exc.logged}", suffix)
             raise
         self._metrics.decision(operation, None, time.perf_counter() - started)
         log.info("%s ok spiffe_id=%s subject=%s remote=%s", operation, decision.spiffe_id,

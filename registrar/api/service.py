@@ -59,8 +59,11 @@ class Service:
             raise Rejected("no_matching_group", "the evidence maps to no workload group")
         group = self._config.groups.get(verified.group)
         if group is None:
+            # A token's group is the operator's (set by `token create`), not the client's.
+            logged = f"group={verified.group}" if verified.evidence_type == "join_token" else None
             raise Rejected("no_matching_group",
-                           f"group {verified.group!r} is not in the registrar's config")
+                           f"group {verified.group!r} is not in the registrar's config",
+                           logged=logged)
         return group
 
     def _credentials(self, issued: Issued, spiffe_id: str, group: Group) -> dict[str, Any]:
@@ -139,7 +142,8 @@ class Service:
                            "the inventory")
         if workload.state in _STATE_REASONS:
             raise Rejected(_STATE_REASONS[workload.state],
-                           f"workload {workload.id} is {workload.state}; attest again")
+                           f"workload {workload.id} is {workload.state}; attest again",
+                           logged=f"workload={workload.id}")
         if owner.standing == "superseded":
             raise _superseded(workload.id)
         group = self._config.groups.get(workload.group)
@@ -181,4 +185,5 @@ def _run_now(step: Coroutine[Any, Any, None]) -> None:
 def _superseded(workload_id: int) -> Rejected:
     return Rejected("certificate_superseded",
                     f"workload {workload_id} has renewed with a newer certificate since this "
-                    "one was issued; only the newest may renew. Attest again")
+                    "one was issued; only the newest may renew. Attest again",
+                    logged=f"workload={workload_id}")
