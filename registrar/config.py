@@ -70,6 +70,8 @@ class Limits:
     request_timeout: float
     max_connections: int
     max_connections_per_address: int
+    # /v1/challenge per client address (IPv6: per /64): each answer is a stored row.
+    challenge_per_address: Rate = Rate(5.0, 50)
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,11 @@ def _limits(s: Section) -> Limits:
         )
         sub.finish()
     rate_section.finish()
+    per_address = s.section("challenge_per_address")
+    challenge_per_address = Rate(
+        per_second=per_address.number("per_second", 5.0, minimum=0.001, maximum=1e6),
+        burst=per_address.integer("burst", 50, minimum=1, maximum=10_000_000))
+    per_address.finish()
     limits = Limits(
         max_body_bytes=s.integer("max_body_bytes", 64 * 1024, minimum=1024,
                                  maximum=4 * 1024 * 1024),
@@ -163,6 +170,7 @@ def _limits(s: Section) -> Limits:
                                   maximum=1_000_000),
         max_connections_per_address=s.integer("max_connections_per_address", 128,
                                               minimum=1, maximum=1_000_000),
+        challenge_per_address=challenge_per_address,
     )
     s.finish()
     return limits

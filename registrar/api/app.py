@@ -20,7 +20,7 @@ from registrar.api.faults import FaultLog
 from registrar.api.logbudget import LogBudget
 from registrar.api.metrics import Metrics
 from registrar.api.protocol import answer, request_started
-from registrar.api.ratelimit import RateLimiter
+from registrar.api.ratelimit import PerAddressLimiter, RateLimiter
 from registrar.api.service import Decision, Service
 from registrar.api.wire import error_response, read_json, timestamp
 from registrar.ca.authority import Authority
@@ -75,6 +75,8 @@ class Api:
         """``challenge_types``: the enabled evidence types that bind a challenge."""
         self._challenge_types = challenge_types
         self._log_budget = log_budget
+        self._challenge_limiter = PerAddressLimiter(config.limits.challenge_per_address,
+                                                    limiter.clock)
         self._faults = faults
         self._config = config
         self._service = service
@@ -190,6 +192,12 @@ class Api:
     async def _challenge(self, request: web.Request) -> web.Response:
         if not self._challenge_types:  # nothing would consume it: store nothing
             raise Rejected("unsupported_evidence", "no enabled evidence type takes a challenge")
+        # Each answer is a stored row (until it expires, challenge_ttl): one caller
+        # gets its own share, beside the family's bucket every caller shares.
+        wait = self._challenge_limiter.retry_after(_remote(request))
+        if wait is not None:
+            raise Rejected("rate_limited", "challenge requests from this address over the "
+                           "limit", retry_after=wait)
         nonce, expires = self._challenges.issue()
         return web.json_response({"nonce": nonce, "expires_at": timestamp(
             dt.datetime.fromtimestamp(expires, dt.UTC))})
