@@ -33,6 +33,7 @@ from aiohttp import web
 
 from registrar.api.connections import ConnectionGate
 from registrar.api.logbudget import LogBudget
+from registrar.api.tls import RefusingTls
 from registrar.rejections import Rejected
 
 log = logging.getLogger("registrar.http")
@@ -236,7 +237,9 @@ async def listen(runner: web.AppRunner, *, host: str, port: int, ssl_context: ss
     handlers = runner.server
     assert handlers is not None, "runner.setup() first"
     loop = asyncio.get_running_loop()
+    # TLS is ours, not the loop's, so a refused handshake sends its alert (tls.py).
     return await loop.create_server(
-        lambda: _Guarded(handlers(), gate, request_timeout, log_budget), host, port,
-        ssl=ssl_context,
-        ssl_handshake_timeout=HANDSHAKE_SECONDS, reuse_port=reuse_port, backlog=1024)
+        lambda: RefusingTls(loop, _Guarded(handlers(), gate, request_timeout, log_budget),
+                            ssl_context, handshake_timeout=HANDSHAKE_SECONDS,
+                            log_budget=log_budget),
+        host, port, reuse_port=reuse_port, backlog=1024)
