@@ -22,7 +22,7 @@ from collections.abc import Callable
 import httpx
 
 from tests.fixtures.registrar import RegistrarProcess
-from tests.registrar import calls
+from tests.registrar import calls, spec
 from tests.registrar.csrs import csr_pem, ec_key
 
 TOTAL = 10_000
@@ -74,6 +74,7 @@ async def _flood(reg: RegistrarProcess) -> dict[str, int]:
             for index in share:
                 method, path, kwargs = kinds[index]
                 response = await c.request(method, path, **kwargs)  # type: ignore[arg-type]
+                spec.check_any(response)  # status and reason are the spec's for the path
                 key = f"{path}:{response.status_code}"
                 statuses[key] = statuses.get(key, 0) + 1
 
