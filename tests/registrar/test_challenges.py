@@ -55,3 +55,25 @@ def test_a_challenge_expires(registrar_factory: Callable[..., RegistrarProcess])
         fresh = calls.post(c, "/v1/challenge")[1]["nonce"]
         assert attest(c, fresh) != "challenge_invalid"  # taken; the evidence is refused
         assert attest(c, fresh) == "challenge_invalid"  # and used up
+
+
+def test_an_oversized_expect_100_continue_on_challenge_is_a_413_the_spec_lists(
+        registrar_factory: Callable[..., RegistrarProcess]) -> None:
+    import socket
+    reg = registrar_factory(config={"evidence": GCE})
+    with calls.tls(reg).wrap_socket(socket.create_connection(("127.0.0.1", reg.port),
+                                                             timeout=10),
+                                    server_hostname="127.0.0.1") as s:
+        s.sendall(b"POST /v1/challenge HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        while len(body) < int(headers["Content-Length"]):
+            body += s.recv(65536)
+    response = httpx.Response(int(lines[0].split()[1]), headers=headers, content=body,
+                              request=httpx.Request("POST", f"{reg.url}/v1/challenge"))
+    assert spec.check(response)["reason"] == "body_too_large"
