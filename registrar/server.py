@@ -111,8 +111,9 @@ async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
 
 
 def _run(config: RegistrarConfig, *, reuse_port: bool) -> None:
-    # uvloop's TLS transport costs ~10% less CPU per bootstrap than asyncio's sslproto
-    # (scripts/bench/registrar_bootstrap.py); the handlers do not depend on it.
+    # uvloop's loop and TCP transports; TLS on top is asyncio's SSLProtocol
+    # (registrar/api/tls.py: uvloop's own TLS layer, ~10% cheaper per bootstrap in
+    # scripts/bench/registrar_bootstrap.py, drops the alert of a refused handshake).
     uvloop.run(_serve(config, reuse_port=reuse_port))
 
 
