@@ -51,7 +51,8 @@ def build_app(config: RegistrarConfig, clock: Clock) -> web.Application:
     authority = load_authority(config.ca, clock.now,
                                dt.timedelta(seconds=config.cert_backdate))
     challenges = ChallengeStore(conn, config.challenge_ttl, clock)
-    verifiers = build_verifiers(VerifierDeps(config=config, tokens=tokens, clock=clock))
+    verifiers = build_verifiers(VerifierDeps(config=config, tokens=tokens, clock=clock,
+                                             conn=conn))
     status = StatusStore(conn)
     service = Service(config=config, authority=authority, verifiers=verifiers,
                       challenges=challenges, inventory=Inventory(conn, clock), clock=clock.now,
