@@ -24,6 +24,7 @@ from registrar.ca import cli as ca_cli
 from registrar.ca.bootstrap import InitError, init_state
 from registrar.catalog import cli as catalog_cli
 from registrar.config import RegistrarConfig, build_config
+from registrar.display import printable
 from registrar.export import cli as export_cli
 from registrar.oidc import cli as oidc_cli
 from registrar.server import configure_logging, serve, state_paths
@@ -155,8 +156,10 @@ def _workloads(args: argparse.Namespace, config: RegistrarConfig) -> int:
             print(json.dumps(rows, indent=2))
         else:
             for r in rows:
-                print(f"{r['id']:>5}  {r['state']:<8} {r['spiffe_id']}  {r['hostname']}  "
-                      f"last seen {r['last_seen']}{catalog_cli.mesh_line(mesh.get(r['id']))}")
+                # Client-given text (the hostname above all) is escaped: see display.py.
+                print(printable(f"{r['id']:>5}  {r['state']:<8} {r['spiffe_id']}  "
+                                f"{r['hostname']}  last seen {r['last_seen']}"
+                                f"{catalog_cli.mesh_line(mesh.get(r['id']))}"))
         return 0
     state = "evicted" if args.action == "evict" else "revoked"
     if inventory.set_state(args.id, state):

@@ -23,6 +23,10 @@ _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$")
 EVIDENCE_TYPES = ("join_token", "gce", "aws", "azure")
 RATE_FAMILIES = ("attest", "renew", "challenge", "read")
+# A certificate lives cert_ttl + cert_backdate and is due for renewal halfway, i.e.
+# (cert_ttl - cert_backdate) / 2 after issue: at least 6 x the backdate keeps that
+# hint well ahead of now (2.5 x the backdate), never in the past (a renewal storm).
+TTL_PER_BACKDATE = 6
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class Limits:
     request_timeout: float
     max_connections: int
     max_connections_per_address: int
+    # /v1/challenge per client address (IPv6: per /64): each answer is a stored row.
+    challenge_per_address: Rate = Rate(5.0, 50)
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class RegistrarConfig:
     log_level: str
     mesh: MeshConfig = field(default_factory=MeshConfig)
     oidc: OidcConfig | None = None  # the OIDC issuer for istiod (registrar/oidc/)
+    cert_backdate: float = 10.0
 
 
 _DEFAULT_RATES = {
@@ -106,7 +113,18 @@ def _name(s: Section, key: str, pattern: re.Pattern[str] = _NAME) -> str:
     return value
 
 
-def _groups(root: Section, trust_domain: str) -> dict[str, Group]:
+def _cert_ttl(s: Section, backdate: float) -> float:
+    floor = max(1.0, TTL_PER_BACKDATE * backdate)
+    ttl = s.duration("cert_ttl", 86400.0, minimum=1.0, maximum=90 * 86400.0)
+    if ttl < floor:
+        raise s.error("cert_ttl", f"{ttl:g}s is below the floor for cert_backdate "
+                      f"{backdate:g}s: the renewal hint would come at once",
+                      f"at least {TTL_PER_BACKDATE} x cert_backdate = {floor:g}s, at most 90d "
+                      "(or a smaller cert_backdate)")
+    return ttl
+
+
+def _groups(root: Section, trust_domain: str, backdate: float) -> dict[str, Group]:
     groups: dict[str, Group] = {}
     for s in root.sections("groups", "a list of mappings with name, namespace, service_account"):
         group = Group(
@@ -115,7 +133,7 @@ def _groups(root: Section, trust_domain: str) -> dict[str, Group]:
             service_account=_name(s, "service_account"),
             trust_domain=_name(s, "trust_domain", _TRUST_DOMAIN) if s.has("trust_domain")
             else trust_domain,
-            cert_ttl=s.duration("cert_ttl", 86400.0, minimum=1.0, maximum=90 * 86400.0),
+            cert_ttl=_cert_ttl(s, backdate),
             labels=s.str_map("labels"),
             mesh=read_group_mesh(s),
         )
@@ -139,6 +157,11 @@ def _limits(s: Section) -> Limits:
         )
         sub.finish()
     rate_section.finish()
+    per_address = s.section("challenge_per_address")
+    challenge_per_address = Rate(
+        per_second=per_address.number("per_second", 5.0, minimum=0.001, maximum=1e6),
+        burst=per_address.integer("burst", 50, minimum=1, maximum=10_000_000))
+    per_address.finish()
     limits = Limits(
         max_body_bytes=s.integer("max_body_bytes", 64 * 1024, minimum=1024,
                                  maximum=4 * 1024 * 1024),
@@ -149,6 +172,7 @@ def _limits(s: Section) -> Limits:
                                   maximum=1_000_000),
         max_connections_per_address=s.integer("max_connections_per_address", 128,
                                               minimum=1, maximum=1_000_000),
+        challenge_per_address=challenge_per_address,
     )
     s.finish()
     return limits
@@ -181,6 +205,7 @@ def build_config(path: Path) -> RegistrarConfig:
     ca = root.section("ca")
     tls = root.section("tls")
     evidence = root.section("evidence") if root.has("evidence") else None
+    backdate = root.duration("cert_backdate", 10.0, minimum=0.0, maximum=3600.0)
     config = RegistrarConfig(
         source_file=str(path),
         trust_domain=trust_domain,
@@ -199,11 +224,12 @@ def build_config(path: Path) -> RegistrarConfig:
         tls_key=tls.path("key", str(state_dir / "server-key.pem")),
         challenge_ttl=root.duration("challenge_ttl", 300.0, minimum=1.0, maximum=3600.0),
         limits=_limits(root.section("limits")),
-        groups=_groups(root, trust_domain),
+        groups=_groups(root, trust_domain, backdate),
         evidence={"join_token": {}} if evidence is None else _evidence(evidence),
         log_level=root.text("log_level", "info", choices=("debug", "info", "warning", "error")),
         mesh=read_mesh(root),
         oidc=read_oidc(root, state_dir),
+        cert_backdate=backdate,
     )
     ca.finish()
     tls.finish()

@@ -64,16 +64,21 @@ REASONS: Final[dict[str, ReasonSpec]] = {
 class Rejected(Exception):
     """Raised anywhere in request handling; the API layer turns it into an Error body.
 
-    ``message`` must never contain evidence, tokens or keys.
+    ``message`` must never contain evidence, tokens or keys; it goes to the client
+    only and may quote the client's own input back. The log gets the reason and
+    ``logged``, which, when given, must hold only the registrar's own facts (a
+    token id, a workload id, a configured group name), never client-chosen text.
     """
 
-    def __init__(self, reason: str, message: str, *, retry_after: int | None = None) -> None:
+    def __init__(self, reason: str, message: str, *, retry_after: int | None = None,
+                 logged: str | None = None) -> None:
         if reason not in REASONS:
             raise ValueError(f"unknown rejection reason {reason!r}")
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
+        self.logged = logged
 
     @property
     def status(self) -> int:

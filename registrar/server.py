@@ -22,6 +22,7 @@ from meshcore.clock import Clock, SystemClock
 from registrar.api.app import Api, peer_certificate
 from registrar.api.connections import ConnectionGate, file_limit, usable_connections
 from registrar.api.faults import FaultLog
+from registrar.api.logbudget import LogBudget
 from registrar.api.metrics import SHARED_FILE, Metrics, prepare_shared
 from registrar.api.protocol import listen, runner_options
 from registrar.api.ratelimit import RateLimiter
@@ -50,7 +51,8 @@ def build_app(config: RegistrarConfig, clock: Clock,
     tokens = TokenStore(conn, clock)
     authority = live if live is not None else LiveCa(config, clock)
     challenges = ChallengeStore(conn, config.challenge_ttl, clock)
-    verifiers = build_verifiers(VerifierDeps(config=config, tokens=tokens, clock=clock))
+    verifiers = build_verifiers(VerifierDeps(config=config, tokens=tokens, clock=clock,
+                                             conn=conn))
     status = StatusStore(conn)
     service = Service(config=config, authority=authority, verifiers=verifiers,
                       challenges=challenges, inventory=Inventory(conn, clock), clock=clock.now,
@@ -60,6 +62,7 @@ def build_app(config: RegistrarConfig, clock: Clock,
               challenge_types=tuple(sorted(
                   name for name, v in verifiers.items() if v.needs_challenge)),
               limiter=RateLimiter(config.limits.rates, clock), faults=FaultLog(clock),
+              log_budget=LogBudget(clock),
               metrics=Metrics(tokens.outstanding, _shared_metrics(config)),
               workloads=WorkloadApi(conn, config, clock),
               extra_metrics=lambda: metrics_text(conn))
@@ -95,7 +98,8 @@ async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
                           clock=clock)
     listener = await listen(runner, host=config.host, port=config.port,
                             ssl_context=live.listening, reuse_port=reuse_port,
-                            gate=gate, request_timeout=limits.request_timeout)
+                            gate=gate, request_timeout=limits.request_timeout,
+                            log_budget=LogBudget(clock))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -114,8 +118,9 @@ async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
 
 
 def _run(config: RegistrarConfig, *, reuse_port: bool) -> None:
-    # uvloop's TLS transport costs ~10% less CPU per bootstrap than asyncio's sslproto
-    # (scripts/bench/registrar_bootstrap.py); the handlers do not depend on it.
+    # uvloop's loop and TCP transports; TLS on top is asyncio's SSLProtocol
+    # (registrar/api/tls.py: uvloop's own TLS layer, ~10% cheaper per bootstrap in
+    # scripts/bench/registrar_bootstrap.py, drops the alert of a refused handshake).
     uvloop.run(_serve(config, reuse_port=reuse_port))
 
 

@@ -163,7 +163,9 @@ class Demo:
                    "cert_ttl": "1h", "labels": {"app": "frontend"}}]
         settings: dict[str, object] = {
             "trust_domain": TD, "listen": f"{host}:{port}", "state_dir": str(reg_dir),
-            "log_level": "info", "evidence": {"join_token": {}}, "groups": groups}
+            "log_level": "info", "evidence": {"join_token": {}}, "groups": groups,
+            # cert_ttl must be >= 6 x cert_backdate: 5 s lets a 30 s lifetime show rotation.
+            "cert_backdate": "5s"}
         if self.mesh:
             settings["xds"] = {"listen": f"{host}:{XDS_PORT}"}
         config.write_text(yaml.safe_dump(settings))

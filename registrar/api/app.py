@@ -17,9 +17,10 @@ from aiohttp import web
 from cryptography import x509
 
 from registrar.api.faults import FaultLog
+from registrar.api.logbudget import LogBudget
 from registrar.api.metrics import Metrics
 from registrar.api.protocol import answer, request_started
-from registrar.api.ratelimit import RateLimiter
+from registrar.api.ratelimit import PerAddressLimiter, RateLimiter
 from registrar.api.service import Decision, Service
 from registrar.api.wire import error_response, read_json, timestamp
 from registrar.catalog.agent_api import WorkloadApi
@@ -68,10 +69,13 @@ class Api:
     def __init__(self, *, config: RegistrarConfig, service: Service,
                  challenges: ChallengeStore, limiter: RateLimiter, metrics: Metrics,
                  challenge_types: tuple[str, ...], faults: FaultLog,
-                 workloads: WorkloadApi | None = None,
+                 log_budget: LogBudget, workloads: WorkloadApi | None = None,
                  extra_metrics: Callable[[], str] | None = None) -> None:
         """``challenge_types``: the enabled evidence types that bind a challenge."""
         self._challenge_types = challenge_types
+        self._log_budget = log_budget
+        self._challenge_limiter = PerAddressLimiter(config.limits.challenge_per_address,
+                                                    limiter.clock)
         self._faults = faults
         self._config = config
         self._service = service
@@ -158,8 +162,13 @@ class Api:
             decision = await run()
         except Rejected as exc:
             self._metrics.decision(operation, exc.reason, time.perf_counter() - started)
-            log.info("%s rejected reason=%s remote=%s detail=%s", operation, exc.reason,
-                     remote, exc.message[:200])  # bounded: parts may echo the client
+            # Never exc.message: it may quote the client (an evidence type, a field
+            # name, a hostname). The reason and the registrar's own ids only, and at
+            # most so many lines per reason a minute (logbudget.py).
+            suffix = self._log_budget.take(f"{operation}:{exc.reason}")
+            if suffix is not None:
+                log.info("%s rejected reason=%s remote=%s%s%s", operation, exc.reason, remote,
+                         "" if exc.logged is None else f" {exc.logged}", suffix)
             raise
         self._metrics.decision(operation, None, time.perf_counter() - started)
         log.info("%s ok spiffe_id=%s subject=%s remote=%s", operation, decision.spiffe_id,
@@ -181,6 +190,12 @@ class Api:
     async def _challenge(self, request: web.Request) -> web.Response:
         if not self._challenge_types:  # nothing would consume it: store nothing
             raise Rejected("unsupported_evidence", "no enabled evidence type takes a challenge")
+        # Each answer is a stored row (until it expires, challenge_ttl): one caller
+        # gets its own share, beside the family's bucket every caller shares.
+        wait = self._challenge_limiter.retry_after(_remote(request))
+        if wait is not None:
+            raise Rejected("rate_limited", "challenge requests from this address over the "
+                           "limit", retry_after=wait)
         nonce, expires = self._challenges.issue()
         return web.json_response({"nonce": nonce, "expires_at": timestamp(
             dt.datetime.fromtimestamp(expires, dt.UTC))})

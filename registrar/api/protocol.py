@@ -32,6 +32,8 @@ from typing import Any, cast
 from aiohttp import web
 
 from registrar.api.connections import ConnectionGate
+from registrar.api.logbudget import LogBudget
+from registrar.api.tls import RefusingTls
 from registrar.rejections import Rejected
 
 log = logging.getLogger("registrar.http")
@@ -66,9 +68,11 @@ def _raw_error(rejection: Rejected) -> bytes:
 class AnswerGuard(asyncio.Transport):
     """The transport aiohttp's handler writes to (see the module docstring)."""
 
-    def __init__(self, real: asyncio.Transport, timeout: float) -> None:
+    def __init__(self, real: asyncio.Transport, timeout: float,
+                 log_budget: LogBudget | None = None) -> None:
         super().__init__()
         self._real = real
+        self._log_budget = log_budget
         self._timeout = timeout
         self.answering = False
         self._replaced = False
@@ -104,11 +108,14 @@ class AnswerGuard(asyncio.Transport):
         status = int(status_line[9:12]) if status_line[9:12].isdigit() else 500
         peer = self._real.get_extra_info("peername")
         remote = peer[0] if isinstance(peer, tuple) else "-"
+        suffix = "" if self._log_budget is None else self._log_budget.take(f"http:{status}")
         if status >= 500:
-            log.error("internal error handling a request from %s", remote)
+            if suffix is not None:
+                log.error("internal error handling a request from %s%s", remote, suffix)
             rejection = Rejected("internal", "internal error; retry later", retry_after=1)
         else:
-            log.info("unparseable request from %s (%d)", remote, status)
+            if suffix is not None:
+                log.info("unparseable request from %s (%d)%s", remote, status, suffix)
             rejection = Rejected("bad_request", "request line or headers too large or "
                                  "malformed")
         self._real.write(_raw_error(rejection))
@@ -155,10 +162,12 @@ class _Guarded(asyncio.Protocol):
     """Hands aiohttp's handler an ``AnswerGuard`` instead of the real transport,
     if the gate lets the connection in at all."""
 
-    def __init__(self, inner: asyncio.Protocol, gate: ConnectionGate, timeout: float) -> None:
+    def __init__(self, inner: asyncio.Protocol, gate: ConnectionGate, timeout: float,
+                 log_budget: LogBudget | None) -> None:
         self._inner = inner
         self._gate = gate
         self._timeout = timeout
+        self._log_budget = log_budget
         self._guard: AnswerGuard | None = None
         self._address: str | None = None
 
@@ -170,7 +179,8 @@ class _Guarded(asyncio.Protocol):
             return
         self._address = address
         # uvloop's TLS transport has the Transport methods without the base class.
-        self._guard = AnswerGuard(cast(asyncio.Transport, transport), self._timeout)
+        self._guard = AnswerGuard(cast(asyncio.Transport, transport), self._timeout,
+                                  self._log_budget)
         self._inner.connection_made(self._guard)
 
     def data_received(self, data: bytes) -> None:
@@ -221,12 +231,15 @@ async def answer(request: web.BaseRequest, response: web.StreamResponse) -> None
 
 
 async def listen(runner: web.AppRunner, *, host: str, port: int, ssl_context: ssl.SSLContext,
-                 reuse_port: bool, gate: ConnectionGate,
-                 request_timeout: float) -> asyncio.Server:
+                 reuse_port: bool, gate: ConnectionGate, request_timeout: float,
+                 log_budget: LogBudget | None = None) -> asyncio.Server:
     """Listen on ``runner``'s (set up) server, each connection behind a guard."""
     handlers = runner.server
     assert handlers is not None, "runner.setup() first"
     loop = asyncio.get_running_loop()
+    # TLS is ours, not the loop's, so a refused handshake sends its alert (tls.py).
     return await loop.create_server(
-        lambda: _Guarded(handlers(), gate, request_timeout), host, port, ssl=ssl_context,
-        ssl_handshake_timeout=HANDSHAKE_SECONDS, reuse_port=reuse_port, backlog=1024)
+        lambda: RefusingTls(loop, _Guarded(handlers(), gate, request_timeout, log_budget),
+                            ssl_context, handshake_timeout=HANDSHAKE_SECONDS,
+                            log_budget=log_budget),
+        host, port, reuse_port=reuse_port, backlog=1024)

@@ -8,7 +8,7 @@ the SPIFFE ID, subject and remote address, never evidence, tokens or keys.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +65,11 @@ class Service:
             raise Rejected("no_matching_group", "the evidence maps to no workload group")
         group = self._config.groups.get(verified.group)
         if group is None:
+            # A token's group is the operator's (set by `token create`), not the client's.
+            logged = f"group={verified.group}" if verified.evidence_type == "join_token" else None
             raise Rejected("no_matching_group",
-                           f"group {verified.group!r} is not in the registrar's config")
+                           f"group {verified.group!r} is not in the registrar's config",
+                           logged=logged)
         return group
 
     def authority(self) -> Authority:
@@ -111,15 +114,20 @@ class Service:
         csr.require_identity(group.spiffe_id)
         authority = self.authority()
         issued = authority.issue(csr.public_key, group.spiffe_id, group.cert_ttl)
-        if verified.evidence_type in self._single_use:
-            assert isinstance(verifier, SingleUse)
-            await verifier.commit(verified)  # last: only a request that will succeed spends it
-        workload = self._inventory.record_attestation(
-            evidence_type=verified.evidence_type, subject=verified.subject,
-            spiffe_id=group.spiffe_id, group=group.name, hostname=hostname or "",
-            addresses=addresses or [], serial=issued.serial_hex,
-            not_after=issued.not_after.timestamp(), ca_version=authority.version,
-            bundle_version=authority.bundle_version)
+        # Spending the evidence and recording the certificate are one transaction: if
+        # the record fails (a full disk, a broken database) the spend rolls back with
+        # it and the same token works on the retry the 500 asks for. Signing is before
+        # it, so a signing failure never reaches the spend.
+        with self._inventory.atomically():
+            if verified.evidence_type in self._single_use:
+                assert isinstance(verifier, SingleUse)
+                _run_now(verifier.commit(verified))
+            workload = self._inventory.record_attestation(
+                evidence_type=verified.evidence_type, subject=verified.subject,
+                spiffe_id=group.spiffe_id, group=group.name, hostname=hostname or "",
+                addresses=addresses or [], serial=issued.serial_hex,
+                not_after=issued.not_after.timestamp(), ca_version=authority.version,
+                bundle_version=authority.bundle_version)
         if verified.addresses and self._on_attested is not None:
             self._on_attested(workload.id, verified.addresses)
         return Decision(self._credentials(issued, group.spiffe_id, group, authority),
@@ -147,7 +155,8 @@ class Service:
                            "the inventory")
         if workload.state in _STATE_REASONS:
             raise Rejected(_STATE_REASONS[workload.state],
-                           f"workload {workload.id} is {workload.state}; attest again")
+                           f"workload {workload.id} is {workload.state}; attest again",
+                           logged=f"workload={workload.id}")
         if owner.standing == "superseded":
             raise _superseded(workload.id)
         group = self._config.groups.get(workload.group)
@@ -180,7 +189,20 @@ class Service:
                         owner.workload.subject)
 
 
+def _run_now(step: Coroutine[Any, Any, None]) -> None:
+    """Run ``step`` to its end without yielding to the event loop. It runs inside an
+    open transaction on the connection every request shares: were it to suspend,
+    another request's statements would join (and roll back with) this transaction."""
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    step.close()
+    raise RuntimeError("a SingleUse.commit suspended inside the attestation transaction")
+
+
 def _superseded(workload_id: int) -> Rejected:
     return Rejected("certificate_superseded",
                     f"workload {workload_id} has renewed with a newer certificate since this "
-                    "one was issued; only the newest may renew. Attest again")
+                    "one was issued; only the newest may renew. Attest again",
+                    logged=f"workload={workload_id}")

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from registrar.ca.csr import CheckedCsr, check_csr
+from registrar.display import has_unsafe
 from registrar.rejections import Rejected
 
 MAX_DEPTH = 8
@@ -89,12 +90,15 @@ def string_field(body: Mapping[str, Any], name: str) -> str:
 
 def host_fields(body: Mapping[str, Any]) -> tuple[str | None, list[str] | None]:
     hostname = body.get("hostname")
-    if hostname is not None and (not isinstance(hostname, str) or len(hostname) > MAX_HOSTNAME):
-        raise Rejected("bad_request", f"'hostname' must be a string of <= {MAX_HOSTNAME} chars")
+    if hostname is not None and (not isinstance(hostname, str) or len(hostname) > MAX_HOSTNAME
+                                 or has_unsafe(hostname)):
+        raise Rejected("bad_request", f"'hostname' must be a string of <= {MAX_HOSTNAME} "
+                       "printable chars")
     addresses = body.get("addresses")
     if addresses is not None and (
         not isinstance(addresses, list) or len(addresses) > MAX_ADDRESSES
-        or not all(isinstance(a, str) and len(a) <= 64 for a in addresses)
+        or not all(isinstance(a, str) and len(a) <= 64 and not has_unsafe(a)
+                   for a in addresses)
     ):
         raise Rejected("bad_request",
                        f"'addresses' must be a list of <= {MAX_ADDRESSES} address strings")

@@ -21,11 +21,15 @@ EVIDENCE_TYPE = "aws"
 
 
 class InventoryLedger:
-    def __init__(self, database: Path, *, clock: Clock) -> None:
+    def __init__(self, database: Path, *, clock: Clock,
+                 conn: sqlite3.Connection | None = None) -> None:
+        """``conn``: the connection the server records attestations on. Given, the
+        claim joins the transaction that records the certificate (api/service.py),
+        so a failed record gives the instance its first use back."""
         self._database = database
         self._clock = clock
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
+        self._conn = conn
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

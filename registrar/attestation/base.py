@@ -52,7 +52,9 @@ class SingleUse(Protocol):
     ``verify`` must then check without using the evidence up; the API layer
     calls ``commit`` after the CSR has passed every check, so a bad CSR does not
     burn the evidence. ``commit`` is atomic: of N parallel commits of the same
-    evidence exactly one returns, the rest raise ``Rejected``.
+    evidence exactly one returns, the rest raise ``Rejected``. It must not
+    suspend (no real ``await``): it runs inside the transaction that records the
+    certificate, so a failed record gives the evidence back (api/service.py).
     """
 
     async def commit(self, verified: Verified) -> None: ...

@@ -25,6 +25,7 @@ Every error names the file, the dotted key and what is allowed.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ def gce_verifier(options: Mapping[str, Any], config: RegistrarConfig,
 
 
 def aws_verifier(options: Mapping[str, Any], config: RegistrarConfig,
-                 clock: Clock) -> AwsVerifier:
+                 clock: Clock, conn: sqlite3.Connection | None = None) -> AwsVerifier:
     s = _section("aws", options, config)
     cert_dir = s.path("cert_dir") if s.has("cert_dir") else None
     if cert_dir is not None and not cert_dir.is_dir():
@@ -104,7 +105,7 @@ def aws_verifier(options: Mapping[str, Any], config: RegistrarConfig,
     s.finish()
     try:
         return AwsVerifier(verifier_config, clock=clock,
-                           ledger=InventoryLedger(config.database, clock=clock))
+                           ledger=InventoryLedger(config.database, clock=clock, conn=conn))
     except ValueError as exc:
         raise s.error("cert_dir", str(exc)) from None
 

@@ -13,6 +13,7 @@ validate before forking workers, then each worker builds its own.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,9 @@ class VerifierDeps:
     config: RegistrarConfig
     tokens: TokenStore
     clock: Clock
+    # The server's inventory connection: single-use claims made on it join the
+    # transaction that records the certificate (registrar/api/service.py).
+    conn: sqlite3.Connection | None = None
 
 
 Factory = Callable[[Mapping[str, Any], VerifierDeps], Verifier]
@@ -40,7 +44,7 @@ Factory = Callable[[Mapping[str, Any], VerifierDeps], Verifier]
 FACTORIES: Mapping[str, Factory] = {
     "join_token": lambda options, deps: JoinTokenVerifier(deps.tokens),
     "gce": lambda options, deps: gce_verifier(options, deps.config, deps.clock),
-    "aws": lambda options, deps: aws_verifier(options, deps.config, deps.clock),
+    "aws": lambda options, deps: aws_verifier(options, deps.config, deps.clock, deps.conn),
     "azure": lambda options, deps: azure_verifier(options, deps.config, deps.clock),
 }
 

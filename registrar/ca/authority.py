@@ -22,6 +22,8 @@ from registrar.ca.csr import PublicKey
 from registrar.ca.keyids import authority_key_id
 from registrar.config import CaFiles
 
+# NotBefore lies this far in the past (``cert_backdate``), so a peer whose clock is
+# a little behind ours accepts a fresh certificate; never before the issuer's own.
 BACKDATE = dt.timedelta(seconds=10)
 RENEW_FRACTION = 0.5
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -66,12 +68,14 @@ class Authority:
 
     def __init__(self, *, cert: x509.Certificate, key: SigningKey,
                  intermediates: list[x509.Certificate], roots: list[x509.Certificate],
-                 clock: Clock = utcnow, version: str = "", bundle_version: int = 1) -> None:
+                 clock: Clock = utcnow, version: str = "", bundle_version: int = 1,
+                 backdate: dt.timedelta = BACKDATE) -> None:
         # ``version``: the CA version that signs (registrar/ca/versions.py), recorded
         # with every leaf so ``ca rotate retire`` knows which root each one needs.
         self.version = version
         self.bundle_version = bundle_version
         self.cert = cert
+        self._backdate = backdate
         self._key = key
         self._intermediates = intermediates
         self.roots = roots
@@ -87,13 +91,14 @@ class Authority:
         """The same signer, handing out ``roots`` as the trust bundle."""
         return Authority(cert=self.cert, key=self._key, intermediates=self._intermediates,
                          roots=roots, clock=self._clock, version=self.version,
-                         bundle_version=bundle_version)
+                         bundle_version=bundle_version, backdate=self._backdate)
 
     def issue(self, public_key: PublicKey, spiffe_id: str, ttl: float) -> Issued:
         """A workload leaf: URI SAN (critical, empty subject), CA:false, server+client auth,
         and both key identifiers (RFC 5280; strict verifiers require the AKI)."""
         now = self._clock()
-        not_before = now - BACKDATE
+        # A leaf starting before its issuer fails strict path validation.
+        not_before = max(now - self._backdate, self.cert.not_valid_before_utc)
         issuer_end = self.cert.not_valid_after_utc
         not_after = min(now + dt.timedelta(seconds=ttl), issuer_end)
         serial = secrets.randbits(159) | 1 << 158  # positive, 20 bytes, never zero
@@ -146,7 +151,8 @@ class FixedAuthority:
         return self._authority
 
 
-def load_authority(files: CaFiles, clock: Clock = utcnow, version: str = "") -> Authority:
+def load_authority(files: CaFiles, clock: Clock = utcnow, version: str = "",
+                   backdate: dt.timedelta = BACKDATE) -> Authority:
     """Read the plug-in layout. ``chain`` may hold the intermediate and the root (Istio
     writes ``cert-chain.pem`` as ca-cert + root); roots are never sent as chain."""
     cert = load_pem_certs(files.cert)[0]
@@ -159,4 +165,4 @@ def load_authority(files: CaFiles, clock: Clock = utcnow, version: str = "") -> 
     elif not intermediates or intermediates[0] != cert:
         intermediates = [cert, *[c for c in intermediates if c != cert]]
     return Authority(cert=cert, key=load_signing_key(files.key), intermediates=intermediates,
-                     roots=roots, clock=clock, version=version)
+                     roots=roots, clock=clock, version=version, backdate=backdate)

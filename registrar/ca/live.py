@@ -15,6 +15,7 @@ verification against every root and intermediate still in the bundle.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import ssl
@@ -43,11 +44,12 @@ def _files(state_dir: Path, name: str) -> CaFiles:
 def load_current(config: RegistrarConfig, clock: Clock) -> Authority:
     """The authority ``rotation.json`` names (or the configured files before any
     rotation), carrying the whole bundle and its version."""
+    backdate = dt.timedelta(seconds=config.cert_backdate)
     rotation = load(config.state_dir)
     if rotation is None:
-        return load_authority(config.ca, clock.now)
+        return load_authority(config.ca, clock.now, backdate=backdate)
     authority = load_authority(_files(config.state_dir, rotation.active), clock.now,
-                               version=rotation.active)
+                               version=rotation.active, backdate=backdate)
     return authority.with_bundle(bundle_certs(config.state_dir, rotation),
                                  rotation.bundle_version)
 

@@ -20,6 +20,7 @@ from meshcore.exits import EX_DATAERR, EX_NOT_OK
 from registrar.catalog.model import Service, ServicePort
 from registrar.catalog.store import ServiceExists, ServiceStore, VipExhausted, load_catalog
 from registrar.config import RegistrarConfig
+from registrar.display import printable
 from registrar.store.db import connect
 from registrar.xds.status import stream_rows
 
@@ -61,8 +62,9 @@ def run_xds(args: argparse.Namespace, config: RegistrarConfig) -> int:
         return 0
     for row in rows:
         acked = " ".join(f"{k}={v}" for k, v in sorted(dict(row["acked"]).items()))  # type: ignore[call-overload]
-        print(f"{row['node_id']}  peer={row['peer']}  acked: {acked or '-'}  "
-              f"nacks={row['nacks']}{'  last: ' + str(row['last_nack']) if row['nacks'] else ''}")
+        print(printable(  # the node id and NACK text are the client's: display.py
+            f"{row['node_id']}  peer={row['peer']}  acked: {acked or '-'}  "
+            f"nacks={row['nacks']}{'  last: ' + str(row['last_nack']) if row['nacks'] else ''}"))
     return 0
 
 

@@ -143,13 +143,30 @@ class SchemaTooNew(Exception):
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE``: take the write lock up front so read-then-write cannot deadlock."""
-    conn.execute("BEGIN IMMEDIATE")
+def transaction(conn: sqlite3.Connection, *,
+                immediate: bool = True) -> Iterator[sqlite3.Connection]:
+    """One atomic unit. ``BEGIN IMMEDIATE`` takes the write lock up front so
+    read-then-write cannot deadlock; ``immediate=False`` (``BEGIN``) is for a unit
+    whose first statement is a write, so that while it has not written it holds no
+    lock another connection could wait on. Inside an open transaction this is a
+    savepoint: the inner unit rolls back alone, the outer one decides the commit."""
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT unit")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:  # some errors (SQLITE_FULL) have rolled back already
+                conn.execute("ROLLBACK TO unit")
+                conn.execute("RELEASE unit")
+            raise
+        conn.execute("RELEASE unit")
+        return
+    conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 

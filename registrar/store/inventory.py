@@ -18,7 +18,8 @@ from __future__ import annotations
 import builtins
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,6 +69,15 @@ class Inventory:
     def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
         self._conn = conn
         self._clock = clock
+
+    @contextmanager
+    def atomically(self) -> Iterator[None]:
+        """One transaction on the inventory's connection around the caller's writes
+        (a join token's spend and the attestation it pays for): all or nothing.
+        Deferred, so a single-use claim made on another connection first (the AWS
+        ledger) never waits on a lock this holds."""
+        with transaction(self._conn, immediate=False):
+            yield
 
     def record_attestation(self, *, evidence_type: str, subject: str, spiffe_id: str,
                            group: str, hostname: str, addresses: Sequence[str],

@@ -95,7 +95,8 @@ class TokenStore:
             raise Rejected("token_invalid", "unknown join token")
         state = row.state(self._clock.now().timestamp())
         if state != "valid":
-            raise Rejected(_REASON_BY_STATE[state], f"join token {row.id} is {state}")
+            raise Rejected(_REASON_BY_STATE[state], f"join token {row.id} is {state}",
+                           logged=f"token_id={row.id}")
         return row
 
     def spend(self, token_id: str) -> None:
@@ -109,7 +110,7 @@ class TokenStore:
         row = self._row("id", token_id)
         state = "spent" if row is None else row.state(now)
         raise Rejected(_REASON_BY_STATE.get(state, "token_spent"),
-                       f"join token {token_id} is {state}")
+                       f"join token {token_id} is {state}", logged=f"token_id={token_id}")
 
     def revoke(self, token_id: str) -> bool:
         cursor = self._conn.execute(

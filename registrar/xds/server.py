@@ -27,6 +27,7 @@ from cryptography import x509
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 
+from registrar.display import printable
 from registrar.xds.hub import Hub, Key
 from registrar.xds.resources import DEFAULT_SDS_DIR, NodeFiles
 from registrar.xds.status import StreamRow, XdsStatus
@@ -168,8 +169,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self._status.count("nack", nack.type_url)
             self._status.changed(row.stream_id)
             self._status.flush(time.time())  # a NACK is visible at once
-            log.warning("xds NACK node=%s type=%s version=%s: %s", row.node_id, nack.type_url,
-                        nack.version, nack.message[:500])
+            # The type, version and message are the client's: escaped to one line.
+            log.warning("xds NACK node=%s: %s", row.node_id, printable(row.last_nack))
         elif state is not None and state.acked_version != acked_before and state.acked_version:
             row.acked[request.type_url.rsplit(".", 1)[-1]] = state.acked_version
             self._status.count("ack", request.type_url)

@@ -26,7 +26,7 @@ from tests.fixtures.registrar import RegistrarProcess
 
 pytestmark = pytest.mark.netns
 
-SHORT_TTL = 12  # with the registrar's 10 s backdating, renewal is due ~1 s after issue
+SHORT_TTL = 12  # the fixture sets cert_backdate 2 s: 14 s lifetime, renewal due ~5 s after issue
 # A JWT (base64url JSON header '{"...' then payload) or any long base64 blob
 # (documents, PKCS#7) must never reach a log line.
 LEAKS = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ|[A-Za-z0-9+/]{160,}")

@@ -95,3 +95,29 @@ def test_azure_nonce_must_be_the_challenge(pki: CloudPki, reg: RegistrarProcess)
         status, body = attest(c, {"type": "azure", "document": document}, nonce)
         assert status == 200, body
     assert document[:80] not in reg.log_text()
+
+
+def test_aws_first_use_is_given_back_when_the_certificate_cannot_be_recorded(
+        pki: CloudPki, reg: RegistrarProcess):
+    """The claim and the record are one transaction (a planted trigger makes the
+    record fail, as a full disk would): the retry the 500 asks for can still attest."""
+    import sqlite3
+
+    def sql(statement: str) -> None:
+        conn = sqlite3.connect(reg.state_dir / "registrar.db", timeout=30)
+        conn.execute(statement)
+        conn.commit()
+        conn.close()
+
+    doc = pki.aws_document(instance_id="i-0aaaabbbbccccdddd")
+    evidence = {"type": "aws", "document": base64.b64encode(doc).decode(),
+                "pkcs7": pki.aws_pkcs7(doc)}
+    sql("CREATE TRIGGER planted_fault BEFORE INSERT ON certs "
+        "BEGIN SELECT RAISE(ABORT, 'planted fault'); END")
+    with client(reg) as c:
+        for _ in range(2):
+            status, body = attest(c, evidence, None)
+            assert (status, body["reason"]) == (500, "internal"), body
+        sql("DROP TRIGGER planted_fault")
+        assert attest(c, evidence, None)[0] == 200
+        assert attest(c, evidence, None)[1]["reason"] == "instance_already_attested"

@@ -44,6 +44,10 @@ def check(response: httpx.Response) -> Any:
     body = response.json()
     schema = {**content[media]["schema"], "components": spec()["components"]}
     jsonschema.validate(body, schema, cls=jsonschema.Draft4Validator)
+    if response.status_code >= 400:
+        listed = operation.get("x-reasons", {}).get(status, [])
+        assert body["reason"] in listed, (
+            f"{method.upper()} {path} -> {status} {body['reason']}: not in its x-reasons")
     for header in declared.get("headers", {}):
         if header == "Retry-After" and response.status_code == 429:
             assert int(response.headers["Retry-After"]) >= 1
@@ -58,3 +62,15 @@ def check_error_body(body: Any) -> None:
     """An ``Error`` body, for answers on paths or methods the spec does not list."""
     schema = {"$ref": "#/components/schemas/Error", "components": spec()["components"]}
     jsonschema.validate(body, schema, cls=jsonschema.Draft4Validator)
+
+
+def check_any(response: httpx.Response) -> Any:
+    """``check`` for an operation the spec lists; else the routing answer every path
+    gives (404/405), which must still be an ``Error``."""
+    path = response.request.url.path
+    if response.request.method.lower() in spec()["paths"].get(path, {}):
+        return check(response)
+    assert response.status_code in (404, 405), (path, response.status_code)
+    body = response.json()
+    check_error_body(body)
+    return body

@@ -76,6 +76,11 @@ def test_import_with_missing_files_names_them(tmp_path: Path) -> None:
     ("listen: nowhere\n", "listen", "IP address and port"),
     ("groups: [{name: web, namespace: default, service_account: sa, cert_ttl: 0s}]\n",
      "groups[0].cert_ttl", "between 1s"),
+    ("groups: [{name: web, namespace: default, service_account: sa, cert_ttl: 59s}]\n",
+     "groups[0].cert_ttl", "at least 6 x cert_backdate = 60s"),
+    ("cert_backdate: 1m\ngroups: [{name: web, namespace: default, service_account: sa,"
+     " cert_ttl: 5m}]\n", "groups[0].cert_ttl", "at least 6 x cert_backdate = 360s"),
+    ("cert_backdate: 2h\n", "cert_backdate", "between 0s and 3600s"),
     ("groups: [{name: web, namespace: default}]\n", "groups[0].service_account", "string"),
     ("limits: {max_body_bytes: 10}\n", "limits.max_body_bytes", "1024.."),
     ("evidence: {tpm: {}}\n", "evidence.tpm", "join_token"),

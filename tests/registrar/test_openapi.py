@@ -32,3 +32,43 @@ def test_every_configurable_evidence_type_has_a_verifier_factory() -> None:
     from registrar.attestation.registry import FACTORIES
     from registrar.config import EVIDENCE_TYPES
     assert set(EVIDENCE_TYPES) == set(FACTORIES)
+
+
+def _operations() -> list[tuple[str, str, dict[str, object]]]:
+    return [(path, method, op) for path, ops in spec.spec()["paths"].items()
+            for method, op in ops.items()]
+
+
+def test_every_operation_lists_its_reasons_by_status() -> None:
+    """x-reasons and responses agree, each reason sits under its own status, and
+    together (with the routing answers every path gives) they are every reason."""
+    listed: set[str] = set()
+    for path, method, op in _operations():
+        responses = {s for s in op["responses"] if s != "200"}  # type: ignore[attr-defined]
+        reasons: dict[str, list[str]] = op.get("x-reasons", {})  # type: ignore[attr-defined]
+        assert set(reasons) == responses, (path, method)
+        for status, names in reasons.items():
+            for name in names:
+                assert str(REASONS[name].status) == status, (path, method, name)
+            listed |= set(names)
+    assert listed | ROUTING == set(REASONS)
+
+
+def test_the_spec_has_exactly_the_servers_routes_and_their_rate_limits(
+        registrar: object) -> None:
+    """The routes of the real application (as ``serve`` builds it) are the spec's paths;
+    a path with a rate family answers 429, one without never does."""
+    from meshcore.clock import SystemClock
+    from registrar.api.app import _FAMILIES
+    from registrar.config import build_config
+    from registrar.server import build_app
+    from tests.fixtures.registrar import RegistrarProcess
+    assert isinstance(registrar, RegistrarProcess)
+    app = build_app(build_config(registrar.config_path), SystemClock())
+    routes = {(r.resource.canonical, r.method.lower()) for r in app.router.routes()
+              if r.resource is not None and r.method != "HEAD"}
+    declared = {(path, method) for path, method, _ in _operations()}
+    assert routes == declared
+    for path, method, op in _operations():
+        assert ("429" in op["responses"]) == (path in _FAMILIES), (path, method)  # type: ignore[operator]
+        assert "500" in op["responses"], (path, method)  # type: ignore[operator]
