@@ -86,8 +86,9 @@ class OidcApi:
             subject = subject_of(group.namespace, group.service_account)
             audience, ttl = self._requested(body, subject)
         except Rejected as exc:
-            log.info("oidc_token rejected reason=%s remote=%s detail=%s", exc.reason, remote,
-                     exc.message[:200])
+            # The reason and our own facts only: the message may quote client text.
+            log.info("oidc_token rejected reason=%s remote=%s%s", exc.reason, remote,
+                     f" {exc.logged}" if exc.logged else "")
             raise
         assert peer is not None  # authenticated() refuses a request without one
         now = self._clock.now().timestamp()
@@ -110,7 +111,8 @@ class OidcApi:
         wait = bucket.take()
         if wait > 0.0:
             raise Rejected("rate_limited", f"workload {workload_id} asked for tokens too "
-                           "often", retry_after=max(1, math.ceil(wait)))
+                           "often", retry_after=max(1, math.ceil(wait)),
+                           logged=f"workload={workload_id}")
 
     def _requested(self, body: dict[str, object], subject: str) -> tuple[str, float]:
         asked = body.get("subject", subject)
