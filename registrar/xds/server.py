@@ -104,8 +104,14 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             spiffe_id = peer_spiffe_id(context, self._authorize)
             first = await anext(request_iterator)
             if first.node.id != spiffe_id:
-                raise Denied(f"node.id {first.node.id[:200]!r} is not the certificate's "
-                             f"{spiffe_id}")
+                # The client hears its own node.id back; the log gets only our facts.
+                self._status.count("refused")
+                log.warning("xds refused peer=%s: node.id is not the certificate's %s",
+                            peer, spiffe_id)
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    f"node.id {first.node.id[:200]!r} is not the "
+                                    f"certificate's {spiffe_id}")
+                return
         except (Denied, StopAsyncIteration) as exc:
             self._status.count("refused")
             log.warning("xds refused peer=%s: %s", peer, exc)

@@ -308,6 +308,12 @@ def test_a_node_gets_only_its_own_view(mesh: Mesh) -> None:
     other = _ads_client(mesh, mesh.frontend, mesh.orders.spiffe_id)
     assert other["code"] == "PERMISSION_DENIED", other
     assert "is not the certificate's" in str(other["detail"])
+    # A node.id is client text: the refusal's log line carries only our own facts.
+    hostile = _ads_client(mesh, mesh.frontend, "evil-node-\x1b[2J")
+    assert hostile["code"] == "PERMISSION_DENIED", hostile
+    log = mesh.reg.log_text()
+    assert f"node.id is not the certificate's {mesh.frontend.spiffe_id}" in log
+    assert "evil-node" not in log
 
 
 def test_agent_api_settings_and_proven_address(mesh: Mesh) -> None:
