@@ -24,8 +24,8 @@ import yaml
 from tests.fakes.cloud_pki import CloudPki
 from tests.fixtures.istiod import Istiod
 from tests.fixtures.registrar import Group, RegistrarProcess
+from tests.istio.mesh_agent import PROXY, MeshAgentVm
 from tests.istio.network import ISTIOD_IP, MeshNetwork, VmNamespace, sh
-from tests.istio.test_mesh_agent import PROXY, MeshAgentVm
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRAR_PORT = 8443
