@@ -95,8 +95,9 @@ class RegistrarTokenVm(MeshAgentVm):
     def __init__(self, mesh: OidcMesh, vm: VmNamespace, base: Path, *,
                  attestation: dict[str, Any], istio_extra: dict[str, Any] | None = None,
                  ) -> None:
-        super().__init__(mesh.istiod, vm, base, "unused.jwt.token", namespace=NAMESPACE,
-                         service_account=SERVICE_ACCOUNT)
+        files = mesh.istiod.vm_files("vm-oidc", NAMESPACE, SERVICE_ACCOUNT, vm.ip,
+                                     token="unused.jwt.token")
+        super().__init__(mesh.istiod, vm, base, files)
         (self.istio_dir / "istio-token").unlink()  # nothing secret on this VM
         self.mesh = mesh
         config: dict[str, Any] = {
