@@ -136,19 +136,10 @@ class MeshAgentVm:
 
     def serve(self, port: int, app: str) -> None:
         """A plain-HTTP app in the VM (as root: not the proxy uid, so it is captured)."""
-        echo = Path(__file__).with_name("echo.py")
-        proc = subprocess.Popen([*self.vm.prefix, sys.executable, str(echo), str(port), app],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.apps.append(proc)
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "ready":
-            proc.kill()
-            raise RuntimeError(f"echo app in {self.vm.name} failed: {proc.communicate()[1]}")
+        self.apps.append(self.vm.start_echo(port, app, sys.executable))
 
     def curl(self, url: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
-        """An app's plain-HTTP call from inside the VM (root: captured like any app)."""
-        return self.vm.exec("curl", "-sS", "-m", str(timeout), "-o", "-", "-w",
-                            "\n%{http_code}", url, check=False, timeout=timeout + 5)
+        return self.vm.curl(url, timeout)
 
     def stop(self, timeout: float = 30) -> int | None:
         for app in self.apps:

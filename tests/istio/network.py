@@ -70,6 +70,24 @@ class VmNamespace:
         """/etc/hosts inside the VM: localhost plus ``extra`` (istioctl's ``hosts`` file)."""
         (self.etc / "hosts").write_text(f"127.0.0.1 localhost\n{extra}")
 
+    def start_echo(self, port: int, app: str, python: str) -> subprocess.Popen[str]:
+        """A plain-HTTP app in the VM (as root: not the proxy uid, so it is captured),
+        answering once it listens."""
+        echo = Path(__file__).with_name("echo.py")
+        proc = subprocess.Popen([*self.prefix, python, str(echo), str(port), app],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            proc.kill()
+            raise RuntimeError(f"echo app in {self.name} failed: {proc.communicate()[1]}")
+        return proc
+
+    def curl(self, url: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+        """An app's plain-HTTP call from inside the VM (root: captured like any app);
+        the body, then the status code on the last line."""
+        return self.exec("curl", "-sS", "-m", str(timeout), "-o", "-", "-w",
+                         "\n%{http_code}", url, check=False, timeout=timeout + 5)
+
 
 class MeshNetwork:
     """istiod's namespace with a bridge at ``ISTIOD_IP``, and VMs attached to it."""
