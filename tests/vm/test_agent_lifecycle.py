@@ -10,6 +10,7 @@ Each release gets its own registrar, so its log holds only that VM's story.
 
 from __future__ import annotations
 
+import difflib
 import json
 import subprocess
 import time
@@ -289,7 +290,9 @@ def test_3_stop_restores_tables_and_start_keeps_identity(run: Run) -> None:
     assert run.text(1, "stopped.rules") == baseline
     assert run.props(1, "stopped")["ActiveState"] == "inactive"
     assert run.props(1, "restarted")["ActiveState"] == "active"
-    assert _tables(run.text(1, "restarted.rules")) == _tables(run.text(1, "started.rules"))
+    started, restarted = run.text(1, "started.rules"), run.text(1, "restarted.rules")
+    assert _tables(restarted) == _tables(started), "\n".join(difflib.unified_diff(
+        started.splitlines(), restarted.splitlines(), "started", "restarted", lineterm=""))
     leaf = x509.load_pem_x509_certificates(run.out(1, "restarted.cert-chain.pem").read_bytes())[0]
     assert SPIFFE_ID in str(leaf.extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value)
