@@ -15,6 +15,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -87,6 +88,20 @@ class VmNamespace:
         the body, then the status code on the last line."""
         return self.exec("curl", "-sS", "-m", str(timeout), "-o", "-", "-w",
                          "\n%{http_code}", url, check=False, timeout=timeout + 5)
+
+    def call_until(self, url: str, want: int, timeout: float = 45) -> str:
+        """``curl`` again, a second apart, while the mesh converges (EDS and NDS reach
+        this VM's proxy) until the answer has status ``want``; its body."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            result = self.curl(url)
+            body, _, code = result.stdout.rpartition("\n")
+            last = f"{code}: {body[:400]} {result.stderr[:400]}"
+            if code == str(want):
+                return body
+            time.sleep(1)
+        raise AssertionError(f"{self.name} -> {url}: wanted {want}, last {last}")
 
 
 class MeshNetwork:
