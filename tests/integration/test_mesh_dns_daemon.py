@@ -36,9 +36,8 @@ from tests.integration.xds_mesh import (
     envoy_path,
     getent,
     make_registrar,
-    orders_args,
     root,
-    start_resolver,
+    start_control_plane,
     state_dirs,
     wait_for,
 )
@@ -74,11 +73,7 @@ def test_dns_proxy_killed_in_the_daemon_is_restarted_and_a_killed_agent_recovers
     resolv.chmod(0o644)
     resolver = agent = None
     try:
-        hub.create()
-        resolver = start_resolver(hub)
-        reg.start()
-        wait_for(lambda: "xds serving" in reg.log_text(), 15, "xds serving")
-        reg.cli(*orders_args("frontend"))
+        resolver = start_control_plane(hub, reg)
         vm = hub.add("frontend", 1)
         agent = AgentProcess(state_dirs("frontend"), reg, token=reg.create_token("frontend"),
                              netns=vm.ns, extra=agent_config(envoy_path, resolv, []))

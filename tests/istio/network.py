@@ -151,6 +151,15 @@ class MeshNetwork:
         (vm.etc / "resolv.conf").write_text(f"nameserver {UPSTREAM_DNS}\n")
         return vm
 
+    def plain_call_from_outside(self, url: str) -> subprocess.CompletedProcess[str]:
+        """A plain-text call from a VM outside the mesh (no proxy, no certificate), in a
+        namespace made for it and removed after: what STRICT mTLS must refuse."""
+        outsider = self.add_vm("outsider")
+        try:
+            return outsider.exec("curl", "-sS", "-m", "5", url, check=False, timeout=15)
+        finally:
+            self.remove_vm(outsider)
+
     def remove_vm(self, vm: VmNamespace) -> None:
         sh("ip", "netns", "del", vm.name, check=False)
         shutil.rmtree(vm.etc, ignore_errors=True)

@@ -134,13 +134,8 @@ def test_mtls_by_hostname_between_pilot_agent_vms_and_deny_policy(
     assert entries[-1]["tls"].startswith("TLSv1")
 
     # STRICT mTLS: a caller outside the mesh cannot reach the app in plain text.
-    outsider = istiod.network.add_vm("outsider")
-    try:
-        plain = outsider.exec("curl", "-sS", "-m", "5", f"http://{server.vm.ip}:{PORT}/",
-                              check=False, timeout=15)
-        assert plain.returncode != 0 and '"app": "echo"' not in plain.stdout, plain
-    finally:
-        istiod.network.remove_vm(outsider)
+    plain = istiod.network.plain_call_from_outside(f"http://{server.vm.ip}:{PORT}/")
+    assert plain.returncode != 0 and '"app": "echo"' not in plain.stdout, plain
 
     # The third identity is refused by the AuthorizationPolicy (RBAC 403).
     denied = intruder.vm.call_until(f"http://{HOST}:{PORT}/hello", 403)
