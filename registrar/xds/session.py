@@ -34,8 +34,8 @@ log = logging.getLogger("registrar.xds")
 
 
 class Session:
-    __slots__ = ("_context", "_current", "_hub", "_key", "_lock", "_push", "_status",
-                 "_woken", "row", "stream")
+    __slots__ = ("_context", "_current", "_handler", "_hub", "_key", "_lock", "_push",
+                 "_status", "_woken", "row", "stream")
 
     def __init__(self, hub: Hub, status: XdsStatus, key: Key,
                  context: grpc.aio.ServicerContext[DiscoveryRequest, Any],
@@ -47,6 +47,7 @@ class Session:
         self._current: WireSnapshot = hub.snapshot(key)
         self._woken = False
         self._push: asyncio.Task[None] | None = None
+        self._handler = asyncio.current_task()  # gRPC's task serving this stream
         hub.watch(key, self)
         status.opened(row)
         # Logged here, not in a coroutine: logging looks up its caller's frame, and a
@@ -61,12 +62,19 @@ class Session:
             self._push = asyncio.ensure_future(self._push_snapshot())
 
     async def _push_snapshot(self) -> None:
-        async with self._lock:
-            self._woken = False
-            new = self._hub.snapshot(self._key)
-            replies = self.stream.on_snapshot(self._current, new)
-            self._current = new
-            await self._write(replies)
+        try:
+            async with self._lock:
+                self._woken = False
+                new = self._hub.snapshot(self._key)
+                replies = self.stream.on_snapshot(self._current, new)
+                self._current = new
+                await self._write(replies)
+        except Exception as exc:
+            # As when a reply fails: the stream ends, and Envoy reconnects and resyncs.
+            log.warning("xds stream %s: push failed (%s: %s); ending the stream",
+                        self.row.stream_id, type(exc).__name__, exc)
+            if self._handler is not None:
+                self._handler.cancel()
 
     async def handle(self, request: DiscoveryRequest) -> None:
         async with self._lock:
