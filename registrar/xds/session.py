@@ -5,9 +5,10 @@ place; a catalog change (``wake``, from the hub) starts a short task that
 pushes the new snapshot. A lock keeps one writer at a time (gRPC allows one
 pending write per call) and makes "compute the replies, write them" one step,
 so replies go out in nonce order. An idle stream therefore holds no task and
-no queue of its own: with 1,000 streams the former reader task and inbox
-queue per stream were about 4 KiB each of the xDS process's RSS, and every
-ACK crossed from one task to the other (scripts/bench/xds_push.py).
+no queue of its own. Before, a reader task fed an inbox queue read by the
+handler, and every ACK crossed from one task to the other; with this change
+and the shared name sets in stream.py, the Python heap per idle stream went
+from 16.3 to 9.0 kB (tracemalloc, 1,000 streams of scripts/bench/xds_push.py).
 
 Requests are answered from ``current``, the snapshot last pushed, never from a
 newer one the push task has not handled yet: make-before-break (CDS before
