@@ -12,7 +12,7 @@ import argparse
 import datetime as dt
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from meshcore.clock import SystemClock
@@ -169,6 +169,25 @@ def _workloads(args: argparse.Namespace, config: RegistrarConfig) -> int:
     return EX_NOT_OK
 
 
+def _serve(args: argparse.Namespace, config: RegistrarConfig) -> int:
+    configure_logging(config.log_level)
+    return serve(config)
+
+
+# Every command but ``init`` runs against an initialised registrar's config.
+COMMANDS: Mapping[str, Callable[[argparse.Namespace, RegistrarConfig], int]] = {
+    "serve": _serve,
+    "token": _token,
+    "workloads": _workloads,
+    "service": catalog_cli.run_service,
+    "xds": catalog_cli.run_xds,
+    "ca": ca_cli.run_ca,
+    "server-cert": ca_cli.run_server_cert,
+    "oidc": oidc_cli.run,
+    "export": export_cli.run,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "init":
@@ -179,24 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             raise ConfigError(config.source_file, "ca/tls", f"missing {', '.join(missing)}",
                               "files created by `mesh-registrar init`")
-        if args.command == "serve":
-            configure_logging(config.log_level)
-            return serve(config)
-        if args.command == "token":
-            return _token(args, config)
-        if args.command == "service":
-            return catalog_cli.run_service(args, config)
-        if args.command == "xds":
-            return catalog_cli.run_xds(args, config)
-        if args.command == "ca":
-            return ca_cli.run_ca(args, config)
-        if args.command == "server-cert":
-            return ca_cli.run_server_cert(args, config)
-        if args.command == "oidc":
-            return oidc_cli.run(args, config)
-        if args.command == "export":
-            return export_cli.run(args, config)
-        return _workloads(args, config)
+        return COMMANDS[args.command](args, config)
     except ConfigError as exc:
         print(f"mesh-registrar: {exc}", file=sys.stderr)
         return EX_CONFIG

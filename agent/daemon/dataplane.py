@@ -103,6 +103,7 @@ class DataPlane:
         self._envoy: asyncio.Task[None] | None = None  # started early, see start_envoy_early
         self.dns_proxy: DnsProxy | None = None
         self.dns_guard: DnsGuard | None = None  # both set by start_dns
+        self._dns_started = asyncio.Event()
         if self.sidecar is not None:
             health.condition("sidecar", False)
         if self._capture_enabled:
@@ -206,6 +207,12 @@ class DataPlane:
 
     async def start_dns(self, names: NameTable) -> None:
         """The DNS proxy, before capture: the redirect goes on only once it answers."""
+        try:
+            await self._start_dns(names)
+        finally:
+            self._dns_started.set()
+
+    async def _start_dns(self, names: NameTable) -> None:
         if not self._dns.enabled:
             return
         # dnspython is imported only here: a quarter second of start-up that agents
@@ -216,19 +223,34 @@ class DataPlane:
         text = await asyncio.to_thread(self._dns.resolv_conf.read_text)
         upstreams = nameservers(text)
         listen = (LISTEN[0], self._dns.listen_port)
-        self.dns_proxy = DnsProxy(names, upstreams, listen=listen)
-        await self.dns_proxy.start()
+        self.dns_proxy = proxy = DnsProxy(names, upstreams, listen=listen)
+        await proxy.start()
+        self._health.condition("dns", True)
+        wanted = None
         if self._dns.capture and self._capture_enabled:
             # The forwarder runs in this process: its own queries to the nameservers
             # must go direct, so this process's uid is exempt for port 53.
             wanted = DnsCapture(upstreams, to_port=self._dns.listen_port,
                                 exempt_uids=(os.getuid(),))
-            self.dns_guard = DnsGuard(self.capture, wanted, wire_check(*listen), self._clock,
-                                      active=lambda: self._captured
-                                      and not self.capture.failed_open)
-            await self.dns_guard.step()  # records the wish; capture's apply carries it
+        self.dns_guard = DnsGuard(self.capture if wanted else None, wanted,
+                                  wire_check(*listen, serving=lambda: proxy.serving),
+                                  self._clock, restart=proxy.restart,
+                                  on_change=self._dns_state,
+                                  active=lambda: self._captured
+                                  and not self.capture.failed_open)
+        await self.dns_guard.step()  # records the wish; capture's apply carries it
+
+    def _dns_state(self, guard: DnsGuard) -> None:
+        """Whether the proxy answers (if not, the guard has taken the redirect off and
+        restarts it): the agent's ``dns`` readiness condition, and its status."""
+        self._health.condition("dns", guard.answering)
+        self._health.detail("dns", {"answering": guard.answering, "restarts": guard.restarts,
+                                    "redirecting": guard.redirecting})
 
     async def guard_dns(self) -> None:
+        # Started beside the bring-up that starts the proxy: the guard exists only once
+        # it has (before this wait the daemon never guarded its proxy at all).
+        await self._dns_started.wait()
         if self.dns_guard is not None:
             await self.dns_guard.run()
 

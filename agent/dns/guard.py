@@ -1,16 +1,27 @@
-"""The DNS fail-safe: the app's DNS is redirected to the proxy only while the
-proxy answers.
+"""The DNS proxy's supervisor and fail-safe: the app's DNS is redirected to the
+proxy only while the proxy answers, and a proxy that stops answering is
+restarted.
 
-Every ``interval`` the guard asks the proxy, over the wire on 127.0.0.1:15053,
-for a reserved name it answers itself (no upstream involved). After
-``failures`` missed answers in a row it re-applies capture without the DNS
-redirect, so the app's queries go straight to the nameservers of
-/etc/resolv.conf again; once the proxy answers again the redirect returns.
-Capture's other rules are untouched (the same verified, atomic apply).
+Every ``interval`` the guard asks: are both listeners alive (``serving``), and
+does the proxy answer, over the wire on 127.0.0.1:15053, a reserved name it
+answers itself (no upstream involved)? After ``failures`` missed answers in a
+row:
 
-The guard runs in the agent: if the whole agent dies, systemd restarts it and
-its start removes a crashed run's rules (``reconcile_on_start``), so the
-redirect outlives the agent at most for the restart delay.
+- it re-applies capture without the DNS redirect, so the app's queries go
+  straight to the nameservers of /etc/resolv.conf (capture's other rules are
+  untouched: the same verified, atomic apply);
+- it restarts the proxy (closes and binds its listeners again), and tries
+  again after twice as many misses each time that does not help, so a port
+  someone else holds is not retried every second;
+- it reports the proxy as not answering (``on_change``: the daemon's ``dns``
+  readiness condition and status detail).
+
+Once the proxy answers again the redirect returns and ``on_change`` says so.
+
+The guard runs in the agent, beside the proxy: if the whole agent dies,
+systemd restarts it and its start removes a crashed run's rules
+(``reconcile_on_start``), so the redirect outlives the agent at most for the
+restart delay. A hung agent stops both; systemd's watchdog ends it.
 """
 
 from __future__ import annotations
@@ -31,11 +42,16 @@ from meshcore.clock import Clock
 
 log = logging.getLogger(__name__)
 Check = Callable[[], Awaitable[bool]]
+Restart = Callable[[], Awaitable[None]]
+MAX_RESTART_SPACING = 64  # misses between restart attempts, at most
 
 
-def wire_check(host: str, port: int, timeout: float = 0.5) -> Check:
-    """Ask the proxy for ``PROBE_NAME``; True when it answered NOERROR."""
+def wire_check(host: str, port: int, timeout: float = 0.5,
+               serving: Callable[[], bool] = lambda: True) -> Check:
+    """Both listeners alive (``serving``), and an answer NOERROR for ``PROBE_NAME``."""
     async def check() -> bool:
+        if not serving():
+            return False
         try:
             answer = await dns.asyncquery.udp(dns.message.make_query(PROBE_NAME, "A"), host,
                                               timeout=timeout, port=port)
@@ -46,9 +62,11 @@ def wire_check(host: str, port: int, timeout: float = 0.5) -> Check:
 
 
 class DnsGuard:
-    def __init__(self, capture: CaptureController, dns_capture: DnsCapture, check: Check,
-                 clock: Clock, *, interval: float = 1.0, failures: int = 2,
-                 active: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, capture: CaptureController | None, dns_capture: DnsCapture | None,
+                 check: Check, clock: Clock, *, interval: float = 1.0, failures: int = 2,
+                 active: Callable[[], bool] = lambda: True, restart: Restart | None = None,
+                 on_change: Callable[[DnsGuard], None] = lambda guard: None) -> None:
+        """``capture``/``dns_capture`` None: no redirect to keep (DNS without capture)."""
         self._capture = capture
         # False while capture is off (not yet on, or failed open): then only the
         # wish is recorded, and capture's own next apply carries it.
@@ -56,13 +74,19 @@ class DnsGuard:
         self._dns = dns_capture
         self._check = check
         self._clock = clock
+        self._restart = restart
+        self._on_change = on_change
         self.interval = interval
         self.failures = failures
         self._missed = 0
-        self.redirecting = capture.dns_capture is not None
+        self._next_restart = failures
+        self.answering = True
+        self.restarts = 0
+        self.redirecting = capture is not None and capture.dns_capture is not None
         self.transitions: list[tuple[float, bool]] = []  # (monotonic, redirecting)
 
     async def _set(self, redirect: bool) -> None:
+        assert self._capture is not None
         self._capture.capture_dns(self._dns if redirect else None)
         if self._active():
             try:
@@ -78,13 +102,32 @@ class DnsGuard:
             log.warning("dns: the proxy does not answer; DNS redirect removed, the app "
                         "resolves directly through /etc/resolv.conf")
 
+    async def _restart_proxy(self, restart: Restart) -> None:
+        self._next_restart = min(self._missed * 2, self._missed + MAX_RESTART_SPACING)
+        self.restarts += 1
+        log.warning("dns: restarting the proxy (attempt %d)", self.restarts)
+        try:
+            await restart()
+        except OSError as exc:
+            log.error("dns: the proxy could not restart: %s", exc)
+
     async def step(self) -> None:
         ok = await self._check()
         self._missed = 0 if ok else self._missed + 1
-        if ok and not self.redirecting:
-            await self._set(True)
-        elif self.redirecting and self._missed >= self.failures:
-            await self._set(False)
+        before = (self.answering, self.redirecting, self.restarts)
+        if ok:
+            self.answering = True
+            self._next_restart = self.failures
+            if not self.redirecting and self._dns is not None:
+                await self._set(True)
+        elif self._missed >= self.failures:
+            self.answering = False
+            if self.redirecting:
+                await self._set(False)
+            if self._restart is not None and self._missed >= self._next_restart:
+                await self._restart_proxy(self._restart)
+        if (self.answering, self.redirecting, self.restarts) != before:
+            self._on_change(self)
 
     async def run(self) -> None:
         while True:

@@ -6,13 +6,22 @@ port 53, so the forwarder's own queries go straight to the nameservers and
 are never redirected back to the proxy. Upstreams are tried in resolv.conf
 order; when none answers, the app gets SERVFAIL (its resolver then tries its
 own next server, as without the proxy).
+
+The TCP listener is our own accept loop rather than ``asyncio.start_server``:
+when a listening socket dies under asyncio's server (``ss -K`` destroys it, as
+a firewall tool or an operator can), every later ``accept`` fails and the event
+loop calls it again at once, logging a traceback each time: the agent spins a
+core and floods its log. Here the loop ends, ``serving`` turns False, and the
+guard (``agent/dns/guard.py``) restarts the proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 import struct
 from typing import cast
 
@@ -25,6 +34,9 @@ from agent.dns.table import LISTEN, NameTable
 
 log = logging.getLogger(__name__)
 MAX_TCP_MESSAGE = 65535
+# accept() failures that pass (no descriptors or memory for now): wait, then go on.
+TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+TRANSIENT_PAUSE = 0.1
 
 
 class DnsProxy:
@@ -37,7 +49,9 @@ class DnsProxy:
         self.upstream_port = upstream_port
         self.timeout = timeout
         self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
+        self._udp_protocol: _Udp
+        self._tcp: asyncio.Task[None] | None = None  # the accept loop
+        self._conns: set[asyncio.Task[None]] = set()
 
     async def resolve(self, wire: bytes, *, tcp: bool) -> bytes | None:
         """The answer to one query in wire format; None for garbage (dropped)."""
@@ -63,11 +77,14 @@ class DnsProxy:
         return servfail(query)
 
     async def start(self) -> None:
+        """Bind UDP and TCP on ``listen`` (OSError when the address is taken)."""
         loop = asyncio.get_running_loop()
         host, port = self.listen
-        self._udp, _ = await loop.create_datagram_endpoint(
+        self._udp, self._udp_protocol = await loop.create_datagram_endpoint(
             lambda: _Udp(self), local_addr=(host, port))
-        self._tcp = await asyncio.start_server(self._serve_tcp, host, port)
+        listener = socket.create_server((host, port), backlog=64)
+        listener.setblocking(False)
+        self._tcp = asyncio.ensure_future(self._accept(listener))
         log.info("dns proxy on %s:%d (udp, tcp), %d mesh names, upstreams %s",
                  host, port, len(self.table.names), ",".join(self.upstreams) or "none")
 
@@ -75,18 +92,45 @@ class DnsProxy:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+            # The socket closes one loop pass later: a restart must not bind before.
+            await self._udp_protocol.closed
         if self._tcp is not None:
-            self._tcp.close()
-            with contextlib.suppress(Exception):
-                await self._tcp.wait_closed()
+            self._tcp.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tcp
             self._tcp = None
+        for task in list(self._conns):
+            task.cancel()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
 
     @property
     def serving(self) -> bool:
-        return self._udp is not None and not self._udp.is_closing()
+        """Both listeners alive (the guard's first question)."""
+        return (self._udp is not None and not self._udp.is_closing()
+                and self._tcp is not None and not self._tcp.done())
 
-    async def _serve_tcp(self, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        with listener:
+            while True:
+                try:
+                    conn, _ = await loop.sock_accept(listener)
+                except OSError as exc:
+                    if exc.errno in TRANSIENT:
+                        await asyncio.sleep(TRANSIENT_PAUSE)
+                        continue
+                    log.error("dns proxy: the TCP listener failed (%s); the guard "
+                              "restarts the proxy", exc)
+                    return
+                task = asyncio.ensure_future(self._serve_tcp(conn))
+                self._conns.add(task)
+                task.add_done_callback(self._conns.discard)
+
+    async def _serve_tcp(self, conn: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=conn)
         try:
             while True:
                 async with asyncio.timeout(10):
@@ -112,9 +156,14 @@ class _Udp(asyncio.DatagramProtocol):
         self.proxy = proxy
         self.transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         task = asyncio.ensure_future(self._answer(data, addr))

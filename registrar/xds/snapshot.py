@@ -45,6 +45,7 @@ CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+WILDCARD_TYPES = (LISTENER, CLUSTER)  # answered with the full set; EDS and RDS by name
 INBOUND_PORT = 15006
 OUTBOUND_PORT = 15001
 PASSTHROUGH = "PassthroughCluster"

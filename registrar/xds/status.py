@@ -24,7 +24,7 @@ SHORT_TYPES = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class StreamRow:
     stream_id: str
     node_id: str

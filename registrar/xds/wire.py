@@ -7,6 +7,7 @@ a dict the builder got wrong fails here, loudly, before any Envoy sees it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
 
-from registrar.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
+from registrar.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, WILDCARD_TYPES, Snapshot
 
 _MESSAGES: Mapping[str, type[Message]] = {
     LISTENER: listener_pb2.Listener,
@@ -44,10 +45,38 @@ class WireSnapshot:
     packed: Mapping[str, Mapping[str, any_pb2.Any]]
     _bodies: dict[tuple[str, frozenset[str]], bytes] = field(
         default_factory=dict, compare=False, repr=False)
+    _subsets: dict[tuple[str, frozenset[str]], str] = field(
+        default_factory=dict, compare=False, repr=False)
+    _names: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def versions(self) -> Mapping[str, str]:
         return self.snapshot.versions
+
+    def names(self, type_url: str) -> frozenset[str]:
+        """Every resource name of ``type_url`` (one set per snapshot, not per stream)."""
+        names = self._names.get(type_url)
+        if names is None:
+            names = self._names[type_url] = frozenset(self.packed[type_url])
+        return names
+
+    def version(self, type_url: str, names: frozenset[str]) -> str:
+        """The version a stream is sent for ``names`` of ``type_url``. LDS and CDS
+        (wildcard: always the full set) carry the snapshot's version. EDS and RDS carry
+        a digest of the named resources only, so a change to resources a stream did not
+        ask for (a cluster it has not subscribed to) is not a change for that stream
+        and costs no push and no ACK. Computed once per snapshot and name set."""
+        if type_url in WILDCARD_TYPES:
+            return self.versions[type_url]
+        key = (type_url, names)
+        version = self._subsets.get(key)
+        if version is None:
+            available = self.packed[type_url]
+            digest = hashlib.sha256()
+            for name in sorted(names):
+                digest.update(name.encode() + b"\0" + available[name].value + b"\0")
+            version = self._subsets[key] = digest.hexdigest()[:16]
+        return version
 
     def body(self, type_url: str, names: frozenset[str]) -> bytes:
         """A serialized response without its nonce, built once per snapshot and name set
@@ -60,7 +89,7 @@ class WireSnapshot:
         if data is None:
             available = self.packed[type_url]
             data = self._bodies[key] = DiscoveryResponse(
-                version_info=self.versions[type_url], type_url=type_url,
+                version_info=self.version(type_url, names), type_url=type_url,
                 resources=[available[n] for n in sorted(names)]).SerializeToString()
         return data
 

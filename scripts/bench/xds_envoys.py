@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
 from agent.sidecar.sds import Generation, ProxyIdentity, SdsMirror  # noqa: E402
 from agent.sidecar.settings import EnvoyPaths  # noqa: E402
+from meshcore.clock import SystemClock  # noqa: E402
 from registrar.ca.authority import load_authority  # noqa: E402
 from registrar.catalog.model import Service, ServicePort  # noqa: E402
 from registrar.catalog.store import ServiceStore  # noqa: E402
@@ -80,7 +81,7 @@ def prepare(vm: CloudVm, base: Path, reg: RegistrarProcess, port: int, envoy: st
     group = config.groups["bench"]
     key = ec.generate_private_key(ec.SECP256R1())
     issued = load_authority(config.ca).issue(key.public_key(), group.spiffe_id, 3600)
-    Inventory(connect(config.database)).record_attestation(
+    Inventory(connect(config.database), SystemClock()).record_attestation(
         evidence_type="join_token", subject=f"envoy-{index}", spiffe_id=group.spiffe_id,
         group="bench", hostname=vm.name, addresses=[vm.vm_ip], serial=issued.serial_hex,
         not_after=issued.not_after.timestamp())

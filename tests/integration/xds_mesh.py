@@ -268,6 +268,22 @@ def start_resolver(hub: Hub) -> subprocess.Popen[str]:
     return proc
 
 
+def start_control_plane(hub: Hub, reg: RegistrarProcess) -> subprocess.Popen[str]:
+    """The hub's bridge and test resolver, the registrar serving xDS, and ``orders``
+    (frontend may call it). Returns the resolver, for the caller to stop."""
+    hub.create()
+    resolver = start_resolver(hub)
+    try:
+        reg.start()
+        wait_for(lambda: "xds serving" in reg.log_text(), 15, "xds serving")
+        reg.cli(*orders_args("frontend"))
+    except BaseException:
+        resolver.kill()
+        resolver.wait()
+        raise
+    return resolver
+
+
 VMS: tuple[tuple[str, str, list[int]], ...] = (
     ("frontend", "frontend", []), ("intruder", "intruder", []),
     ("orders-b", "orders", [9090]), ("orders-c", "orders", [9090]))
@@ -287,11 +303,7 @@ def mesh(root: None, envoy_path: Path, state_dirs: Callable[[str], Path]) -> Ite
     vms: dict[str, Vm] = {}
     resolver = None
     try:
-        hub.create()
-        resolver = start_resolver(hub)
-        reg.start()
-        wait_for(lambda: "xds serving" in reg.log_text(), 15, "xds serving")
-        reg.cli(*orders_args("frontend"))
+        resolver = start_control_plane(hub, reg)
         for index, (name, group, inbound) in enumerate(VMS, start=1):
             vm = vms[name] = hub.add(name, index)
             if group == "orders":

@@ -15,6 +15,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -88,6 +89,20 @@ class VmNamespace:
         return self.exec("curl", "-sS", "-m", str(timeout), "-o", "-", "-w",
                          "\n%{http_code}", url, check=False, timeout=timeout + 5)
 
+    def call_until(self, url: str, want: int, timeout: float = 45) -> str:
+        """``curl`` again, a second apart, while the mesh converges (EDS and NDS reach
+        this VM's proxy) until the answer has status ``want``; its body."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            result = self.curl(url)
+            body, _, code = result.stdout.rpartition("\n")
+            last = f"{code}: {body[:400]} {result.stderr[:400]}"
+            if code == str(want):
+                return body
+            time.sleep(1)
+        raise AssertionError(f"{self.name} -> {url}: wanted {want}, last {last}")
+
 
 class MeshNetwork:
     """istiod's namespace with a bridge at ``ISTIOD_IP``, and VMs attached to it."""
@@ -135,6 +150,15 @@ class MeshNetwork:
         vm.set_hosts("")
         (vm.etc / "resolv.conf").write_text(f"nameserver {UPSTREAM_DNS}\n")
         return vm
+
+    def plain_call_from_outside(self, url: str) -> subprocess.CompletedProcess[str]:
+        """A plain-text call from a VM outside the mesh (no proxy, no certificate), in a
+        namespace made for it and removed after: what STRICT mTLS must refuse."""
+        outsider = self.add_vm("outsider")
+        try:
+            return outsider.exec("curl", "-sS", "-m", "5", url, check=False, timeout=15)
+        finally:
+            self.remove_vm(outsider)
 
     def remove_vm(self, vm: VmNamespace) -> None:
         sh("ip", "netns", "del", vm.name, check=False)

@@ -34,21 +34,6 @@ pytestmark = [pytest.mark.istio, pytest.mark.netns]
 PORT = 8080
 
 
-def call(who: Any, url: str, want: int, timeout: float = 45) -> str:
-    """Retry while the mesh converges (EDS/NDS reach the caller); the body of the
-    answer with status ``want``."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        result = who.curl(url)
-        body, _, code = result.stdout.rpartition("\n")
-        last = f"{code}: {body[:400]} {result.stderr[:400]}"
-        if code == str(want):
-            return str(body)
-        time.sleep(1)
-    raise AssertionError(f"{who.vm.name} -> {url}: wanted {want}, last {last}")
-
-
 def wait_entry(entries: Callable[[], list[dict[str, Any]]], path: str,
                timeout: float = 15) -> dict[str, Any]:
     """The last access log entry for ``path`` (Envoy flushes its log every second)."""
@@ -111,7 +96,7 @@ def test_app_on_mesh_agent_vm_calls_service_entry_by_hostname_over_mtls(
     assert client.status()["conditions"]["capture"] is True
 
     with WireTap(server.vm.name, PORT) as tap:
-        body = json.loads(call(client, f"http://{HOST_B}:{PORT}/hello-b", 200))
+        body = json.loads(client.vm.call_until(f"http://{HOST_B}:{PORT}/hello-b", 200))
     # The server's app got the call from its own sidecar (127.0.0.6), which
     # names the client's certificate identity and its own.
     xfcc = body["headers"].get("x-forwarded-client-cert", "")
@@ -135,13 +120,8 @@ def test_app_on_mesh_agent_vm_calls_service_entry_by_hostname_over_mtls(
     assert b"/hello-b" not in tap.sent_to_port() + tap.received_from_port()
 
     # STRICT: a client outside the mesh cannot reach the app in plain text.
-    outsider = istiod.network.add_vm("bout")
-    try:
-        plain = outsider.exec("curl", "-sS", "-m", "5", f"http://{server.vm.ip}:{PORT}/",
-                              check=False, timeout=15)
-        assert plain.returncode != 0 and "mecho" not in plain.stdout, plain
-    finally:
-        istiod.network.remove_vm(outsider)
+    plain = istiod.network.plain_call_from_outside(f"http://{server.vm.ip}:{PORT}/")
+    assert plain.returncode != 0 and "mecho" not in plain.stdout, plain
     assert client.stop() == 0 and server.stop() == 0
 
 
@@ -185,7 +165,7 @@ def test_mesh_agent_and_pilot_agent_vms_call_each_other_with_mtls(
     p_id = f"spiffe://cluster.local/ns/{NS_C}/sa/pagent-sa"
 
     # mesh-agent -> pilot-agent.
-    body = json.loads(call(mesh, f"http://{P_HOST}:{PORT}/from-mesh", 200))
+    body = json.loads(mesh.vm.call_until(f"http://{P_HOST}:{PORT}/from-mesh", 200))
     xfcc = body["headers"].get("x-forwarded-client-cert", "")
     assert body["app"] == "pagent" and f"URI={mesh.spiffe_id}" in xfcc, body
     assert f"By={p_id}" in xfcc, body
@@ -194,7 +174,7 @@ def test_mesh_agent_and_pilot_agent_vms_call_each_other_with_mtls(
     assert wait_entry(mesh.access_log, "/from-mesh")["upstream_peer"] == p_id
 
     # pilot-agent -> mesh-agent (the name from pilot-agent's own DNS proxy).
-    body = json.loads(call(pilot, f"http://{M_HOST}:{PORT}/from-pilot", 200))
+    body = json.loads(pilot.vm.call_until(f"http://{M_HOST}:{PORT}/from-pilot", 200))
     xfcc = body["headers"].get("x-forwarded-client-cert", "")
     assert body["app"] == "magent" and f"URI={p_id}" in xfcc, body
     assert f"By={mesh.spiffe_id}" in xfcc, body
@@ -204,10 +184,10 @@ def test_mesh_agent_and_pilot_agent_vms_call_each_other_with_mtls(
 
     # A third identity, denied by the AuthorizationPolicies, is refused by both sidecars.
     intruder = pilot_agent_vm("cintruder", NS_C, "intruder-sa")
-    assert "RBAC" in call(intruder, f"http://{M_HOST}:{PORT}/intrude", 403)
-    assert "RBAC" in call(intruder, f"http://{P_HOST}:{PORT}/intrude", 403)
+    assert "RBAC" in intruder.vm.call_until(f"http://{M_HOST}:{PORT}/intrude", 403)
+    assert "RBAC" in intruder.vm.call_until(f"http://{P_HOST}:{PORT}/intrude", 403)
     denied = wait_entry(mesh.access_log, "/intrude")
     assert denied["code"] == 403 and denied["peer"] == f"spiffe://{INTRUDER}", denied
     # ...while the mesh-agent VM is still allowed.
-    call(mesh, f"http://{P_HOST}:{PORT}/again", 200)
+    mesh.vm.call_until(f"http://{P_HOST}:{PORT}/again", 200)
     assert mesh.stop() == 0

@@ -101,20 +101,6 @@ def echo_service(istiod: Istiod) -> Iterator[None]:
         istiod.remove_config(name)
 
 
-def _call(agent: PilotAgentVm, url: str, want: int, timeout: float = 30) -> str:
-    """Retry while the mesh converges (EDS/NDS reach the client); the last answer."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        result = agent.curl(url)
-        body, _, code = result.stdout.rpartition("\n")
-        last = f"{code}: {body[:400]} {result.stderr[:400]}"
-        if code == str(want):
-            return body
-        time.sleep(1)
-    raise AssertionError(f"{agent.name} -> {url}: wanted {want}, last {last}")
-
-
 def test_mtls_by_hostname_between_pilot_agent_vms_and_deny_policy(
         istiod: Istiod, pilot_agent_vm: PilotAgentFactory, echo_service: None) -> None:
     server = pilot_agent_vm("echo", NS, "echo-sa", labels=ECHO, start=False)
@@ -130,7 +116,7 @@ def test_mtls_by_hostname_between_pilot_agent_vms_and_deny_policy(
     # Plain HTTP by hostname from the client app: Istio's DNS proxy answers the
     # name, capture takes the call to Envoy, which speaks mTLS to the server's
     # sidecar; the app sees the caller's identity in the header the sidecar adds.
-    body = json.loads(_call(client, f"http://{HOST}:{PORT}/hello", 200))
+    body = json.loads(client.vm.call_until(f"http://{HOST}:{PORT}/hello", 200))
     xfcc = body["headers"].get("x-forwarded-client-cert", "")
     assert f"URI=spiffe://cluster.local/ns/{NS}/sa/client-sa" in xfcc, body
     assert f"By=spiffe://cluster.local/ns/{NS}/sa/echo-sa" in xfcc, body
@@ -148,19 +134,14 @@ def test_mtls_by_hostname_between_pilot_agent_vms_and_deny_policy(
     assert entries[-1]["tls"].startswith("TLSv1")
 
     # STRICT mTLS: a caller outside the mesh cannot reach the app in plain text.
-    outsider = istiod.network.add_vm("outsider")
-    try:
-        plain = outsider.exec("curl", "-sS", "-m", "5", f"http://{server.vm.ip}:{PORT}/",
-                              check=False, timeout=15)
-        assert plain.returncode != 0 and '"app": "echo"' not in plain.stdout, plain
-    finally:
-        istiod.network.remove_vm(outsider)
+    plain = istiod.network.plain_call_from_outside(f"http://{server.vm.ip}:{PORT}/")
+    assert plain.returncode != 0 and '"app": "echo"' not in plain.stdout, plain
 
     # The third identity is refused by the AuthorizationPolicy (RBAC 403).
-    denied = _call(intruder, f"http://{HOST}:{PORT}/hello", 403)
+    denied = intruder.vm.call_until(f"http://{HOST}:{PORT}/hello", 403)
     assert "RBAC" in denied, denied
     # ...while the client is still allowed.
-    _call(client, f"http://{HOST}:{PORT}/again", 200)
+    client.vm.call_until(f"http://{HOST}:{PORT}/again", 200)
 
 
 @pytest.mark.parametrize("why", ["expired", "wrong audience", "wrong issuer",

@@ -78,3 +78,22 @@ def test_push_order_and_make_before_break_on_removal() -> None:
     assert pushes[-1].version_info == new.versions[CLUSTER]
     assert len(pushes[-1].resources) == len(new.packed[CLUSTER])
     assert stream.on_snapshot(new, new) == []  # nothing changed, nothing sent
+
+
+def test_a_change_to_unsubscribed_endpoints_sends_no_eds() -> None:
+    """EDS is versioned per subscribed name set: a new service (a cluster this stream
+    has not asked endpoints for yet) pushes CDS and LDS, not an unchanged EDS."""
+    old, stream = _snap(replace(SHOP, services=SHOP.services[:1])), AdsStream(NODE)
+    assert ORDERS_CLA in old.packed[ENDPOINT]
+    for type_url, names in ((CLUSTER, ()), (LISTENER, ()), (ENDPOINT, (ORDERS_CLA,))):
+        (r,), _ = stream.on_request(_req(type_url, names=names), old)
+        stream.on_request(_req(type_url, nonce=r.nonce, version=r.version_info, names=names),
+                          old)
+    new = _snap(replace(SHOP, services=(*SHOP.services[:1], LEDGER)))
+    assert new.versions[ENDPOINT] != old.versions[ENDPOINT]
+    assert [p.type_url for p in stream.on_snapshot(old, new)] == [CLUSTER, LISTENER]
+    # Subscribing to the new cluster's endpoints is answered (new names).
+    (eds,), _ = stream.on_request(_req(ENDPOINT, nonce=stream.types[ENDPOINT].sent_nonce or "",
+                                       names=(ORDERS_CLA, "outbound|5432||ledger.shop.mesh")),
+                                  new)
+    assert len(eds.resources) == 2
