@@ -5,7 +5,8 @@ restarted.
 Every ``interval`` the guard asks: are both listeners alive (``serving``), and
 does the proxy answer, over the wire on 127.0.0.1:15053, a reserved name it
 answers itself (no upstream involved)? After ``failures`` missed answers in a
-row:
+row (3 by default: the probe is answered by the agent's own event loop, so
+one busy second on a loaded VM must not take the redirect off):
 
 - it re-applies capture without the DNS redirect, so the app's queries go
   straight to the nameservers of /etc/resolv.conf (capture's other rules are
@@ -46,7 +47,7 @@ Restart = Callable[[], Awaitable[None]]
 MAX_RESTART_SPACING = 64  # misses between restart attempts, at most
 
 
-def wire_check(host: str, port: int, timeout: float = 0.5,
+def wire_check(host: str, port: int, timeout: float = 1.0,
                serving: Callable[[], bool] = lambda: True) -> Check:
     """Both listeners alive (``serving``), and an answer NOERROR for ``PROBE_NAME``."""
     async def check() -> bool:
@@ -63,7 +64,7 @@ def wire_check(host: str, port: int, timeout: float = 0.5,
 
 class DnsGuard:
     def __init__(self, capture: CaptureController | None, dns_capture: DnsCapture | None,
-                 check: Check, clock: Clock, *, interval: float = 1.0, failures: int = 2,
+                 check: Check, clock: Clock, *, interval: float = 1.0, failures: int = 3,
                  active: Callable[[], bool] = lambda: True, restart: Restart | None = None,
                  on_change: Callable[[DnsGuard], None] = lambda guard: None) -> None:
         """``capture``/``dns_capture`` None: no redirect to keep (DNS without capture)."""
