@@ -91,7 +91,10 @@ class RegistrarClient:
                                          follow_redirects=False, trust_env=False,
                                          headers={"user-agent": self._user_agent}) as http:
                 response = await http.request(method, url, json=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
+            # A TLS 1.3 server checks our certificate after our side of the handshake
+            # is done: its refusal (an alert) arrives on the first read, where httpcore
+            # lets ssl.SSLError through unwrapped.
             raise from_transport(exc, url, ca_file=str(self.ca_file),
                                  mtls=client_cert is not None) from None
         self.last_date = _http_date(response.headers.get("date"))

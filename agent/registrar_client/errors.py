@@ -47,8 +47,9 @@ def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
 _TIME_CODES = {9: "not yet valid", 10: "expired"}
 
 
-def from_transport(exc: httpx.HTTPError, url: str, *, ca_file: str, mtls: bool) -> RegistrarError:
-    """Translate a connection-level failure."""
+def from_transport(exc: httpx.HTTPError | OSError, url: str, *, ca_file: str,
+                   mtls: bool) -> RegistrarError:
+    """Translate a connection-level failure (ssl.SSLError is an OSError)."""
     cause = _ssl_cause(exc)
     if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_code in _TIME_CODES:
         # Judged by our clock: a wrong clock here is passing, not a wrong anchor.

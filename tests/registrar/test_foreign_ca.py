@@ -4,6 +4,7 @@ of times a minute."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import time
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from agent.registrar_client.client import RegistrarClient
+from agent.registrar_client.errors import RegistrarError
 from tests.fixtures.registrar import RegistrarProcess
 from tests.registrar import calls
 from tests.registrar.csrs import csr_pem, ec_key
@@ -66,6 +69,17 @@ def test_an_expired_client_certificate_gets_a_certificate_expired_alert(
         time.sleep(0.1)
     assert line in reg.log_text()
     assert calls.healthy(reg)
+    # The agent's client reads the same alert (after the handshake, on the first
+    # read) as a classified refusal, never as a raw ssl.SSLError that would end the
+    # daemon (seen: a workload-settings fetch with a just-expired certificate).
+    client = RegistrarClient(reg.url, reg.ca_file, timeout=10)
+    for call in (client.workload_settings(chain_file=cert, key_file=key),
+                 client.renew(csr_pem(ec_key()).encode(), chain_file=cert, key_file=key,
+                              hostname="vm", addresses=[])):
+        with pytest.raises(RegistrarError) as refused:
+            asyncio.run(call)
+        assert (refused.value.action, refused.value.reason) == (
+            "reattest", "client_cert_rejected"), refused.value
 
 
 @pytest.mark.parametrize("garbage", [b"GET / HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x00\x05hello"])
