@@ -185,7 +185,7 @@ def test_istiod_restart_pilot_agent_reconnects(istiod: Istiod,
     istiod.restart()
     # A fresh istiod process knows only proxies that connected to it.
     deadline = time.monotonic() + 60
-    while (sync := _synced(istiod, agent)) is None or sync["cluster_acked"] == "":
+    while (sync := _synced(istiod, agent)) is None or not sync.get("cluster_acked"):
         assert time.monotonic() < deadline, agent.problems()[-10:]
         time.sleep(0.5)
     # Same CA after the restart: the certificate the VM holds is still good for XDS.
