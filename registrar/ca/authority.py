@@ -26,8 +26,6 @@ from registrar.config import CaFiles
 # a little behind ours accepts a fresh certificate; never before the issuer's own.
 BACKDATE = dt.timedelta(seconds=10)
 RENEW_FRACTION = 0.5
-# Leaf templates kept per authority: one per group and key type, in practice.
-MAX_TEMPLATES = 1024
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 Clock = Callable[[], dt.datetime]
 
@@ -88,41 +86,12 @@ class Authority:
             key.key_size < 3072) else hashes.SHA384()
         # Leaves name their issuer by its own SKI, so strict verifiers can build the chain.
         self._aki = authority_key_id(cert).extension
-        self._templates: dict[tuple[str, bool], x509.CertificateBuilder] = {}
 
     def with_bundle(self, roots: list[x509.Certificate], bundle_version: int) -> Authority:
         """The same signer, handing out ``roots`` as the trust bundle."""
         return Authority(cert=self.cert, key=self._key, intermediates=self._intermediates,
                          roots=roots, clock=self._clock, version=self.version,
                          bundle_version=bundle_version, backdate=self._backdate)
-
-    def _template(self, spiffe_id: str, rsa_key: bool) -> x509.CertificateBuilder:
-        """The part of a leaf that is the same for every key of one identity: built
-        once per (identity, key type), since each builder step copies the builder
-        (about 60 us of the ~160 us an issuance took)."""
-        key = (spiffe_id, rsa_key)
-        builder = self._templates.get(key)
-        if builder is None:
-            builder = (
-                x509.CertificateBuilder()
-                .subject_name(x509.Name([]))
-                .issuer_name(self.cert.subject)
-                .add_extension(x509.SubjectAlternativeName(
-                    [x509.UniformResourceIdentifier(spiffe_id)]), critical=True)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None),
-                               critical=True)
-                .add_extension(x509.KeyUsage(
-                    digital_signature=True, key_encipherment=rsa_key,
-                    content_commitment=False, data_encipherment=False, key_agreement=False,
-                    key_cert_sign=False, crl_sign=False, encipher_only=False,
-                    decipher_only=False), critical=True)
-                .add_extension(x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                    critical=False)
-            )
-            if len(self._templates) < MAX_TEMPLATES:
-                self._templates[key] = builder
-        return builder
 
     def issue(self, public_key: PublicKey, spiffe_id: str, ttl: float) -> Issued:
         """A workload leaf: URI SAN (critical, empty subject), CA:false, server+client auth,
@@ -134,11 +103,24 @@ class Authority:
         not_after = min(now + dt.timedelta(seconds=ttl), issuer_end)
         serial = secrets.randbits(159) | 1 << 158  # positive, 20 bytes, never zero
         builder = (
-            self._template(spiffe_id, isinstance(public_key, rsa.RSAPublicKey))
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(serial)
             .not_valid_before(not_before)
             .not_valid_after(not_after)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(spiffe_id)]), critical=True)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
+                content_commitment=False, data_encipherment=False, key_agreement=False,
+                key_cert_sign=False, crl_sign=False, encipher_only=False,
+                decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key),
                            critical=False)
             .add_extension(self._aki, critical=False)

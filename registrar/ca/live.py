@@ -147,15 +147,10 @@ class LiveCa:
         return self._context
 
     def _listening_context(self) -> ssl.SSLContext:
-        # Until the first reload the listening context is the current one, and a
-        # connection is moved only when they differ: the move (SSL_set_SSL_CTX)
-        # cost ~25 us of a ~350 us server handshake.
-        base = self._context
+        base = server_context(self._config, load(self._config.state_dir))
 
         def switch(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
-            current = self.current_context()
-            if current is not base:
-                sslobj.context = current
+            sslobj.context = self.current_context()
 
         base.sni_callback = switch
         return base

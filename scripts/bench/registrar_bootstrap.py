@@ -79,7 +79,7 @@ class Target:
     ca_file: Path
     tokens_file: Path
     server_pids: list[int]
-    stop: Callable[[], None]
+    stop: Callable[[], object]
     after: Callable[[], str] = lambda: ""
     spire: peers.Spire | None = None
 
@@ -296,22 +296,23 @@ async def one(host: str, port: int, ctx: ssl.SSLContext, payload: bytes,
         return
 
 
-def client_proc(url: str, ca: str, payloads: list[bytes], concurrency: int,
+def client_proc(host: str, port: int, ca: str, payloads: list[bytes], concurrency: int,
                 start_at: float, queue: mp.Queue) -> None:  # type: ignore[type-arg]
-    host, port = url.removeprefix("https://").rsplit(":", 1)
-
+    """One client process (also scripts/bench/oidc_tokens.py's): puts a dict with
+    latencies, errors, conn_errors, rate_limited, first_error and its CPU seconds."""
     async def run() -> dict[str, list[float] | int | str]:
         ctx = ssl.create_default_context(cafile=ca)
         out: dict[str, list[float] | int | str] = {"latencies": [], "errors": 0,
-                                                   "rate_limited": 0, "first_error": ""}
+                                                   "conn_errors": 0, "rate_limited": 0,
+                                                   "first_error": ""}
         todo = iter(payloads)
 
         async def worker() -> None:
             for payload in todo:
                 try:
-                    await one(host, int(port), ctx, payload, out)
+                    await one(host, port, ctx, payload, out)
                 except OSError as exc:
-                    out["errors"] = int(out["errors"]) + 1  # type: ignore[arg-type]
+                    out["conn_errors"] = int(out["conn_errors"]) + 1  # type: ignore[arg-type]
                     out["first_error"] = out["first_error"] or repr(exc)
 
         await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -333,8 +334,10 @@ def run_python(target: Target, total: int, concurrency: int, procs: int) -> Resu
     payloads = [request_bytes("127.0.0.1", t, c) for t, c in zip(tokens, csrs, strict=True)]
     queue: mp.Queue = mp.Queue()  # type: ignore[type-arg]
     start_at = time.time() + 1.0
+    addresses = [url.removeprefix("https://").rsplit(":", 1) for url in target.urls]
     workers = [mp.Process(target=client_proc, args=(
-        target.urls[i % len(target.urls)], str(target.ca_file), payloads[i::procs],
+        addresses[i % len(addresses)][0], int(addresses[i % len(addresses)][1]),
+        str(target.ca_file), payloads[i::procs],
         max(1, concurrency // procs), start_at, queue)) for i in range(procs)]
     for p in workers:
         p.start()
@@ -346,14 +349,15 @@ def run_python(target: Target, total: int, concurrency: int, procs: int) -> Resu
         p.join()
     wall = time.time() - start_at
     after = server_times(target.server_pids)
-    latencies = sorted(x for r in results for x in r["latencies"])  # type: ignore[union-attr]
+    latencies = sorted(x for r in results for x in r["latencies"])
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
-    return Result(target.name, ok=len(latencies), errors=sum(int(r["errors"]) for r in results),
+    return Result(target.name, ok=len(latencies),
+                  errors=sum(int(r["errors"]) + int(r["conn_errors"]) for r in results),
                   first_error=next((str(r["first_error"]) for r in results
                                     if r["first_error"]), ""),
                   wall=wall, p50_ms=q[49] * 1000, p99_ms=q[98] * 1000,
                   server_user=after[0] - before[0], server_sys=after[1] - before[1],
-                  client_cpu=sum(float(r["cpu"]) for r in results),  # type: ignore[arg-type]
+                  client_cpu=sum(float(r["cpu"]) for r in results),
                   rate_limited=sum(int(r["rate_limited"]) for r in results),
                   load=max(load_before, os.getloadavg()[0]))
 

@@ -4,6 +4,13 @@ twice, and the inventory holds exactly one active workload per VM and nothing el
 
 The herd client (tests/fixtures/herd.py) retries a connection that died without
 an answer, as an agent does; with one address the retry waits for the restart.
+
+Known gap this test can meet: an attest whose transaction committed but whose
+answer the kill cut off (between COMMIT and the socket write, well under a
+millisecond per request) leaves that VM with a spent token and no certificate;
+its retry is refused ``token_spent`` and the outcome says ``lost_response``. The
+fix is an idempotent retry (the same token and key get the same certificate
+again), which needs the store to keep the issued key's hash.
 """
 
 from __future__ import annotations
