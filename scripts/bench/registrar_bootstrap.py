@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import resource
+import signal
 import ssl
 import statistics
 import subprocess
@@ -152,18 +154,26 @@ def start_tls_floor(base: Path, *, workers: int, total: int) -> Target:
     tokens_file = base / "tokens.txt"
     tokens_file.write_text("\n".join(f"floor-{i}" for i in range(total)))
     port = free_port()
+    # Its own process group, so that stopping it (or giving up on it) ends the workers too.
     proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "bench" / "tls_floor.py"),
                              "--config", str(reg.config_path), "--port", str(port),
-                             "--workers", str(workers)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    for _ in range(workers):
-        if proc.stdout.readline().strip() != "serving":
-            proc.kill()
-            raise SystemExit("tls_floor.py did not start")
+                             "--workers", str(workers)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
     def stop() -> None:
-        proc.terminate()
-        proc.wait(30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline() for _ in range(workers)]
+    if [line.strip() for line in lines] != ["serving"] * workers:
+        stop()
+        raise SystemExit(f"tls_floor.py did not start: {lines!r}")
 
     return Target(name=f"reference: TLS floor, Python ({workers} workers)",
                   urls=[f"https://127.0.0.1:{port}"], ca_file=reg.ca_file,
