@@ -19,7 +19,7 @@ import uvloop
 from aiohttp import web
 
 from meshcore.clock import Clock, SystemClock
-from registrar.api.app import Api, peer_certificate
+from registrar.api.app import METRICS, Api, peer_certificate
 from registrar.api.connections import ConnectionGate, file_limit, usable_connections
 from registrar.api.faults import FaultLog
 from registrar.api.logbudget import LogBudget
@@ -86,8 +86,9 @@ async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
     clock = SystemClock()
     limits = config.limits
     live = LiveCa(config, clock)
-    runner = web.AppRunner(build_app(config, clock, live), **runner_options(
-        limits.max_header_bytes, limits.request_timeout))
+    app = build_app(config, clock, live)
+    runner = web.AppRunner(app, **runner_options(limits.max_header_bytes,
+                                                 limits.request_timeout))
     await runner.setup()
     files = file_limit()
     total = usable_connections(limits.max_connections, files)
@@ -112,7 +113,9 @@ async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
                 break  # the supervisor died (kill -9): do not linger as an orphan
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
+            app[METRICS].flush()  # an idle worker's last counts reach the shared table
     finally:
+        app[METRICS].flush()
         listener.close()
         await runner.cleanup()
 

@@ -34,6 +34,8 @@ _FAMILIES = {"/v1/attest": "attest", "/v1/renew": "renew", "/v1/challenge": "cha
              "/v1/bundle": "read", "/v1/workload/status": "read",
              "/v1/workload/settings": "read"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The application's metrics, for the server's once-a-second flush (metrics.py).
+METRICS = web.AppKey("metrics", Metrics)
 
 
 def peer_certificate(request: web.Request) -> x509.Certificate | None:
@@ -88,6 +90,7 @@ class Api:
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self._guard],
                               client_max_size=self._config.limits.max_body_bytes)
+        app[METRICS] = self._metrics
         app.router.add_post("/v1/challenge", self._challenge, expect_handler=self._expect)
         app.router.add_post("/v1/attest", self._attest, expect_handler=self._expect)
         app.router.add_post("/v1/renew", self._renew, expect_handler=self._expect)

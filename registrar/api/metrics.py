@@ -11,9 +11,11 @@ inventory at scrape time, so it is right in both modes.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+log = logging.getLogger("registrar.metrics")
+FLUSH_SECONDS = 1.0
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SHARED_FILE = "counts.db"
 
@@ -111,23 +115,50 @@ class Metrics:
     """``shared``: the file from ``prepare_shared`` (several workers), else None."""
 
     def __init__(self, tokens_outstanding: Callable[[], int],
-                 shared: Path | None = None) -> None:
+                 shared: Path | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._conn = _open(shared)
+        self._monotonic = monotonic
+        self._flushed = monotonic()
+        self._decisions: dict[tuple[str, str, str], int] = {}
+        self._latency: dict[tuple[str, int], tuple[int, float]] = {}
         self.registry = CollectorRegistry()
         self.registry.register(_Counts(self._conn))
         self.registry.register(_TokensOutstanding(tokens_outstanding))
 
     def decision(self, operation: str, reason: str | None, seconds: float) -> None:
-        result = "ok" if reason is None else "rejected"
-        with self._conn:  # BEGIN ... COMMIT: both rows or neither
-            self._conn.execute(
-                "INSERT INTO decisions VALUES (?, ?, ?, 1) "
-                "ON CONFLICT (operation, result, reason) DO UPDATE "
-                "SET count = count + 1", (operation, result, reason or ""))
-            self._conn.execute(
-                "INSERT INTO latency VALUES (?, ?, 1, ?) ON CONFLICT (operation, bucket) DO UPDATE "
-                "SET count = count + 1, seconds = seconds + excluded.seconds",
-                (operation, _bucket(seconds), seconds))
+        key = (operation, "ok" if reason is None else "rejected", reason or "")
+        self._decisions[key] = self._decisions.get(key, 0) + 1
+        bucket = (operation, _bucket(seconds))
+        count, total = self._latency.get(bucket, (0, 0.0))
+        self._latency[bucket] = (count + 1, total + seconds)
+        if self._monotonic() - self._flushed >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add this worker's counts to the table; kept for the next try if the
+        table cannot be written now (a metric must never fail a request)."""
+        self._flushed = self._monotonic()
+        if not self._decisions and not self._latency:
+            return
+        try:
+            with self._conn:  # BEGIN ... COMMIT: all rows or none
+                self._conn.executemany(
+                    "INSERT INTO decisions VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (operation, result, reason) DO UPDATE "
+                    "SET count = count + excluded.count",
+                    [(*key, n) for key, n in self._decisions.items()])
+                self._conn.executemany(
+                    "INSERT INTO latency VALUES (?, ?, ?, ?) ON CONFLICT (operation, bucket) "
+                    "DO UPDATE SET count = count + excluded.count, "
+                    "seconds = seconds + excluded.seconds",
+                    [(*key, n, total) for key, (n, total) in self._latency.items()])
+        except sqlite3.Error as exc:
+            log.warning("metrics: counts not written yet (%s); kept for the next try", exc)
+            return
+        self._decisions.clear()
+        self._latency.clear()
 
     def render(self) -> bytes:
+        self.flush()
         return generate_latest(self.registry)

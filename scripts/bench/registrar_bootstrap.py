@@ -1,29 +1,53 @@
-"""Registrar bootstrap throughput: >= 200 concurrent agents, each attesting on a NEW
-TLS connection with its own join token and pre-generated CSR.
+"""Registrar bootstrap throughput: 200 concurrent agents, each attesting on a NEW
+TLS connection with its own join token and pre-generated P-256 CSR, beside a
+reference measured in the same run on the same cores.
 
-    .venv/bin/python scripts/bench/registrar_bootstrap.py [--total 5000]
-        [--concurrency 200] [--workers 2] [--client-procs 1]
+    .venv/bin/python scripts/bench/registrar_bootstrap.py [--store sqlite|postgres]
+        [--replicas 1] [--workers 2] [--total 3000] [--concurrency 200]
+        [--client go|python] [--reference tls,spire | none]
 
-Starts a real ``mesh-registrar serve`` (its own processes), pre-creates the tokens
-directly through the registrar's store module, pre-generates CSRs, then runs the
-clients in separate processes (so client and server do not share an event loop;
-they do share this machine's cores). A 429 is retried after its Retry-After and
-counted; any other failure is an error. Prints bootstraps/s and p50/p99 latency.
+Only the registrar's start-up depends on ``--store`` and ``--replicas``
+(``start_registrars``); tokens, clients, CPU accounting and the table are the same
+for every deployment. With several replicas the clients spread over their
+addresses round-robin, as a TCP load balancer would.
+
+Clients: ``go`` is scripts/bench/attest_load (built and cached by
+scripts/bench/peers.py), the same client for the registrar, the TLS floor and
+SPIRE, so no server is measured through a slower client than another; ``python``
+is an asyncio client in separate processes (no Go toolchain needed; it costs
+more CPU per bootstrap on the shared cores). A 429 is retried after its
+Retry-After; any other failure is an error and fails the run.
+
+References (comma-separated):
+* ``tls``: scripts/bench/tls_floor.py, a Python server with the registrar's own TLS
+  context and worker count that answers a fixed body: the cost of the new TLS
+  connection and one HTTP exchange alone;
+* ``spire``: spire-server v1.13.3 (scripts/bootstrap-spire; quickstart config, see
+  peers.py) and its join-token AgentAttest RPC, through the same Go client.
+
+Prints bootstraps/s, p50/p99 latency, server CPU per bootstrap (user+sys of every
+server process) and the client's, with the load average, and the verdict against
+the targets (>= 1,000/s and >= SPIRE's rate).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import resource
+import signal
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,9 +62,211 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from meshcore.clock import SystemClock  # noqa: E402
 from registrar.store.db import connect  # noqa: E402
 from registrar.store.tokens import TokenStore  # noqa: E402
-from tests.fixtures.registrar import RegistrarProcess  # noqa: E402
+from scripts.bench import peers  # noqa: E402
+from tests.fixtures.registrar import RegistrarProcess, free_port  # noqa: E402
+
+TARGET_PER_SECOND = 1000.0
 
 
+class NotAvailable(Exception):
+    """A deployment this tree cannot start yet (said, not faked)."""
+
+
+@dataclass
+class Target:
+    """Something the load clients attest against."""
+
+    name: str
+    urls: list[str]
+    ca_file: Path
+    tokens_file: Path
+    server_pids: list[int]
+    stop: Callable[[], object]
+    after: Callable[[], str] = lambda: ""
+    spire: peers.Spire | None = None
+
+
+@dataclass
+class Result:
+    name: str
+    ok: int = 0
+    errors: int = 0
+    first_error: str = ""
+    wall: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    server_user: float = 0.0
+    server_sys: float = 0.0
+    client_cpu: float = 0.0
+    rate_limited: int = 0
+    load: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def per_second(self) -> float:
+        return self.ok / self.wall if self.wall else 0.0
+
+    def server_ms(self) -> float:
+        return (self.server_user + self.server_sys) / max(1, self.ok) * 1000
+
+
+# -- deployments: the only part that depends on --store and --replicas ----------
+def registrar_config() -> dict[str, object]:
+    # As packaged, plus only what one client address needs: every benchmark client
+    # is 127.0.0.1, so the attest bucket and the per-address connection cap are
+    # raised (a fleet's VMs each have an address of their own).
+    return {"log_level": "info", "limits": {
+        "rate": {"attest": {"per_second": 5000.0, "burst": 5000}},
+        "max_connections_per_address": 1000}}
+
+
+def start_registrars(base: Path, *, store: str, replicas: int, workers: int,
+                     total: int) -> Target:
+    """``replicas`` ``mesh-registrar serve`` groups on one store, with ``total`` join
+    tokens made in it."""
+    if store != "sqlite" or replicas != 1:
+        raise NotAvailable(
+            f"--store {store} --replicas {replicas}: not available yet (this tree has the "
+            "SQLite store only, one replica per state directory); run --store sqlite "
+            "--replicas 1")
+    reg = RegistrarProcess(base, groups={"bench": ("bench", "vm", 3600)}, workers=workers,
+                           config=registrar_config())
+    reg.init()
+    tokens = TokenStore(connect(reg.state_dir / "registrar.db"), SystemClock()).create_many(
+        "bench", 3600, total)
+    tokens_file = base / "tokens.txt"
+    tokens_file.write_text("\n".join(t.reveal() for t in tokens))
+    reg.start()
+    assert reg.pid is not None
+
+    def inventory() -> str:
+        rows = json.loads(reg.cli("workloads", "list", "--json").stdout)
+        return f"inventory: {len(rows)} workloads recorded"
+
+    return Target(name=f"mesh-registrar {store} x{replicas} ({workers} workers)",
+                  urls=[reg.url], ca_file=reg.ca_file, tokens_file=tokens_file,
+                  server_pids=[reg.pid], stop=reg.stop, after=inventory)
+
+
+def start_tls_floor(base: Path, *, workers: int, total: int) -> Target:
+    reg = RegistrarProcess(base, groups={"bench": ("bench", "vm", 3600)})
+    reg.init()  # only for its certificates and config: the registrar never runs
+    tokens_file = base / "tokens.txt"
+    tokens_file.write_text("\n".join(f"floor-{i}" for i in range(total)))
+    port = free_port()
+    # Its own process group, so that stopping it (or giving up on it) ends the workers too.
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "bench" / "tls_floor.py"),
+                             "--config", str(reg.config_path), "--port", str(port),
+                             "--workers", str(workers)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+    def stop() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline() for _ in range(workers)]
+    if [line.strip() for line in lines] != ["serving"] * workers:
+        stop()
+        raise SystemExit(f"tls_floor.py did not start: {lines!r}")
+
+    return Target(name=f"reference: TLS floor, Python ({workers} workers)",
+                  urls=[f"https://127.0.0.1:{port}"], ca_file=reg.ca_file,
+                  tokens_file=tokens_file, server_pids=[proc.pid], stop=stop)
+
+
+def start_spire(base: Path) -> Target:
+    spire = peers.Spire(base)
+    spire.start()
+    assert spire.proc is not None
+    return Target(name=f"reference: spire-server {peers.SPIRE_VERSION}",
+                  urls=[f"127.0.0.1:{spire.port}"], ca_file=spire.bundle,
+                  tokens_file=base / "unused", server_pids=[spire.proc.pid], stop=spire.stop,
+                  spire=spire)
+
+
+# -- CPU accounting ----------------------------------------------------------------
+def server_times(pids: list[int]) -> tuple[float, float]:
+    user = system = 0.0
+    for pid in pids:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            user += times.user
+            system += times.system
+    return user, system
+
+
+# -- the Go client -------------------------------------------------------------------
+def run_go(target: Target, total: int, concurrency: int) -> Result:
+    """One attest_load per address (the concurrency split between them); the server
+    CPU is read between "prepared" and the end, so it counts the bootstraps only."""
+    client = peers.attest_load_binary()
+    out = Result(target.name)
+    procs = []
+    share = [total // len(target.urls) + (i < total % len(target.urls))
+             for i in range(len(target.urls))]
+    for i, url in enumerate(target.urls):
+        if target.spire is not None:
+            args = ["-target", "spire", "-addr", url, "-socket", str(target.spire.socket),
+                    "-bundle", str(target.spire.bundle), "-trust-domain", peers.TD]
+        else:
+            args = ["-target", "registrar", "-addr", url, "-bundle", str(target.ca_file),
+                    "-tokens", str(_token_slice(target.tokens_file, i, len(target.urls)))]
+        procs.append(subprocess.Popen(
+            [str(client), *args, "-total", str(share[i]), "-concurrency",
+             str(max(1, concurrency // len(target.urls)))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        if line.strip() != "prepared":
+            for p in procs:
+                p.kill()
+            raise SystemExit(f"attest-load ({target.name}): {line}{proc.stderr.read()[-2000:]}")
+    before = server_times(target.server_pids)
+    load_before = os.getloadavg()[0]
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+    latencies_p50, latencies_p99 = [], []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=3600)
+        if proc.returncode != 0:
+            raise SystemExit(f"attest-load ({target.name}) failed: {stderr[-2000:]}")
+        res = json.loads(stdout.strip().splitlines()[-1])
+        out.ok += res["ok"]
+        out.errors += res["errors"]
+        out.first_error = out.first_error or res["first_error"]
+        out.wall = max(out.wall, res["wall_s"])
+        out.client_cpu += res["client_cpu_s"]
+        latencies_p50.append(res["p50_ms"])
+        latencies_p99.append(res["p99_ms"])
+    after = server_times(target.server_pids)
+    out.server_user, out.server_sys = after[0] - before[0], after[1] - before[1]
+    out.p50_ms, out.p99_ms = max(latencies_p50), max(latencies_p99)
+    out.load = max(load_before, os.getloadavg()[0])
+    return out
+
+
+def _token_slice(tokens_file: Path, index: int, count: int) -> Path:
+    if count == 1:
+        return tokens_file
+    part = tokens_file.with_suffix(f".{index}.txt")
+    part.write_text("\n".join(tokens_file.read_text().split()[index::count]))
+    return part
+
+
+# -- the Python client -----------------------------------------------------------------
 def make_csr(_: int) -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     return x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(
@@ -56,7 +282,7 @@ def request_bytes(host: str, token: str, csr: str) -> bytes:
 
 
 async def one(host: str, port: int, ctx: ssl.SSLContext, payload: bytes,
-              out: dict[str, list[float] | int]) -> None:
+              out: dict[str, list[float] | int | str]) -> None:
     """One agent bootstrap on a new connection; retries only 429s (after Retry-After)."""
     started = time.perf_counter()
     while True:
@@ -65,7 +291,7 @@ async def one(host: str, port: int, ctx: ssl.SSLContext, payload: bytes,
         writer.write(payload)
         data = await reader.read()
         writer.close()
-        status = int(data[9:12])
+        status = int(data[9:12]) if data[9:12].isdigit() else 0
         if status == 429:
             out["rate_limited"] = int(out["rate_limited"]) + 1  # type: ignore[arg-type]
             headers = data.split(b"\r\n\r\n", 1)[0].decode().lower()
@@ -74,6 +300,7 @@ async def one(host: str, port: int, ctx: ssl.SSLContext, payload: bytes,
             continue
         if status != 200 or b'"spiffe_id"' not in data:
             out["errors"] = int(out["errors"]) + 1  # type: ignore[arg-type]
+            out["first_error"] = out["first_error"] or f"status {status}: {data[:200]!r}"
             return
         out["latencies"].append(time.perf_counter() - started)  # type: ignore[union-attr]
         return
@@ -81,18 +308,22 @@ async def one(host: str, port: int, ctx: ssl.SSLContext, payload: bytes,
 
 def client_proc(host: str, port: int, ca: str, payloads: list[bytes], concurrency: int,
                 start_at: float, queue: mp.Queue) -> None:  # type: ignore[type-arg]
-    async def run() -> dict[str, list[float] | int]:
+    """One client process (also scripts/bench/oidc_tokens.py's): puts a dict with
+    latencies, errors, conn_errors, rate_limited, first_error and its CPU seconds."""
+    async def run() -> dict[str, list[float] | int | str]:
         ctx = ssl.create_default_context(cafile=ca)
-        out: dict[str, list[float] | int] = {"latencies": [], "errors": 0, "rate_limited": 0,
-                                             "conn_errors": 0}
+        out: dict[str, list[float] | int | str] = {"latencies": [], "errors": 0,
+                                                   "conn_errors": 0, "rate_limited": 0,
+                                                   "first_error": ""}
         todo = iter(payloads)
 
         async def worker() -> None:
             for payload in todo:
                 try:
                     await one(host, port, ctx, payload, out)
-                except OSError:
+                except OSError as exc:
                     out["conn_errors"] = int(out["conn_errors"]) + 1  # type: ignore[arg-type]
+                    out["first_error"] = out["first_error"] or repr(exc)
 
         await asyncio.sleep(max(0.0, start_at - time.time()))
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -103,81 +334,141 @@ def client_proc(host: str, port: int, ca: str, payloads: list[bytes], concurrenc
     queue.put(uvloop.run(run()))
 
 
+def run_python(target: Target, total: int, concurrency: int, procs: int) -> Result:
+    if target.spire is not None:
+        raise SystemExit("--client python speaks the registrar's API only; SPIRE needs "
+                         "--client go")
+    tokens = target.tokens_file.read_text().split()[:total]
+    with mp.Pool(os.cpu_count()) as pool:
+        csrs = pool.map(make_csr, range(total), chunksize=250)
+    payloads = [request_bytes("127.0.0.1", t, c) for t, c in zip(tokens, csrs, strict=True)]
+    queue: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    start_at = time.time() + 1.0
+    addresses = [url.removeprefix("https://").rsplit(":", 1) for url in target.urls]
+    workers = [mp.Process(target=client_proc, args=(
+        addresses[i % len(addresses)][0], int(addresses[i % len(addresses)][1]),
+        str(target.ca_file), payloads[i::procs],
+        max(1, concurrency // procs), start_at, queue)) for i in range(procs)]
+    for p in workers:
+        p.start()
+    time.sleep(max(0.0, start_at - time.time() - 0.2))
+    before = server_times(target.server_pids)
+    load_before = os.getloadavg()[0]
+    results = [queue.get() for _ in workers]
+    for p in workers:
+        p.join()
+    wall = time.time() - start_at
+    after = server_times(target.server_pids)
+    latencies = sorted(x for r in results for x in r["latencies"])
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    return Result(target.name, ok=len(latencies),
+                  errors=sum(int(r["errors"]) + int(r["conn_errors"]) for r in results),
+                  first_error=next((str(r["first_error"]) for r in results
+                                    if r["first_error"]), ""),
+                  wall=wall, p50_ms=q[49] * 1000, p99_ms=q[98] * 1000,
+                  server_user=after[0] - before[0], server_sys=after[1] - before[1],
+                  client_cpu=sum(float(r["cpu"]) for r in results),
+                  rate_limited=sum(int(r["rate_limited"]) for r in results),
+                  load=max(load_before, os.getloadavg()[0]))
+
+
+# -- the table -------------------------------------------------------------------------
+def print_table(results: list[Result], total: int, concurrency: int, client: str) -> None:
+    cores = os.cpu_count() or 1
+    print(f"join-token bootstraps, {total} per server, {concurrency} concurrent clients "
+          f"({client} client), a new TLS connection each, {cores} cores shared by clients "
+          "and server")
+    head = ["server", "bootstraps/s", "p50 ms", "p99 ms", "server CPU ms/bootstrap",
+            "(user/sys)", "client CPU ms", "ceiling/s", "load"]
+    rows = [head]
+    for r in results:
+        n = max(1, r.ok)
+        rows.append([r.name, f"{r.per_second:.0f}", f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",
+                     f"{r.server_ms():.2f}",
+                     f"{r.server_user / n * 1000:.2f}/{r.server_sys / n * 1000:.2f}",
+                     f"{r.client_cpu / n * 1000:.2f}",
+                     f"{cores * 1000 / r.server_ms():.0f}" if r.server_ms() else "-",
+                     f"{r.load:.1f}"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    for i, row in enumerate(rows):
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print("ceiling/s = cores / server CPU per bootstrap: the rate with the cores to the "
+          "server alone")
+
+
+def verdicts(ours: Result, references: list[Result]) -> list[str]:
+    lines = []
+    rate = ours.per_second
+    lines.append(f"target >= {TARGET_PER_SECOND:.0f}/s: {rate:.0f}/s "
+                 + ("met" if rate >= TARGET_PER_SECOND
+                    else f"MISSED by {TARGET_PER_SECOND - rate:.0f}/s "
+                         f"({rate / TARGET_PER_SECOND:.2f}x)"))
+    for ref in references:
+        ratio = rate / ref.per_second if ref.per_second else 0.0
+        cpu = ours.server_ms() / ref.server_ms() if ref.server_ms() else 0.0
+        word = "spire" in ref.name
+        lines.append(f"vs {ref.name}: {ratio:.2f}x the rate, {cpu:.2f}x the server CPU per "
+                     "bootstrap" + ("" if not word else (
+                         "  -> target >= SPIRE: " + ("met" if ratio >= 1.0 else "MISSED"))))
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--total", type=int, default=5000)
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes per replica")
+    parser.add_argument("--total", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=2, help="registrar worker processes")
-    parser.add_argument("--client-procs", type=int, default=1)
-    parser.add_argument("--attest-rate", type=float, default=5000.0,
-                        help="server attest token bucket per worker (per second; burst = 1 s)")
+    parser.add_argument("--client", choices=("go", "python"), default="go")
+    parser.add_argument("--client-procs", type=int, default=1, help="--client python only")
+    parser.add_argument("--reference", default="tls",
+                        help="comma-separated: tls, spire; or none")
     args = parser.parse_args()
+    references = [] if args.reference == "none" else args.reference.split(",")
+    if set(references) - {"tls", "spire"}:
+        parser.error("--reference: tls, spire or none")
 
-    load_before = f"{os.getloadavg()[0]:.2f}"
     base = Path(tempfile.mkdtemp(prefix="registrar-bench-"))
-    reg = RegistrarProcess(base, groups={"bench": ("bench", "vm", 3600)}, workers=args.workers,
-                           config={"log_level": "info", "limits": {"rate": {
-                               "attest": {"per_second": args.attest_rate,
-                                          "burst": max(1, int(args.attest_rate))}}}})
-    reg.init()
-    t0 = time.perf_counter()
-    tokens = [t.reveal() for t in TokenStore(connect(reg.state_dir / "registrar.db"), SystemClock())
-              .create_many("bench", 3600, args.total)]
-    t_tokens = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with mp.Pool(os.cpu_count()) as pool:
-        csrs = pool.map(make_csr, range(args.total), chunksize=250)
-    t_csrs = time.perf_counter() - t0
-    payloads = [request_bytes("127.0.0.1", t, c) for t, c in zip(tokens, csrs, strict=True)]
-    reg.start()
-    server = psutil.Process(reg.pid)
 
-    def server_cpu() -> float:
-        total = 0.0
-        for proc in [server, *server.children(recursive=True)]:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        return total
+    def measure(target: Target) -> Result:
+        try:
+            if args.client == "go":
+                result = run_go(target, args.total, args.concurrency)
+            else:
+                result = run_python(target, args.total, args.concurrency, args.client_procs)
+            note = target.after()
+            if note:
+                result.notes.append(note)
+            return result
+        finally:
+            target.stop()
 
-    cpu_before = server_cpu()
     try:
-        queue: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-        start_at = time.time() + 1.0
-        per = args.concurrency // args.client_procs
-        procs = [mp.Process(target=client_proc, args=(
-            "127.0.0.1", reg.port, str(reg.ca_file), payloads[i::args.client_procs], per,
-            start_at, queue)) for i in range(args.client_procs)]
-        for p in procs:
-            p.start()
-        results = [queue.get() for _ in procs]
-        for p in procs:
-            p.join()
-        wall = time.time() - start_at
-        cpu_server = server_cpu() - cpu_before
-    finally:
-        reg.stop()
-    latencies = sorted(x for r in results for x in r["latencies"])
-    errors = sum(r["errors"] for r in results)
-    conn_errors = sum(r["conn_errors"] for r in results)
-    limited = sum(r["rate_limited"] for r in results)
-    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
-    print(f"registrar bootstrap: {len(latencies)}/{args.total} ok, {args.concurrency} concurrent "
-          f"clients ({args.client_procs} proc), {args.workers} server worker(s), "
-          f"{os.cpu_count()} cores")
-    print(f"  tokens pre-created in {t_tokens:.2f}s, CSRs pre-generated in {t_csrs:.2f}s")
-    print(f"  wall {wall:.2f}s  ->  {len(latencies) / wall:.0f} bootstraps/s")
-    print(f"  latency p50 {q[49] * 1000:.1f} ms  p99 {q[98] * 1000:.1f} ms  "
-          f"max {latencies[-1] * 1000 if latencies else 0:.1f} ms")
-    cpu_client = sum(float(r["cpu"]) for r in results)
-    n = max(1, len(latencies))
-    print(f"  CPU per bootstrap: server {cpu_server / n * 1000:.2f} ms, client "
-          f"{cpu_client / n * 1000:.2f} ms  (server alone on {os.cpu_count()} cores: "
-          f"~{(os.cpu_count() or 1) * n / cpu_server:.0f}/s ceiling)")
-    print(f"  load average before/after: {load_before} / {os.getloadavg()[0]:.2f}")
-    print(f"  429 retried: {limited}  errors: {errors}  connection errors: {conn_errors}")
-    rows = reg.cli("workloads", "list", "--json").stdout
-    print(f"  inventory: {len(json.loads(rows))} workloads recorded")
-    return 0 if errors == 0 and conn_errors == 0 and len(latencies) == args.total else 1
+        ours = measure(start_registrars(base / "registrar", store=args.store,
+                                        replicas=args.replicas, workers=args.workers,
+                                        total=args.total))
+    except NotAvailable as exc:
+        print(f"registrar_bootstrap: {exc}")
+        return 2
+    results = [ours]
+    if "tls" in references:
+        results.append(measure(start_tls_floor(base / "floor", workers=args.workers,
+                                               total=args.total)))
+    if "spire" in references:
+        results.append(measure(start_spire(base / "spire")))
+    print_table(results, args.total, args.concurrency, args.client)
+    for r in results:
+        for note in r.notes:
+            print(f"  {r.name}: {note}")
+        if r.errors or r.rate_limited:
+            print(f"  {r.name}: {r.errors} errors, {r.rate_limited} answered 429"
+                  + (f"; first error: {r.first_error}" if r.first_error else ""))
+    for line in verdicts(ours, results[1:]):
+        print(line)
+    return 1 if any(r.errors or r.ok < args.total for r in results) else 0
 
 
 if __name__ == "__main__":

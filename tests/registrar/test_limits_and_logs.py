@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,15 +95,26 @@ def test_metrics_count_decisions_across_workers(
     with calls.client(reg) as c:
         assert calls.post(c, "/v1/attest", json=calls.attest_body(
             tokens[0], csr_pem(ec_key())))[0] == 401
-    for _ in range(4):  # whichever worker answers, the sums are the same
-        with calls.client(reg) as c:
+    expected = (4.0, 1.0, 5.0, 2.0)
+
+    def sums() -> tuple[float, ...]:
+        with calls.client(reg) as c:  # a new connection: either worker may answer
             text = calls.get(c, "/metrics")[1]
-        assert _metric(text, 'registrar_requests_total{operation="attest",reason="",'
-                             'result="ok"}') == 4
-        assert _metric(text, 'registrar_requests_total{operation="attest",'
-                             'reason="token_spent",result="rejected"}') == 1
-        assert _metric(text, 'registrar_request_seconds_count{operation="attest"}') == 5
-        assert _metric(text, "registrar_tokens_outstanding") == 2
+        return (_metric(text, 'registrar_requests_total{operation="attest",reason="",'
+                              'result="ok"}'),
+                _metric(text, 'registrar_requests_total{operation="attest",'
+                              'reason="token_spent",result="rejected"}'),
+                _metric(text, 'registrar_request_seconds_count{operation="attest"}'),
+                _metric(text, "registrar_tokens_outstanding"))
+
+    # Each worker adds its counts to the shared table about once a second: wait
+    # until the sums are complete, then every page, whichever worker answers, has them.
+    deadline = time.monotonic() + 60
+    while sums() != expected:
+        assert time.monotonic() < deadline, sums()
+        time.sleep(0.2)
+    for _ in range(4):
+        assert sums() == expected
 
 
 def test_client_disconnects_mid_body_are_not_errors(registrar: RegistrarProcess) -> None:

@@ -143,10 +143,15 @@ def test_rate_limiter_retry_after_follows_the_injected_clock() -> None:
 
 def test_metrics_histogram_is_cumulative_and_shared_file_sums_writers(tmp_path: Path) -> None:
     shared = prepare_shared(tmp_path / "metrics")
-    workers = [Metrics(lambda: 0, shared) for _ in range(2)]
+    workers = [Metrics(lambda: 0, shared, monotonic=lambda: 0.0) for _ in range(2)]
     workers[0].decision("attest", None, 0.003)
     workers[1].decision("attest", None, 7.0)
     workers[1].decision("attest", "token_spent", 0.003)
+    # Counted in memory until a flush (a second later, the server's tick, or a render
+    # of its own): worker 0's page holds its own count only, until worker 1 flushes.
+    assert ('registrar_request_seconds_count{operation="attest"} 1.0'
+            in workers[0].render().decode())
+    workers[1].flush()
     text = workers[0].render().decode()
     assert 'registrar_request_seconds_bucket{le="0.0025",operation="attest"} 0.0' in text
     assert 'registrar_request_seconds_bucket{le="0.005",operation="attest"} 2.0' in text
@@ -156,3 +161,19 @@ def test_metrics_histogram_is_cumulative_and_shared_file_sums_writers(tmp_path: 
     assert ('registrar_requests_total{operation="attest",reason="token_spent",'
             'result="rejected"} 1.0') in text
     assert text == workers[1].render().decode()
+
+
+def test_metrics_reach_the_shared_table_within_a_second_without_a_scrape(
+        tmp_path: Path) -> None:
+    now = [0.0]
+    shared = prepare_shared(tmp_path / "metrics")
+    writer, reader = (Metrics(lambda: 0, shared, monotonic=lambda: now[0]) for _ in range(2))
+    line = 'registrar_requests_total{operation="renew",reason="",result="ok"}'
+    writer.decision("renew", None, 0.01)
+    assert line not in reader.render().decode()  # a request never waits on the file
+    now[0] = 0.999
+    writer.decision("renew", None, 0.01)
+    assert line not in reader.render().decode()
+    now[0] = 1.0  # a second after the last flush, the next decision adds both
+    writer.decision("renew", None, 0.01)
+    assert f"{line} 3.0" in reader.render().decode()
