@@ -44,7 +44,7 @@ def create(target: str, roots: bytes, csr: str, *, token: str | None = None,
                                    request_serializer=pb.IstioCertificateRequest.SerializeToString,
                                    response_deserializer=pb.IstioCertificateResponse.FromString)
         try:
-            response, rpc = call.with_call(request, metadata=headers, timeout=timeout)
+            response = call(request, metadata=headers, timeout=timeout)
         except grpc.RpcError as exc:
             trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
             return Answer(exc.code(), exc.details() or "",  # type: ignore[attr-defined]
