@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -43,7 +45,9 @@ def registrar(istiod: Istiod) -> Iterator[RegistrarProcess]:
     base.chmod(0o755)
     made = None
     try:
-        made = start_registrar(istiod, base, {"pilot": Group(NS, "pregca-sa", 3600)})
+        # Short certificates: pilot-agent (asking for its default 24 h, capped to these
+        # 2 min) renews within the test, over mTLS with the certificate it holds.
+        made = start_registrar(istiod, base, {"pilot": Group(NS, "pregca-sa", 120)})
         yield made
     finally:
         if made is not None:
@@ -85,8 +89,7 @@ def test_pilot_agent_gets_its_certificate_from_the_registrar_and_a_mesh_agent_ac
 
     # pilot-agent's certificate (OUTPUT_CERTS) is the registrar's: its intermediate
     # signed it, for the identity of the VM's group, and Envoy serves that one.
-    chain = x509.load_pem_x509_certificates((pilot.certs / "cert-chain.pem").read_bytes())
-    leaf = chain[0]
+    leaf = served_leaf(pilot)
     ours = x509.load_pem_x509_certificate((registrar.state_dir / "ca-cert.pem").read_bytes())
     assert ours.subject.rfc4514_string().startswith(f"CN={INTERMEDIATE_NAME},")
     istiods = x509.load_pem_x509_certificate((istiod.ca_dir / "ca-cert.pem").read_bytes())
@@ -98,11 +101,8 @@ def test_pilot_agent_gets_its_certificate_from_the_registrar_and_a_mesh_agent_ac
     assert f"istio_ca ok spiffe_id={P_ID} by=jwt" in log, log[-3000:]
     token = (pilot.root / "var" / "run" / "secrets" / "tokens" / "istio-token").read_text()
     assert token.split(".")[2] not in log
-    status, certs = pilot.admin("/certs")
-    assert status == 200
-    serials = {c["serial_number"].lower().lstrip("0") for entry in json.loads(certs)["certificates"]
-               for c in entry.get("cert_chain", [])}
-    assert format(leaf.serial_number, "x") in serials, certs[:2000]
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    assert lifetime.total_seconds() <= 120 + 11  # pilot-agent asked 24 h: capped
 
     # pilot-agent -> mesh-agent: the mesh-agent's sidecar accepts the registrar's
     # certificate as a peer (STRICT mTLS) and logs its SPIFFE ID.
@@ -118,4 +118,34 @@ def test_pilot_agent_gets_its_certificate_from_the_registrar_and_a_mesh_agent_ac
     assert wait_entry(mesh.access_log, "/from-mesh")["upstream_peer"] == P_ID
     received = wait_entry(lambda: json_lines(pilot.log_text()), "/from-mesh")
     assert received["peer"] == mesh.spiffe_id, received
+
+    # Renewal: pilot-agent presents the certificate it holds (PROV_CERT), and the
+    # registrar renews it as a current mesh certificate.
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and f"istio_ca ok spiffe_id={P_ID} by=cert" not in (
+            registrar.log_text()):
+        time.sleep(1)
+    assert f"istio_ca ok spiffe_id={P_ID} by=cert" in registrar.log_text(), \
+        registrar.log_text()[-3000:]
+    renewed = served_leaf(pilot)
+    assert renewed.serial_number != leaf.serial_number and renewed.issuer == ours.subject
+    call(pilot, f"http://{M_HOST}:{PORT}/after-renewal", 200)
+    assert wait_entry(mesh.access_log, "/after-renewal")["peer"] == P_ID
     assert mesh.stop() == 0
+
+
+def served_leaf(pilot: Any, timeout: float = 30) -> x509.Certificate:
+    """The leaf pilot-agent wrote (OUTPUT_CERTS) once Envoy serves the same one (a
+    rotation may land between the two reads: read again)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        leaf = x509.load_pem_x509_certificates((pilot.certs / "cert-chain.pem").read_bytes())[0]
+        status, certs = pilot.admin("/certs")
+        serials = {c["serial_number"].lower().lstrip("0")
+                   for entry in (json.loads(certs)["certificates"] if status == 200 else [])
+                   for c in entry.get("cert_chain", [])}
+        if format(leaf.serial_number, "x") in serials:
+            return leaf
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Envoy does not serve {leaf.serial_number:x}: {certs[:2000]}")
+        time.sleep(0.5)
