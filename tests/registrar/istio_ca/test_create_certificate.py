@@ -198,3 +198,30 @@ def test_rate_limited(tmp_path: Path) -> None:
     reasons = [a.reason for a in answers if a.code != grpc.StatusCode.UNAVAILABLE]
     assert "unauthenticated" in reasons and reasons[-1] == "rate_limited", answers
     assert answers[-1].code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_signs_with_the_new_intermediate_after_a_rotation_without_a_restart(
+        tmp_path: Path) -> None:
+    reg, target = ca_registrar(tmp_path / "reg")
+    try:
+        reg.start()
+        ca = Ca(reg, target)
+        ca.wait_serving()
+        cert, key = enrol(reg, tmp_path / "web")
+
+        def intermediate() -> str:
+            answer = ca.call(csr_pem(ec_key()), cert=cert.read_bytes(), key=key.read_bytes())
+            assert answer.ok, answer
+            return x509.load_pem_x509_certificate(
+                answer.chain[1].encode()).subject.rfc4514_string()
+
+        before = intermediate()
+        reg.cli("ca", "rotate", "--intermediate-only")
+        deadline = time.monotonic() + 30
+        after = before
+        while after == before and time.monotonic() < deadline:
+            time.sleep(0.5)
+            after = intermediate()
+        assert after != before and "intermediate v2" in after, (before, after)
+    finally:
+        reg.kill()
