@@ -122,7 +122,7 @@ class Callers:
             raise Refused("client_cert_refused", "client certificate has no single SPIFFE ID")
         if spiffe[0] not in self._ttls:
             raise Refused("identity_unknown", f"no group gives {spiffe[0]}")
-        return Caller(spiffe[0], self._ttls[spiffe[0]], "cert", f"serial={serial}")
+        return Caller(spiffe[0], self._ttls[spiffe[0]], "cert", f"client_serial={serial}")
 
     # -- token --------------------------------------------------------------------
     def _by_token(self, authorization: str) -> Caller:

@@ -119,8 +119,10 @@ def test_pilot_agent_gets_its_certificate_from_the_registrar_and_a_mesh_agent_ac
     received = wait_entry(lambda: json_lines(pilot.log_text()), "/from-mesh")
     assert received["peer"] == mesh.spiffe_id, received
 
-    # Renewal: pilot-agent presents the certificate it holds (PROV_CERT), and the
-    # registrar renews it as a current mesh certificate.
+    # Renewal: pilot-agent renews with its token while the registrar takes it; once
+    # the token has expired (it never outlives the 2-minute certificate that fetched
+    # it) pilot-agent presents the certificate it holds (PROV_CERT), which the
+    # registrar renews as a current mesh certificate.
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and f"istio_ca ok spiffe_id={P_ID} by=cert" not in (
             registrar.log_text()):
