@@ -8,7 +8,7 @@ file, the dotted key and the allowed values; the CLI exits 78 on it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from meshcore.config.errors import ConfigError
 from meshcore.config.reader import Section
 from meshcore.config.source import load_source
 from registrar.catalog.settings import GroupMesh, MeshConfig, read_group_mesh, read_mesh
+from registrar.istio_ca.config import IstioCaConfig, read_istio_ca
 from registrar.oidc.config import OidcConfig, read_oidc
 
 # DNS-label-ish names: they end up inside SPIFFE IDs and metric labels.
@@ -94,6 +95,7 @@ class RegistrarConfig:
     log_level: str
     mesh: MeshConfig = field(default_factory=MeshConfig)
     oidc: OidcConfig | None = None  # the OIDC issuer for istiod (registrar/oidc/)
+    istio_ca: IstioCaConfig | None = None  # Istio's CA API (registrar/istio_ca/)
     cert_backdate: float = 10.0
 
 
@@ -231,6 +233,7 @@ def build_config(path: Path) -> RegistrarConfig:
         oidc=read_oidc(root, state_dir),
         cert_backdate=backdate,
     )
+    config = replace(config, istio_ca=read_istio_ca(root, config.oidc, port))
     ca.finish()
     tls.finish()
     root.finish()

@@ -67,6 +67,10 @@ def build_app(config: RegistrarConfig, clock: Clock,
               workloads=WorkloadApi(conn, config, clock),
               extra_metrics=lambda: metrics_text(conn))
     app = api.build()
+    if config.istio_ca is not None:
+        from registrar.istio_ca.wiring import attach
+        attach(app, config, service=service, authorities=authority,
+               inventory=Inventory(conn, clock), clock=clock)
     if config.oidc is not None:
         from registrar.oidc.api import OidcApi
         OidcApi(config=config.oidc, service=service, clock=clock, peer=peer_certificate,
@@ -101,6 +105,10 @@ async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
                             ssl_context=live.listening, reuse_port=reuse_port,
                             gate=gate, request_timeout=limits.request_timeout,
                             log_budget=LogBudget(clock))
+    istio_ca = None
+    if config.istio_ca is not None:
+        from registrar.istio_ca.wiring import serve
+        istio_ca = await serve(runner.app, config.istio_ca, live, reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -117,6 +125,8 @@ async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
     finally:
         app[METRICS].flush()
         listener.close()
+        if istio_ca is not None:
+            istio_ca.close()
         await runner.cleanup()
 
 

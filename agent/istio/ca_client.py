@@ -94,7 +94,7 @@ class IstioCAClient:
         import grpc
         import grpc.aio
 
-        from agent.istio.wire import istio_ca_pb2 as pb
+        from meshcore.istio_wire import istio_ca_pb2 as pb
 
         chain, key = client_cert if client_cert is not None else (None, None)
         creds = grpc.ssl_channel_credentials(root_certificates=self.vm.root_pem,

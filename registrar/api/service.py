@@ -7,6 +7,7 @@ the SPIFFE ID, subject and remote address, never evidence, tokens or keys.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -138,19 +139,25 @@ class Service:
         if peer is None:
             raise Rejected("client_cert_required",
                            "renew needs the current certificate as the TLS client certificate")
-        if peer.not_valid_after_utc <= self._clock():
-            raise Rejected("identity_unknown", "client certificate has expired")
-        owner = self._inventory.owner(format(peer.serial_number, "x"))
-        if owner is None:
-            raise Rejected("identity_unknown", "client certificate was not issued by this "
-                           "registrar's inventory")
-        workload = owner.workload
         try:
             sans = peer.extensions.get_extension_for_class(x509.SubjectAlternativeName)
             uris = sans.value.get_values_for_type(x509.UniformResourceIdentifier)
         except x509.ExtensionNotFound:
             uris = []
-        if uris != [owner.spiffe_id]:
+        return self.owner_of(format(peer.serial_number, "x"), peer.not_valid_after_utc, uris)
+
+    def owner_of(self, serial_hex: str, not_after: dt.datetime,
+                 uris: Sequence[str]) -> tuple[CertOwner, Group]:
+        """The checks of a renewal, on a verified client certificate's serial, end of
+        validity and URI SANs (for callers that see only those: registrar/istio_ca)."""
+        if not_after <= self._clock():
+            raise Rejected("identity_unknown", "client certificate has expired")
+        owner = self._inventory.owner(serial_hex)
+        if owner is None:
+            raise Rejected("identity_unknown", "client certificate was not issued by this "
+                           "registrar's inventory")
+        workload = owner.workload
+        if list(uris) != [owner.spiffe_id]:
             raise Rejected("identity_unknown", "client certificate identity does not match "
                            "the inventory")
         if workload.state in _STATE_REASONS:

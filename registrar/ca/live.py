@@ -81,8 +81,14 @@ def verify_pem(config: RegistrarConfig, rotation: Rotation | None) -> str:
     return "".join(parts)
 
 
-def server_context(config: RegistrarConfig, rotation: Rotation | None) -> ssl.SSLContext:
-    return tls_context(config, verify_pem(config, rotation))
+def server_context(config: RegistrarConfig, rotation: Rotation | None,
+                   alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+    """``alpn``: the protocols to offer (``("h2",)`` for gRPC: gRPC clients refuse a
+    server that negotiates none); the HTTPS API offers none."""
+    context = tls_context(config, verify_pem(config, rotation))
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
+    return context
 
 
 Stamp = tuple[tuple[int, int, int] | None, ...]
@@ -110,8 +116,9 @@ class LiveCa:
         self._stamp: Stamp = self._identity()
         self._checked = clock.monotonic()
         self._authority = load_current(config, clock)
-        self._context = server_context(config, load(config.state_dir))
-        self.listening = self._listening_context()
+        self._contexts: dict[tuple[str, ...], ssl.SSLContext] = {
+            (): server_context(config, load(config.state_dir))}
+        self.listening = self.listening_context()
 
     def _identity(self) -> Stamp:
         return stamp(self._config)
@@ -127,14 +134,15 @@ class LiveCa:
         try:
             rotation = load(self._config.state_dir)
             authority = load_current(self._config, self._clock)
-            context = server_context(self._config, rotation)
+            contexts = {alpn: server_context(self._config, rotation, alpn)
+                        for alpn in self._contexts}
         except (OSError, ValueError, ssl.SSLError) as exc:
             # Mid-write (a server key without its certificate yet): keep serving the
             # old state and look again on the next check.
             log.warning("CA rotation seen but not loadable yet; keeping the current CA",
                         extra={"error": str(exc)})
             return
-        self._stamp, self._authority, self._context = stamp, authority, context
+        self._stamp, self._authority, self._contexts = stamp, authority, contexts
         log.info("CA reloaded: signing with %s, bundle version %d (%d roots)",
                  authority.version, authority.bundle_version, len(authority.roots))
 
@@ -142,19 +150,24 @@ class LiveCa:
         self.refresh()
         return self._authority
 
-    def current_context(self) -> ssl.SSLContext:
+    def current_context(self, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
         self.refresh()
-        return self._context
+        context = self._contexts.get(alpn)
+        if context is None:
+            context = self._contexts[alpn] = server_context(
+                self._config, load(self._config.state_dir), alpn)
+        return context
 
-    def _listening_context(self) -> ssl.SSLContext:
-        base = server_context(self._config, load(self._config.state_dir))
+    def listening_context(self, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+        """A context for a listening socket that follows the CA: each handshake moves
+        onto the current context with the same ALPN protocols."""
+        base = server_context(self._config, load(self._config.state_dir), alpn)
 
         def switch(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
-            sslobj.context = self.current_context()
+            sslobj.context = self.current_context(alpn)
 
         base.sni_callback = switch
         return base
-
 
 
 def xds_pems(config: RegistrarConfig) -> tuple[tuple[bytes, bytes, bytes],

@@ -9,6 +9,9 @@ Istio-mode parts, called directly, with the result as one JSON line on stdout.
   attest to mesh-registrar with a join token, print ``ready``, then for N seconds: fresh token
   from the registrar, wait 0-1 s (a rotation may land meanwhile), present it to
   istiod. Prints counts of successes and every failure.
+* ``token --state S --registrar URL --ca CA --token-file F --out FILE``: attest to
+  mesh-registrar with a join token and write one fresh JWT to FILE (0600; never
+  printed): the istio-token a pilot-agent VM presents to the registrar's CA API.
 """
 
 from __future__ import annotations
@@ -46,12 +49,7 @@ async def _present(client: IstioCAClient, token: Secret) -> dict[str, Any]:
 
 
 async def _loop(args: argparse.Namespace, client: IstioCAClient) -> dict[str, Any]:
-    async def choose() -> Attestor:
-        return TokenAttestor(Path(args.token_file))
-    source = RegistrarTokenSource(
-        RegistrarClient(args.registrar, Path(args.ca), timeout=10), choose,
-        state_dir=Path(args.state), key_type="ecdsa-p256", clock=SystemClock(),
-        host=lambda: ("oidc-loop", []))
+    source = _source(args)
     await source.identity()  # attested to mesh-registrar: the timed part starts now
     print("ready", flush=True)
     ok, failures, kids = 0, [], set()
@@ -70,6 +68,25 @@ async def _loop(args: argparse.Namespace, client: IstioCAClient) -> dict[str, An
     return {"ok": ok, "failures": failures, "kids": sorted(kids)}
 
 
+def _source(args: argparse.Namespace) -> RegistrarTokenSource:
+    async def choose() -> Attestor:
+        return TokenAttestor(Path(args.token_file))
+    return RegistrarTokenSource(
+        RegistrarClient(args.registrar, Path(args.ca), timeout=10), choose,
+        state_dir=Path(args.state), key_type="ecdsa-p256", clock=SystemClock(),
+        host=lambda: ("oidc-calls", []))
+
+
+async def _token(args: argparse.Namespace) -> dict[str, Any]:
+    evidence = await _source(args).token()
+    token = evidence.fields["token"]
+    assert isinstance(token, Secret)
+    out = Path(args.out)
+    out.write_text(token.reveal())
+    out.chmod(0o600)
+    return {"ok": True}
+
+
 def _b64(text: str) -> bytes:
     import base64
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
@@ -77,14 +94,18 @@ def _b64(text: str) -> bytes:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=("present", "loop"))
-    parser.add_argument("--dir", required=True)
+    parser.add_argument("mode", choices=("present", "loop", "token"))
+    parser.add_argument("--dir")
+    parser.add_argument("--out")
     parser.add_argument("--state")
     parser.add_argument("--registrar")
     parser.add_argument("--ca")
     parser.add_argument("--token-file")
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
+    if args.mode == "token":
+        print(json.dumps(asyncio.run(_token(args))))
+        return 0
     client = IstioCAClient(load_vm(Path(args.dir)), cert_ttl=3600, timeout=10,
                            token_from_registrar=True)
     if args.mode == "present":

@@ -120,3 +120,53 @@ def test_export_is_accepted_by_istiod_and_kept_current(
             istiod.remove_config(name)
     for doc in docs.values():
         istiod.wait_config(doc["kind"], NS, doc["metadata"]["name"], present=False)
+
+
+NS_E = "vm-export-traffic"
+HOST_E, VIP_E = "esvc.vm-export-traffic.mesh", "10.99.5.10"
+
+
+def test_mesh_agent_vm_reaches_a_vm_service_through_the_exported_service_entry(
+        istiod: Istiod, registrar_factory: Any, mesh_agent_vm: Any, tmp_path: Path) -> None:
+    """The ServiceEntry and WorkloadEntry istiod routes by come only from the export:
+    the server VM's address reaches the registrar as its workload's health report."""
+    from tests.istio.test_mesh_traffic import call, wait_entry
+
+    group = {"name": "esvc", "namespace": NS_E, "service_account": "esvc-sa",
+             "cert_ttl": "1h", "labels": {"app": "esvc"}, "ports": {"http": 8080}}
+    reg: RegistrarProcess = registrar_factory(config={"groups": [group]})
+    reg.cli("service", "add", "esvc", "--host", HOST_E, "--port", "http:80/HTTP",
+            "--selector", "app=esvc", "--vip", VIP_E)
+    server = mesh_agent_vm("eserver", NS_E, "esvc-sa", labels={"app": "esvc"}, capture=True)
+    client = mesh_agent_vm("eclient", NS_E, "eclient-sa", capture=True)
+    report(reg, enrol(reg, tmp_path / "esvc", group="esvc"), server.vm.ip, "healthy")
+    out = tmp_path / "export"
+    reg.cli("export", "istio", "--out", str(out))
+    docs = exported(out)
+    assert sorted(d["kind"] for d in docs.values()) == [
+        "ServiceEntry", "WorkloadEntry", "WorkloadGroup"], docs
+    names = load_into_istiod(istiod, out)
+    try:
+        for doc in docs.values():
+            istiod.wait_config(doc["kind"], NS_E, doc["metadata"]["name"])
+        client.vm.set_hosts(f"{VIP_E} {HOST_E}\n")
+        server.serve(8080, "esvc")
+        server.start()
+        client.start()
+        server.wait_ready()
+        client.wait_ready()
+        # The app calls the exported service's port 80; istiod's config (from the
+        # export) sends it to the server VM's 8080 over mTLS.
+        body = json.loads(call(client, f"http://{HOST_E}/via-export", 200))
+        assert body["app"] == "esvc", body
+        xfcc = body["headers"].get("x-forwarded-client-cert", "")
+        assert f"URI={client.spiffe_id}" in xfcc and f"By={server.spiffe_id}" in xfcc, body
+        sent = wait_entry(client.access_log, "/via-export")
+        assert sent["cluster"].rstrip(";") == f"outbound|80||{HOST_E}", sent
+        assert sent["upstream_peer"] == server.spiffe_id, sent
+        received = wait_entry(server.access_log, "/via-export")
+        assert received["peer"] == client.spiffe_id, received
+        assert client.stop() == 0 and server.stop() == 0
+    finally:
+        for name in names:
+            istiod.remove_config(name)

@@ -9,20 +9,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.istio.wire import istio_ca_pb2
+from meshcore.istio_wire import istio_ca_pb2
 
 ROOT = Path(__file__).resolve().parents[3]
-WIRE = ROOT / "agent" / "istio" / "wire"
+WIRES = {"agent": ROOT / "agent" / "istio" / "wire",
+         "meshcore": ROOT / "meshcore" / "istio_wire"}
 
 
 def test_regenerating_gives_the_committed_output(tmp_path: Path) -> None:
     subprocess.run([str(ROOT / "scripts" / "gen-protos"), str(tmp_path)], check=True,
                    cwd=ROOT, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
                    timeout=120)
-    generated = sorted(p.name for p in tmp_path.iterdir())
-    assert generated == sorted(p.name for p in WIRE.glob("*_pb2.py*"))
-    for name in generated:
-        assert (tmp_path / name).read_bytes() == (WIRE / name).read_bytes(), name
+    for top, wire in WIRES.items():
+        generated = sorted(p.name for p in (tmp_path / top).iterdir())
+        assert generated == sorted(p.name for p in wire.glob("*_pb2.py*"))
+        for name in generated:
+            assert (tmp_path / top / name).read_bytes() == (wire / name).read_bytes(), name
 
 
 def test_ca_request_field_numbers() -> None:
