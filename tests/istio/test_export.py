@@ -130,7 +130,7 @@ def test_mesh_agent_vm_reaches_a_vm_service_through_the_exported_service_entry(
         istiod: Istiod, registrar_factory: Any, mesh_agent_vm: Any, tmp_path: Path) -> None:
     """The ServiceEntry and WorkloadEntry istiod routes by come only from the export:
     the server VM's address reaches the registrar as its workload's health report."""
-    from tests.istio.test_mesh_traffic import call, wait_entry
+    from tests.istio.test_mesh_traffic import wait_entry
 
     group = {"name": "esvc", "namespace": NS_E, "service_account": "esvc-sa",
              "cert_ttl": "1h", "labels": {"app": "esvc"}, "ports": {"http": 8080}}
@@ -157,7 +157,7 @@ def test_mesh_agent_vm_reaches_a_vm_service_through_the_exported_service_entry(
         client.wait_ready()
         # The app calls the exported service's port 80; istiod's config (from the
         # export) sends it to the server VM's 8080 over mTLS.
-        body = json.loads(call(client, f"http://{HOST_E}/via-export", 200))
+        body = json.loads(client.vm.call_until(f"http://{HOST_E}/via-export", 200))
         assert body["app"] == "esvc", body
         xfcc = body["headers"].get("x-forwarded-client-cert", "")
         assert f"URI={client.spiffe_id}" in xfcc and f"By={server.spiffe_id}" in xfcc, body

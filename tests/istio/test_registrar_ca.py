@@ -27,7 +27,7 @@ from tests.fixtures.registrar import Group, RegistrarProcess
 from tests.istio import resources
 from tests.istio.conftest import MeshAgentFactory, PilotAgentFactory
 from tests.istio.registrar_ca import INTERMEDIATE_NAME, start_registrar, use_registrar_ca
-from tests.istio.test_mesh_traffic import call, istio_config, json_lines, wait_entry
+from tests.istio.test_mesh_traffic import istio_config, json_lines, wait_entry
 
 pytestmark = [pytest.mark.istio, pytest.mark.netns]
 __all__ = ["istio_config"]  # the fixture, imported for this module's tests
@@ -106,14 +106,14 @@ def test_pilot_agent_gets_its_certificate_from_the_registrar_and_a_mesh_agent_ac
 
     # pilot-agent -> mesh-agent: the mesh-agent's sidecar accepts the registrar's
     # certificate as a peer (STRICT mTLS) and logs its SPIFFE ID.
-    body = json.loads(call(pilot, f"http://{M_HOST}:{PORT}/from-pilot", 200))
+    body = json.loads(pilot.vm.call_until(f"http://{M_HOST}:{PORT}/from-pilot", 200))
     xfcc = body["headers"].get("x-forwarded-client-cert", "")
     assert body["app"] == "mregca" and f"URI={P_ID}" in xfcc, body
     received = wait_entry(mesh.access_log, "/from-pilot")
     assert received["peer"] == P_ID and received["tls"].startswith("TLSv1"), received
 
     # mesh-agent -> pilot-agent: the pilot-agent VM serves with the same certificate.
-    body = json.loads(call(mesh, f"http://{P_HOST}:{PORT}/from-mesh", 200))
+    body = json.loads(mesh.vm.call_until(f"http://{P_HOST}:{PORT}/from-mesh", 200))
     assert body["app"] == "pregca", body
     assert wait_entry(mesh.access_log, "/from-mesh")["upstream_peer"] == P_ID
     received = wait_entry(lambda: json_lines(pilot.log_text()), "/from-mesh")
@@ -131,7 +131,7 @@ def test_pilot_agent_gets_its_certificate_from_the_registrar_and_a_mesh_agent_ac
         registrar.log_text()[-3000:]
     renewed = served_leaf(pilot)
     assert renewed.serial_number != leaf.serial_number and renewed.issuer == ours.subject
-    call(pilot, f"http://{M_HOST}:{PORT}/after-renewal", 200)
+    pilot.vm.call_until(f"http://{M_HOST}:{PORT}/after-renewal", 200)
     assert wait_entry(mesh.access_log, "/after-renewal")["peer"] == P_ID
     assert mesh.stop() == 0
 
