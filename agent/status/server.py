@@ -2,8 +2,11 @@
 /status (JSON). It only reads health; it never touches keys.
 
 Served by the standard library's ``http.server`` on one background thread:
-the agent's memory budget (<= 35 MiB RSS) has no room for a second HTTP stack,
-and four read-only GET routes need none. The event loop keeps changing health
+the agent's memory budget (<= 36 MiB RSS) has no room for a second HTTP stack,
+and four read-only GET routes need none. The thread sleeps in ``select`` until
+a client connects or ``stop()`` writes to its wake-up pipe: an idle agent's
+status endpoint costs no CPU (``serve_forever`` would wake twice a second to
+look for a shutdown request). The event loop keeps changing health
 while a request is served, so each request takes ``Health.current`` once (a
 frozen snapshot the loop replaces, never changes) and answers from that
 object alone.
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import selectors
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -81,17 +86,37 @@ class StatusServer:
         self._address = (host, port)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._wake: tuple[int, int] | None = None  # (read, write) ends of the pipe
 
     async def start(self) -> None:
         self._server = _Server(self._address, self._health, self._clock)
-        self._thread = threading.Thread(target=self._server.serve_forever,
+        self._wake = os.pipe()
+        self._thread = threading.Thread(target=self._serve, args=(self._server, self._wake[0]),
                                         name="status-endpoint", daemon=True)
         self._thread.start()
         log.info("status endpoint listening",
                  extra={"address": f"{self._address[0]}:{self._address[1]}"})
 
+    @staticmethod
+    def _serve(server: _Server, wake: int) -> None:
+        """Until ``stop()``: each connection is handled by ``handle_request`` (a
+        thread per request, as ThreadingHTTPServer does)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(server, selectors.EVENT_READ)
+            selector.register(wake, selectors.EVENT_READ)
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj == wake:
+                        return
+                    server.handle_request()
+
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._server is None or self._wake is None or self._thread is None:
+            return
+        os.write(self._wake[1], b"x")
+        self._thread.join(timeout=5)
+        self._server.server_close()
+        for fd in self._wake:
+            os.close(fd)
+        self._server = None
+        self._wake = None

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,3 +109,34 @@ def test_snapshot_defaults_match_a_fresh_agent() -> None:
     now = FakeClock().now()
     assert snap.phase == "starting" and not snap.ready(now)
     assert "no credentials yet" in snap.summary(now)
+
+
+def _wakeups(thread: threading.Thread) -> int:
+    """How often the kernel has run ``thread`` after it slept (voluntary switches)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_status_endpoint_never_wakes_and_still_answers_and_stops() -> None:
+    """An idle agent's endpoint thread sleeps until a client comes (serve_forever
+    would wake every 0.5 s to look for a shutdown request)."""
+    import asyncio
+
+    port = free_port()
+    server = StatusServer(Health(), FakeClock(), host="127.0.0.1", port=port)
+    asyncio.run(server.start())
+    thread = next(t for t in threading.enumerate() if t.name == "status-endpoint")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as r:
+            assert r.status == 200
+        before = _wakeups(thread)
+        time.sleep(3.0)  # six wake-ups' worth for a 0.5 s poll
+        # At most one: the thread's return to select() after the answer above, if
+        # a loaded machine delayed it until now.
+        assert _wakeups(thread) - before <= 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as r:
+            assert r.status == 200
+    finally:
+        asyncio.run(server.stop())
+    thread.join(timeout=30)
+    assert not thread.is_alive()
