@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import email.utils
 import hashlib
 import json
 import os
@@ -226,10 +225,10 @@ def _file_id(path: Path) -> tuple[int, int, int, int]:
 
 
 def _http_date(value: str | None) -> dt.datetime | None:
+    """An HTTP date (RFC 9110 IMF-fixdate, what the registrar sends), or None."""
     if value is None:
         return None
     try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        return dt.datetime.strptime(value, "%a, %d %b %Y %H:%M:%S GMT").replace(tzinfo=dt.UTC)
+    except ValueError:
         return None
-    return parsed if parsed.tzinfo is not None else None
