@@ -25,15 +25,8 @@ def local_addresses(proc_net: Path = PROC_NET) -> list[str]:
     ``/proc/net/fib_trie`` (the kernel adds one for each address it owns),
     an IPv6 address a line of ``/proc/net/if_inet6``. A missing table (no IPv6)
     contributes nothing."""
-    found: list[str] = []
-    try:
-        found += _fib_trie_locals((proc_net / "fib_trie").read_text().splitlines())
-    except OSError:
-        pass
-    try:
-        found += _if_inet6((proc_net / "if_inet6").read_text().splitlines())
-    except OSError:
-        pass
+    found = (_fib_trie_locals(_lines(proc_net / "fib_trie"))
+             + _if_inet6(_lines(proc_net / "if_inet6")))
     addresses = set()
     for text in found:
         try:
@@ -43,6 +36,13 @@ def local_addresses(proc_net: Path = PROC_NET) -> list[str]:
         if not (ip.is_loopback or ip.is_link_local):
             addresses.add(str(ip))
     return sorted(addresses)[:64]
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text().splitlines()
+    except OSError:
+        return []
 
 
 def _fib_trie_locals(lines: Iterable[str]) -> list[str]:
