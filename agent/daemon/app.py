@@ -344,13 +344,12 @@ class Daemon:
             self.notifier.status(f"failed: {exc}")
             return EX_CONFIG
         try:
-            await self.dataplane.prepare()
-        except DataPlaneConfigError as exc:
-            log.error("cannot start the sidecar: %s", exc)
-            self.notifier.status(f"failed: {exc}")
-            return EX_CONFIG
-        self.dataplane.start_envoy_early()
-        try:
+            try:
+                await self.dataplane.prepare()  # starts Envoy early on a restart
+            except DataPlaneConfigError as exc:
+                log.error("cannot start the sidecar: %s", exc)
+                self.notifier.status(f"failed: {exc}")
+                return EX_CONFIG
             return await self._serve()
         finally:
             # Only if start-up ended before the TaskGroup took Envoy over.
