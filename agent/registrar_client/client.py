@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from agent.attest.base import Evidence
 from agent.registrar_client.errors import RegistrarError, from_response, from_transport
-from agent.registrar_client.http import ProtocolError, TlsHttp
+from agent.registrar_client.http import ProtocolError, TlsHttp, TooLarge
 from agent.registrar_client.wire import Issued, WireError, decode_issued
 from agent.registrar_client.workload import WorkloadSettings, decode_settings
 from meshcore.secret import Secret
@@ -123,9 +123,9 @@ class RegistrarClient:
             response = await self._http.request(method, f"{self._base_path}{path}", url,
                                                 ctx=ctx, pool_key=pool_key, body=payload,
                                                 headers=headers)
+        except TooLarge as exc:
+            raise RegistrarError("retry", "response_too_large", str(exc), url=url) from None
         except ProtocolError as exc:
-            if "body" in str(exc):
-                raise RegistrarError("retry", "response_too_large", str(exc), url=url) from None
             raise RegistrarError("retry", "bad_response", str(exc), url=url) from None
         except (OSError, TimeoutError) as exc:
             raise from_transport(exc, url, ca_file=str(self.ca_file),

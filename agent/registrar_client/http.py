@@ -32,6 +32,10 @@ class ProtocolError(Exception):
     """The server's answer is not HTTP/1.1 as we can read it (or too large)."""
 
 
+class TooLarge(ProtocolError):
+    """The answer's body is over the limit."""
+
+
 class _Stale(Exception):
     """A reused connection was closed before any answer byte: send again."""
 
@@ -150,12 +154,13 @@ class TlsHttp:
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
             raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
         status = int(parts[1])
-        raw = await reader.readuntil(b"\r\n\r\n")
-        if len(raw) > MAX_HEADER_BYTES:
-            raise ProtocolError("answer header over 64 KiB")
         headers: dict[str, str] = {}
-        for line in raw.decode("latin-1").split("\r\n"):
-            name, sep, value = line.partition(":")
+        size = len(status_line)
+        while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+            size += len(line)
+            if size > MAX_HEADER_BYTES:
+                raise ProtocolError("answer header over 64 KiB")
+            name, sep, value = line.decode("latin-1").partition(":")
             if sep:
                 headers[name.strip().lower()] = value.strip()
         keep = parts[0] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
@@ -169,7 +174,7 @@ class TlsHttp:
             except ValueError:
                 raise ProtocolError("Content-Length is not a number") from None
             if not 0 <= length <= self._max_body:
-                raise ProtocolError(f"answer body of {length} bytes (limit {self._max_body})")
+                raise TooLarge(f"answer body of {length} bytes (limit {self._max_body})")
             content = await reader.readexactly(length)
         else:
             keep = False  # the body ends with the connection
@@ -177,7 +182,7 @@ class TlsHttp:
             while len(content) <= self._max_body and (more := await reader.read(65536)):
                 content += more
             if len(content) > self._max_body:
-                raise ProtocolError(f"answer body over {self._max_body} bytes")
+                raise TooLarge(f"answer body over {self._max_body} bytes")
         return Response(status, headers, content, url), keep
 
     async def _chunked(self, reader: asyncio.StreamReader) -> bytes:
@@ -194,7 +199,7 @@ class TlsHttp:
                     pass
                 return bytes(content)
             if len(content) + size > self._max_body:
-                raise ProtocolError(f"answer body over {self._max_body} bytes")
+                raise TooLarge(f"answer body over {self._max_body} bytes")
             content += await reader.readexactly(size)
             if await reader.readexactly(2) != b"\r\n":
                 raise ProtocolError("bad chunk end")
