@@ -94,7 +94,7 @@ class TlsHttp:
         try:
             return await self._exchange(conn, head, body, url, pool_key, reused=False)
         except _Stale as exc:  # not reused: cannot happen, but never loop
-            raise ProtocolError("the connection closed before an answer") from exc
+            raise ConnectionResetError("the connection closed before an answer") from exc
 
     def close(self) -> None:
         """Close the kept connections and keep none from now on (a new client
@@ -131,10 +131,17 @@ class TlsHttp:
                     await conn.writer.drain()
                     status_line = await conn.reader.readuntil(b"\r\n")
                 except (asyncio.IncompleteReadError, ConnectionError) as exc:
-                    got = isinstance(exc, asyncio.IncompleteReadError) and exc.partial
-                    if reused and not got:
+                    partial = isinstance(exc, asyncio.IncompleteReadError) and exc.partial
+                    if reused and not partial:
                         raise _Stale from exc
-                    raise ProtocolError("the connection closed before an answer") from exc
+                    if partial:
+                        raise ProtocolError("the connection closed in the middle of an "
+                                            "answer") from exc
+                    if isinstance(exc, ConnectionError):
+                        raise
+                    # Like a reset: the caller reports the registrar as unreachable.
+                    raise ConnectionResetError("the connection closed before an answer") \
+                        from exc
                 response, keep = await self._read(conn.reader, status_line, url)
         except asyncio.LimitOverrunError as exc:
             raise ProtocolError("answer header over 64 KiB") from exc

@@ -90,8 +90,14 @@ def test_a_body_over_the_limit_is_refused_however_it_is_framed(reg: Any, answer:
     b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"cut\"",            # cut short
     b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n",
     b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"y" * MAX_HEADER_BYTES + b"\r\n\r\n",  # huge header
-    b"",                                                               # closed at once
+    b"HTTP/1.1 20",                                                    # closed mid-line
 ])
 def test_answers_that_are_not_http_as_we_read_it(reg: Any, answer: bytes) -> None:
     with pytest.raises(ProtocolError):
         asyncio.run(_ask(reg, _send(answer)))
+
+
+def test_a_connection_closed_before_any_answer_is_a_connection_error(reg: Any) -> None:
+    """Reported like a reset (the registrar is unreachable), not as a bad answer."""
+    with pytest.raises(ConnectionError):
+        asyncio.run(_ask(reg, _send(b"")))
