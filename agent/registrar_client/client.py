@@ -4,7 +4,8 @@ anchor; renewals present the current certificate (mTLS) and need no evidence.
 The TLS context is built once per anchor file, held bundle and client
 certificate (each is identified by its file's inode, size and mtime, so a
 changed or removed file is seen at the next call), and calls made with the
-same client certificate share one kept-alive connection (``http.TlsHttp``)."""
+same client certificate share one kept-alive connection (``http.TlsHttp``),
+except renewals, which verify the registrar on a new connection each time."""
 
 from __future__ import annotations
 
@@ -112,12 +113,14 @@ class RegistrarClient:
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None,
                     client_cert: tuple[Path, Path] | None = None,
-                    headers: dict[str, str] | None = None) -> Any:
+                    headers: dict[str, str] | None = None, *, keep: bool = True) -> Any:
+        """``keep``: may use and keep the connection of this certificate. Only mTLS
+        calls do: an unauthenticated call (a token attestation spends the token)
+        is never sent twice."""
         signature, ctx = self._context(client_cert)
         url = f"{self.url}{path}"
-        # Only mTLS calls keep their connection: an unauthenticated call (a token
-        # attestation spends the token) is never sent twice.
-        pool_key = signature if client_cert is not None and signature is not None else None
+        pool_key = (signature if keep and client_cert is not None and signature is not None
+                    else None)
         payload = json.dumps(body).encode() if body is not None else None
         try:
             response = await self._http.request(method, f"{self._base_path}{path}", url,
@@ -158,8 +161,11 @@ class RegistrarClient:
     async def renew(self, csr_pem: bytes, *, chain_file: Path, key_file: Path,
                     hostname: str, addresses: Sequence[str]) -> Issued:
         body = {"csr": csr_pem.decode(), "hostname": hostname, "addresses": list(addresses)}
+        # A renewal verifies the registrar anew (its own certificate, against the
+        # anchors held now) on a connection of its own: it is what keeps the
+        # identity alive, so it never rides on a connection made hours ago.
         return self._decode(await self._call("POST", "/v1/renew", body,
-                                             client_cert=(chain_file, key_file)))
+                                             client_cert=(chain_file, key_file), keep=False))
 
     async def bundle(self) -> bytes:
         body = await self._call("GET", "/v1/bundle", None)

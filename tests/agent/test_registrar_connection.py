@@ -1,8 +1,8 @@
 """The registrar client's connections, counted by a TCP relay in front of a real
 registrar: mTLS calls with one certificate share one kept-alive connection; a
 connection the server closed is replaced; a new certificate gets a new
-connection; calls without a client certificate (a token attestation spends
-the token) never reuse one."""
+connection; a renewal and calls without a client certificate (a token
+attestation spends the token) never reuse one."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ async def _scenario(reg: Any, tmp: Path) -> dict[str, int]:
     return counts
 
 
-def test_connections_are_kept_per_certificate_and_never_for_anonymous_calls(
+def test_connections_are_kept_per_certificate_never_for_renewals_or_anonymous_calls(
         registrar_factory: Any, tmp_path: Path) -> None:
     reg = registrar_factory(groups={"web": ("default", "web-vm", 3600)})
     counts = asyncio.run(_scenario(reg, tmp_path))
@@ -112,6 +112,7 @@ def test_connections_are_kept_per_certificate_and_never_for_anonymous_calls(
         "anonymous": 3,               # attest and each bundle read: a connection each
         "three_mtls_calls": 1,        # one handshake for three calls
         "after_server_closed": 1,     # replaced once, then kept again
-        "renew_then_two_calls": 1,    # the renewal (old certificate) reuses the kept
-                                      # connection; the new certificate gets one new
+        "renew_then_two_calls": 2,    # the renewal on a connection of its own (it
+                                      # verifies the registrar anew), then one for
+                                      # the new certificate, shared by both calls
     }
