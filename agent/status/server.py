@@ -4,9 +4,9 @@
 Served on the agent's event loop by ``asyncio.start_server``, one request per
 connection (HTTP/1.0 style: the answer ends with the connection). Four
 read-only GET routes need no HTTP library: the standard library's
-``http.server`` (with ``http.client``, ``email`` and ``socketserver``) cost
-about 1.7 MiB of the agent's resident memory and a thread that woke twice a
-second to look for a shutdown request. Idle, this costs nothing: the loop
+``http.server`` (with ``http.client`` and ``socketserver``) cost about 1.2 MiB
+of the agent's resident memory and a thread that woke twice a second to look
+for a shutdown request. Idle, this costs nothing: the loop
 sleeps until a client connects. Each request takes ``Health.current`` once (a
 frozen snapshot that is replaced, never changed) and answers from that object
 alone.
