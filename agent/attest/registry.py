@@ -13,23 +13,37 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from agent.attest import detect
-from agent.attest.aws import AwsAttestor
-from agent.attest.azure import AzureAttestor
 from agent.attest.base import Attestor
 from agent.attest.config import AttestationConfig
-from agent.attest.gce import GceAttestor
 from agent.attest.token import TokenAttestor
 
 log = logging.getLogger(__name__)
 
 Factory = Callable[[AttestationConfig], Attestor]
 
+
+# Each cloud attestor is imported when it is built, so an agent on a join token
+# never loads the metadata clients (httpx) it does not use.
+def _gce(config: AttestationConfig) -> Attestor:
+    from agent.attest.gce import GceAttestor
+
+    return GceAttestor.from_config(config)
+
+
+def _aws(config: AttestationConfig) -> Attestor:
+    from agent.attest.aws import AwsAttestor
+
+    return AwsAttestor.from_config(config)
+
+
+def _azure(config: AttestationConfig) -> Attestor:
+    from agent.attest.azure import AzureAttestor
+
+    return AzureAttestor.from_config(config)
+
+
 # Cloud attestors, in preference order when more than one answers.
-CLOUD_FACTORIES: Mapping[str, Factory] = {
-    "gce": GceAttestor.from_config,
-    "aws": AwsAttestor.from_config,
-    "azure": AzureAttestor.from_config,
-}
+CLOUD_FACTORIES: Mapping[str, Factory] = {"gce": _gce, "aws": _aws, "azure": _azure}
 
 
 def build(config: AttestationConfig, name: str) -> Attestor:

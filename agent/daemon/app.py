@@ -28,9 +28,6 @@ from agent.identity.bundle import BundlePoller
 from agent.identity.host import local_host_info
 from agent.identity.issuer import IssuerClient
 from agent.identity.manager import CannotContinue, IdentityManager, Tuning
-from agent.istio.attestor import IstioTokenAttestor
-from agent.istio.ca_client import IstioCAClient
-from agent.istio.registrar_token import RegistrarTokenAttestor, RegistrarTokenSource
 from agent.registrar_client import RegistrarClient
 from agent.registrar_client.client import ExtraAnchors
 from agent.registrar_client.workload import WorkloadSettings
@@ -42,6 +39,7 @@ from meshcore.clock import Clock, Rng, SystemClock, system_rng
 from meshcore.exits import EX_CONFIG, EX_OK, EX_UNAVAILABLE
 
 if TYPE_CHECKING:
+    from agent.istio.registrar_token import RegistrarTokenSource
     from agent.sidecar.ads import XdsServer
 
 log = logging.getLogger(__name__)
@@ -80,6 +78,9 @@ def client_of(config: AgentConfig, anchors: ExtraAnchors | None = None) -> Issue
     """mesh-registrar, or istiod's CA in Istio mode. ``anchors``: the mesh bundle
     the agent holds, trusted beside ``registrar.ca_file`` (a rotated CA)."""
     if config.istio is not None:
+        # Istio's modules are imported only in Istio mode.
+        from agent.istio.ca_client import IstioCAClient
+
         return IstioCAClient(config.istio.vm, cert_ttl=config.istio.cert_ttl,
                              timeout=config.istio.timeout,
                              token_from_registrar=config.istio.token_from_registrar)
@@ -99,6 +100,8 @@ def registrar_token_source(config: AgentConfig, clock: Clock) -> RegistrarTokenS
     ``attestation:`` section's evidence, then buy istiod's token with that identity."""
     if config.istio is None or not config.istio.token_from_registrar:
         return None
+    from agent.istio.registrar_token import RegistrarTokenSource
+
     assert config.registrar is not None
     return RegistrarTokenSource(
         RegistrarClient(config.registrar.url, config.registrar.ca_file,
@@ -113,10 +116,14 @@ def attestor_of(config: AgentConfig, clock: Clock,
     istio = config.istio
     if source is not None:
         async def from_registrar() -> Attestor:
+            from agent.istio.registrar_token import RegistrarTokenAttestor
+
             return RegistrarTokenAttestor(source)
         return from_registrar
     if istio is not None:
         async def istio_token() -> Attestor:
+            from agent.istio.attestor import IstioTokenAttestor
+
             return IstioTokenAttestor(istio.vm.token_path, clock)
         return istio_token
     return lambda: registry.choose(config.attestation)
@@ -181,7 +188,10 @@ class Daemon:
                                       for name in rejected})
         log_warnings(self.config)
         self.manager.tuning = tuning_of(self.config)
-        self.manager.client = client_of(self.config, self._held_bundle)
+        replaced, self.manager.client = self.manager.client, client_of(self.config,
+                                                                       self._held_bundle)
+        if isinstance(replaced, RegistrarClient):
+            replaced.close()  # its kept connection; a call in flight still ends
         logging.getLogger().setLevel(self.config.log_level.upper())
         self.manager.renew_soon()
         log.info("sighup: %s", reload_summary(applied, rejected),
@@ -322,6 +332,8 @@ class Daemon:
             await self.dataplane.release()
             if self.status is not None:
                 await self.status.stop()
+            if isinstance(self.manager.client, RegistrarClient):
+                self.manager.client.close()
             log.info("stopped")
 
     async def _run(self) -> int:
@@ -332,13 +344,12 @@ class Daemon:
             self.notifier.status(f"failed: {exc}")
             return EX_CONFIG
         try:
-            await self.dataplane.prepare()
-        except DataPlaneConfigError as exc:
-            log.error("cannot start the sidecar: %s", exc)
-            self.notifier.status(f"failed: {exc}")
-            return EX_CONFIG
-        self.dataplane.start_envoy_early()
-        try:
+            try:
+                await self.dataplane.prepare()  # starts Envoy early on a restart
+            except DataPlaneConfigError as exc:
+                log.error("cannot start the sidecar: %s", exc)
+                self.notifier.status(f"failed: {exc}")
+                return EX_CONFIG
             return await self._serve()
         finally:
             # Only if start-up ended before the TaskGroup took Envoy over.

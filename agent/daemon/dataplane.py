@@ -115,12 +115,13 @@ class DataPlane:
             self._health.detail("sidecar", self.sidecar.supervisor.status().as_dict())
 
     async def prepare(self) -> None:
-        """Before attesting: remove rules a crashed or killed run left behind, and
-        check the proxy user exists (a config error is better found before a
-        one-time token is spent)."""
+        """Before attesting: check the proxy user exists (a config error is better
+        found before a one-time token is spent), start Envoy early on a restart
+        (``start_envoy_early``), then remove rules a crashed or killed run left
+        behind, while Envoy starts. Whatever ends the agent before that removal
+        (a config error) removes them on its way out (``remove_capture``)."""
         if self.sidecar is not None:
             _traversable(self._state_dir)
-        await self.capture.reconcile_on_start()
         try:
             if self._capture_enabled:
                 resolve_proxy_user(self._proxy)  # also with an external proxy
@@ -130,6 +131,8 @@ class DataPlane:
             raise DataPlaneConfigError(str(exc)) from exc
         if self.istio is not None and self.sidecar is not None:
             await self.istio.start(self.sidecar.proxy.gid)
+        self.start_envoy_early()
+        await self.capture.reconcile_on_start()
 
     async def configure(self, creds: Credentials, state: AgentState,
                         xds: XdsServer | None = None) -> None:

@@ -7,8 +7,8 @@ serves xDS. ``sidecar.mode: xds`` cannot start Envoy without them (the xDS port
 is in them), so it waits for them as long as it takes (``wait_settings``,
 capped backoff with jitter), saying why it is not ready meanwhile. Then, for
 the agent's lifetime, it runs the probe and reports its addresses and health
-(``POST /v1/workload/status``), and re-reads the settings every
-``dns.refresh`` for the name table. A registrar without the workload API
+(``POST /v1/workload/status``), and, with the DNS proxy on, re-reads the
+settings every ``dns.refresh`` for its name table. A registrar without the workload API
 (404) is remembered: nothing is reported, the sidecar stays static. With
 ``sidecar.mode: auto`` start-up asks once; when they cannot be read then,
 ``run`` keeps asking and starts reporting once they come.
@@ -143,7 +143,11 @@ class Workload:
             if self._config.workload.report:
                 self.reporter = self._reporter(self.settings)
                 group.create_task(self.reporter.run())
-            group.create_task(self._refresh())
+            if self._config.dns.enabled:
+                # Only the DNS proxy's name table follows the refreshed settings (the
+                # probe and the report interval are read once): without it, a
+                # refresh would be a registrar call every dns.refresh for nothing.
+                group.create_task(self._refresh())
 
     async def _refresh(self) -> None:
         while True:

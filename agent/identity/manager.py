@@ -15,8 +15,7 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-
-from tenacity import AsyncRetrying
+from typing import TYPE_CHECKING
 
 from agent.attest.base import AttestError, Attestor
 from agent.credentials import Credentials, CredentialStore
@@ -34,6 +33,9 @@ from agent.state.store import AgentState, StateFile
 from agent.status.health import Health
 from meshcore.clock import Clock, Rng, sleep_unless
 from meshcore.exits import EX_CONFIG, EX_NO_IDENTITY
+
+if TYPE_CHECKING:
+    from tenacity import AsyncRetrying
 
 log = logging.getLogger(__name__)
 

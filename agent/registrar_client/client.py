@@ -1,28 +1,33 @@
-"""The registrar client: one short-lived httpx client per call, always verifying
-the registrar against the pinned trust anchor; renewals present the current
-certificate (mTLS) and need no evidence."""
+"""The registrar client, always verifying the registrar against the pinned trust
+anchor; renewals present the current certificate (mTLS) and need no evidence.
+
+The TLS context is built once per anchor file, held bundle and client
+certificate (each is identified by its file's inode, size and mtime, so a
+changed or removed file is seen at the next call), and calls made with the
+same client certificate share one kept-alive connection (``http.TlsHttp``),
+except renewals, which verify the registrar on a new connection each time."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import email.utils
+import hashlib
 import json
+import os
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 from agent.attest.base import Evidence
 from agent.registrar_client.errors import RegistrarError, from_response, from_transport
+from agent.registrar_client.http import ProtocolError, TlsHttp, TooLarge
 from agent.registrar_client.wire import Issued, WireError, decode_issued
 from agent.registrar_client.workload import WorkloadSettings, decode_settings
 from meshcore.secret import Secret
 
-TransportFactory = Callable[[ssl.SSLContext], httpx.AsyncBaseTransport]
 # The mesh bundle the agent holds now (PEM), or None: trusted beside the pinned anchor.
 ExtraAnchors = Callable[[], bytes | None]
 MAX_RESPONSE_BYTES = 1 << 20
@@ -35,15 +40,10 @@ class Bundle:
 
 
 class RegistrarClient:
-    """``attest``, ``renew``, ``challenge``, ``bundle``; errors are ``RegistrarError``.
-
-    ``transport_factory`` is the I/O seam: given the TLS context the client
-    would use, it returns the transport (tests can wrap or replace it).
-    """
+    """``attest``, ``renew``, ``challenge``, ``bundle``; errors are ``RegistrarError``."""
 
     def __init__(self, url: str, ca_file: Path, *, timeout: float,
                  user_agent: str = "mesh-agent",
-                 transport_factory: TransportFactory | None = None,
                  extra_anchors: ExtraAnchors | None = None) -> None:
         """``extra_anchors``: after a CA rotation the registrar's own certificate is
         signed by the new root, which reached the agent in the bundle over a
@@ -52,21 +52,52 @@ class RegistrarClient:
         self.url = url.rstrip("/")
         self._extra_anchors = extra_anchors
         self.ca_file = ca_file
-        self._timeout = timeout
-        self._user_agent = user_agent
-        self._transport_factory = transport_factory
+        parts = urlsplit(self.url)
+        self._base_path = parts.path
+        self._http = TlsHttp(parts.hostname or "", parts.port or 443, timeout=timeout,
+                             max_body=MAX_RESPONSE_BYTES, user_agent=user_agent)
+        # client certificate (or None) -> (what the context was built from, context)
+        self._contexts: dict[object, tuple[object | None, ssl.SSLContext]] = {}
         # The Date header of the last answer (any status): the registrar's clock.
         self.last_date: dt.datetime | None = None
 
-    def _context(self, client_cert: tuple[Path, Path] | None) -> ssl.SSLContext:
+    def close(self) -> None:
+        """Close the kept connection(s); later calls still work, each on a new one."""
+        self._http.close()
+
+    def _unreadable(self, exc: Exception) -> RegistrarError:
+        return RegistrarError("fatal", "trust_anchor_unreadable",
+                              f"cannot load the registrar trust anchor {self.ca_file}: {exc}",
+                              url=self.url)
+
+    def _context(self, client_cert: tuple[Path, Path] | None
+                 ) -> tuple[object | None, ssl.SSLContext]:
+        """The context for ``client_cert`` and its identity (the pool key): rebuilt
+        only when the anchor file, the held bundle or the certificate files changed."""
+        extra = self._extra_anchors() if self._extra_anchors is not None else None
+        try:
+            anchor = _file_id(self.ca_file)
+        except OSError as exc:
+            raise self._unreadable(exc) from None
+        try:
+            cert = tuple(_file_id(p) for p in client_cert) if client_cert else None
+        except OSError:
+            # A certificate file is missing: never cached; load_cert_chain says why.
+            return None, self._build(client_cert, extra)
+        signature = (anchor, hashlib.sha256(extra).digest() if extra else None, cert)
+        held = self._contexts.get(client_cert)
+        if held is not None and held[0] == signature:
+            return held
+        ctx = self._build(client_cert, extra)
+        self._contexts[client_cert] = (signature, ctx)
+        return signature, ctx
+
+    def _build(self, client_cert: tuple[Path, Path] | None, extra: bytes | None
+               ) -> ssl.SSLContext:
         try:
             ctx = ssl.create_default_context(cafile=str(self.ca_file))
         except (OSError, ssl.SSLError) as exc:
-            raise RegistrarError(
-                "fatal", "trust_anchor_unreadable",
-                f"cannot load the registrar trust anchor {self.ca_file}: {exc}",
-                url=self.url) from None
-        extra = self._extra_anchors() if self._extra_anchors is not None else None
+            raise self._unreadable(exc) from None
         if extra:
             # A bundle that does not load leaves the pinned anchor alone in force.
             with contextlib.suppress(ssl.SSLError, ValueError):
@@ -82,28 +113,31 @@ class RegistrarClient:
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None,
                     client_cert: tuple[Path, Path] | None = None,
-                    headers: dict[str, str] | None = None) -> Any:
-        ctx = self._context(client_cert)
-        transport = self._transport_factory(ctx) if self._transport_factory else None
+                    headers: dict[str, str] | None = None, *, keep: bool = True) -> Any:
+        """``keep``: may use and keep the connection of this certificate. Only mTLS
+        calls do: an unauthenticated call (a token attestation spends the token)
+        is never sent twice."""
+        signature, ctx = self._context(client_cert)
         url = f"{self.url}{path}"
+        pool_key = (signature if keep and client_cert is not None and signature is not None
+                    else None)
+        payload = json.dumps(body).encode() if body is not None else None
         try:
-            async with httpx.AsyncClient(verify=ctx, transport=transport, timeout=self._timeout,
-                                         follow_redirects=False, trust_env=False,
-                                         headers={"user-agent": self._user_agent}) as http:
-                response = await http.request(method, url, json=body, headers=headers)
-        except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
-            # A TLS 1.3 server checks our certificate after our side of the handshake
-            # is done: its refusal (an alert) arrives on the first read, where httpcore
-            # lets ssl.SSLError through unwrapped.
+            response = await self._http.request(method, f"{self._base_path}{path}", url,
+                                                ctx=ctx, pool_key=pool_key, body=payload,
+                                                headers=headers)
+        except TooLarge as exc:
+            raise RegistrarError("retry", "response_too_large", str(exc), url=url) from None
+        except ProtocolError as exc:
+            raise RegistrarError("retry", "bad_response", str(exc), url=url) from None
+        except (OSError, TimeoutError) as exc:
             raise from_transport(exc, url, ca_file=str(self.ca_file),
                                  mtls=client_cert is not None) from None
         self.last_date = _http_date(response.headers.get("date"))
-        if response.status_code == 304 and headers and "if-none-match" in headers:
+        if response.status == 304 and headers and "if-none-match" in headers:
             return None
-        if response.status_code != 200:
+        if response.status != 200:
             raise from_response(response)
-        if len(response.content) > MAX_RESPONSE_BYTES:
-            raise RegistrarError("retry", "response_too_large", "answer over 1 MiB", url=url)
         try:
             return json.loads(response.content)
         except ValueError:
@@ -127,8 +161,11 @@ class RegistrarClient:
     async def renew(self, csr_pem: bytes, *, chain_file: Path, key_file: Path,
                     hostname: str, addresses: Sequence[str]) -> Issued:
         body = {"csr": csr_pem.decode(), "hostname": hostname, "addresses": list(addresses)}
+        # A renewal verifies the registrar anew (its own certificate, against the
+        # anchors held now) on a connection of its own: it is what keeps the
+        # identity alive, so it never rides on a connection made hours ago.
         return self._decode(await self._call("POST", "/v1/renew", body,
-                                             client_cert=(chain_file, key_file)))
+                                             client_cert=(chain_file, key_file), keep=False))
 
     async def bundle(self) -> bytes:
         body = await self._call("GET", "/v1/bundle", None)
@@ -188,11 +225,16 @@ class RegistrarClient:
             raise RegistrarError("retry", "bad_response", str(exc), url=self.url) from None
 
 
+def _file_id(path: Path) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def _http_date(value: str | None) -> dt.datetime | None:
+    """An HTTP date (RFC 9110 IMF-fixdate, what the registrar sends), or None."""
     if value is None:
         return None
     try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        return dt.datetime.strptime(value, "%a, %d %b %Y %H:%M:%S GMT").replace(tzinfo=dt.UTC)
+    except ValueError:
         return None
-    return parsed if parsed.tzinfo is not None else None

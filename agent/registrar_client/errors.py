@@ -1,6 +1,6 @@
 """Every registrar failure, classified into the action the agent takes.
 
-Foreign exceptions (httpx, ssl, json) are translated here, at the boundary,
+Foreign exceptions (socket, ssl, json) are translated here, at the boundary,
 into ``RegistrarError``; nothing above this module guesses from message text.
 """
 
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import ssl
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import httpx
+if TYPE_CHECKING:
+    from agent.registrar_client.http import Response
 
 Action = Literal["retry", "reattest", "fatal"]
 ACTIONS: tuple[Action, ...] = ("retry", "reattest", "fatal")
@@ -47,9 +48,8 @@ def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
 _TIME_CODES = {9: "not yet valid", 10: "expired"}
 
 
-def from_transport(exc: httpx.HTTPError | OSError, url: str, *, ca_file: str,
-                   mtls: bool) -> RegistrarError:
-    """Translate a connection-level failure (ssl.SSLError is an OSError)."""
+def from_transport(exc: BaseException, url: str, *, ca_file: str, mtls: bool) -> RegistrarError:
+    """Translate a connection-level failure."""
     cause = _ssl_cause(exc)
     if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_code in _TIME_CODES:
         # Judged by our clock: a wrong clock here is passing, not a wrong anchor.
@@ -69,14 +69,14 @@ def from_transport(exc: httpx.HTTPError | OSError, url: str, *, ca_file: str,
         return RegistrarError("reattest", "client_cert_rejected",
                               f"the registrar refused our client certificate ({cause.reason})",
                               url=url)
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, TimeoutError):
         return RegistrarError("retry", "timeout", "no answer in time", url=url)
     return RegistrarError("retry", "unreachable", f"{type(exc).__name__}: {exc}", url=url)
 
 
-def from_response(response: httpx.Response) -> RegistrarError:
+def from_response(response: Response) -> RegistrarError:
     """Translate a non-200 answer, preferring the registrar's own reason and action."""
-    url = str(response.request.url)
+    url = response.url
     retry_after = _retry_after(response.headers.get("retry-after"))
     try:
         body = json.loads(response.content)
@@ -85,15 +85,15 @@ def from_response(response: httpx.Response) -> RegistrarError:
     if isinstance(body, dict) and isinstance(body.get("reason"), str):
         action = KNOWN_ACTIONS.get(body["reason"], body.get("action"))
         if action not in ACTIONS:
-            action = _default_action(response.status_code)
+            action = _default_action(response.status)
         if retry_after is None and isinstance(body.get("retry_after"), int | float):
             retry_after = float(body["retry_after"])
         message = body.get("message") if isinstance(body.get("message"), str) else ""
         return RegistrarError(action, body["reason"], str(message)[:500], url=url,
-                              status=response.status_code, retry_after=retry_after)
-    return RegistrarError(_default_action(response.status_code), f"http_{response.status_code}",
+                              status=response.status, retry_after=retry_after)
+    return RegistrarError(_default_action(response.status), f"http_{response.status}",
                           "the registrar answered without an error body", url=url,
-                          status=response.status_code, retry_after=retry_after)
+                          status=response.status, retry_after=retry_after)
 
 
 def _default_action(status: int) -> Action:

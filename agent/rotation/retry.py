@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
-from tenacity.wait import wait_base
+from typing import TYPE_CHECKING
 
 from agent.attest.base import AttestError
 from agent.registrar_client.errors import RegistrarError
 from meshcore.clock import Clock, Rng
+
+if TYPE_CHECKING:
+    from tenacity import AsyncRetrying, RetryCallState
 
 log = logging.getLogger(__name__)
 
@@ -35,30 +36,27 @@ def backoff(attempt: int, *, min_backoff: float, max_backoff: float, rng: Rng) -
     return min(max_backoff, grown + rng.uniform(0.0, min_backoff))
 
 
-class _Wait(wait_base):
-    def __init__(self, clock: Clock, rng: Rng, min_backoff: float, max_backoff: float,
-                 deadline: float | None) -> None:
-        self._clock = clock
-        self._rng = rng
-        self._deadline = deadline
-        self._min = min_backoff
-        self._max = max_backoff
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        wait = backoff(retry_state.attempt_number, min_backoff=self._min,
-                       max_backoff=self._max, rng=self._rng)
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, RegistrarError) and exc.retry_after is not None:
-            # Honour the server; a little jitter so a herd told "5" doesn't return together.
-            wait = max(wait, exc.retry_after + self._rng.uniform(0.0, 1.0))
-        if self._deadline is not None:
-            wait = min(wait, max(0.0, self._deadline - self._clock.monotonic()))
-        return wait
-
-
 def policy(*, clock: Clock, rng: Rng, min_backoff: float, max_backoff: float,
            deadline: float | None, on_failure: Callable[[BaseException], None]) -> AsyncRetrying:
-    """Retry ``retryable`` failures until success or ``deadline`` (monotonic seconds)."""
+    """Retry ``retryable`` failures until success or ``deadline`` (monotonic seconds).
+
+    tenacity is imported here, at the first attestation or renewal: an agent
+    restarting on stored credentials is READY without loading it."""
+    from tenacity import AsyncRetrying, retry_if_exception
+    from tenacity.wait import wait_base
+
+    class _Wait(wait_base):
+        def __call__(self, retry_state: RetryCallState) -> float:
+            wait = backoff(retry_state.attempt_number, min_backoff=min_backoff,
+                           max_backoff=max_backoff, rng=rng)
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            if isinstance(exc, RegistrarError) and exc.retry_after is not None:
+                # Honour the server; a little jitter so a herd told "5" doesn't return
+                # together.
+                wait = max(wait, exc.retry_after + rng.uniform(0.0, 1.0))
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - clock.monotonic()))
+            return wait
 
     def stop(retry_state: RetryCallState) -> bool:
         return deadline is not None and clock.monotonic() >= deadline
@@ -73,7 +71,7 @@ def policy(*, clock: Clock, rng: Rng, min_backoff: float, max_backoff: float,
 
     return AsyncRetrying(
         retry=retry_if_exception(retryable),
-        wait=_Wait(clock, rng, min_backoff, max_backoff, deadline),
+        wait=_Wait(),
         stop=stop,
         sleep=clock.sleep,
         before_sleep=before_sleep,

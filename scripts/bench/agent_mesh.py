@@ -59,8 +59,9 @@ def time_to_ready(agent: AgentProcess) -> float:
     return time.monotonic() - started
 
 
-def envoy_floor(ns: str, envoy: str, bootstrap: Path) -> float:
-    """The same binary and bootstrap, alone, as the proxy uid: start -> /ready."""
+def envoy_floor(ns: str, envoy: str, bootstrap: Path, cpu: list[float] | None = None) -> float:
+    """The same binary and bootstrap, alone, as the proxy uid: start -> /ready.
+    ``cpu``: Envoy's CPU seconds (user + system) at that moment are appended."""
     started = time.monotonic()
     proc = subprocess.Popen(["ip", "netns", "exec", ns, "setpriv", "--reuid=1337",
                              "--regid=1337", "--clear-groups", envoy, "-c", str(bootstrap),
@@ -72,7 +73,11 @@ def envoy_floor(ns: str, envoy: str, bootstrap: Path) -> float:
                                   "http://127.0.0.1:15000/ready"], capture_output=True,
                                  text=True, check=False)
             if out.stdout.strip() == "LIVE":
-                return time.monotonic() - started
+                took = time.monotonic() - started
+                if cpu is not None:
+                    times = psutil.Process(proc.pid).cpu_times()
+                    cpu.append(times.user + times.system)
+                return took
             if proc.poll() is not None:
                 raise SystemExit("envoy exited during the floor measurement")
             time.sleep(0.005)

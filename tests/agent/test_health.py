@@ -3,13 +3,16 @@ reads), so it is published as frozen snapshots: replaced, never changed."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import socket
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,9 +85,8 @@ def test_the_status_endpoint_never_shows_half_an_update() -> None:
             if body["last_error"] != f"r{body['rotations']}":
                 torn.append(body)
 
-    import asyncio
-
-    asyncio.run(server.start())
+    loop = _loop_in_thread()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout=30)
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # switch threads as often as possible
     reader = threading.Thread(target=read)
@@ -98,7 +100,8 @@ def test_the_status_endpoint_never_shows_half_an_update() -> None:
         done.set()
         reader.join()
         sys.setswitchinterval(old)
-        asyncio.run(server.stop())
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
     assert answers > 50
     assert torn == []
 
@@ -108,3 +111,44 @@ def test_snapshot_defaults_match_a_fresh_agent() -> None:
     now = FakeClock().now()
     assert snap.phase == "starting" and not snap.ready(now)
     assert "no credentials yet" in snap.summary(now)
+
+
+def _loop_in_thread() -> asyncio.AbstractEventLoop:
+    """An event loop running in a thread named "loop" (the agent's loop stand-in)."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="loop", daemon=True).start()
+    return loop
+
+
+def _wakeups(thread: threading.Thread) -> int:
+    """How often the kernel has run ``thread`` after it slept (voluntary switches)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_status_endpoint_never_wakes_the_loop_and_still_answers_and_stops() -> None:
+    """Serving the endpoint costs an idle agent nothing: its event loop sleeps
+    until a client comes (a polling server would wake it again and again)."""
+    port = free_port()
+    server = StatusServer(Health(), FakeClock(), host="127.0.0.1", port=port)
+    loop = _loop_in_thread()
+    thread = next(t for t in threading.enumerate() if t.name == "loop")
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout=30)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as r:
+            assert r.status == 200
+        before = _wakeups(thread)
+        time.sleep(3.0)  # six wake-ups' worth for a 0.5 s poll
+        # At most one: the loop's return to epoll after the answer above, if a
+        # loaded machine delayed it until now.
+        assert _wakeups(thread) - before <= 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as r:
+            assert r.status == 200
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing", timeout=30)
+        assert missing.value.code == 404
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30)

@@ -98,14 +98,12 @@ def test_superseded_always_means_reattest(action: str | None) -> None:
     the agent re-attests (or exits 79), it neither retries nor gives up as fatal."""
     import json
 
-    import httpx
-
     from agent.registrar_client.errors import from_response
+    from agent.registrar_client.http import Response
     body: dict[str, object] = {"reason": "certificate_superseded", "message": "newer exists"}
     if action is not None:
         body["action"] = action
-    response = httpx.Response(403, content=json.dumps(body).encode(),
-                              request=httpx.Request("POST", "https://r.example/v1/renew"))
+    response = Response(403, {}, json.dumps(body).encode(), "https://r.example/v1/renew")
     error = from_response(response)
     assert (error.action, error.reason, error.status) == ("reattest", "certificate_superseded",
                                                           403)

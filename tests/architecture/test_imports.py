@@ -82,12 +82,17 @@ def test_agent_entry_points_load_no_registrar_module() -> None:
 
 def test_agent_start_up_loads_neither_psutil_nor_prometheus_nor_the_sidecar() -> None:
     """Memory the agent does not need before READY: psutil serves one call at an
-    attestation, prometheus-client the first /metrics scrape, and the sidecar's
-    modules (beyond its config section) only an agent with the sidecar on."""
+    attestation, prometheus-client the first /metrics scrape, tenacity the first
+    attestation or renewal, httpx and the cloud attestors only a cloud attestation
+    (the registrar client speaks HTTP itself), grpc and protobuf only Istio mode,
+    and the sidecar's modules (beyond its config section) only an agent with the
+    sidecar on."""
     probe = ("import agent.cli, agent.daemon.app, agent.status.server\nimport json, sys\n"
              "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-             "('psutil', 'prometheus_client') or (m.startswith('agent.sidecar.') and "
-             "m != 'agent.sidecar.config'))))")
+             "('psutil', 'prometheus_client', 'tenacity', 'httpx', 'grpc', 'google') or "
+             "m in ('agent.attest.aws', 'agent.attest.azure', 'agent.attest.gce', "
+             "'agent.attest.metadata', 'agent.istio.ca_client') or "
+             "(m.startswith('agent.sidecar.') and m != 'agent.sidecar.config'))))")
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, "
                           f"{str(ROOT)!r})\n{probe}"],
                          capture_output=True, text=True, check=True, timeout=60)
