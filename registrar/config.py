@@ -17,6 +17,7 @@ from meshcore.config.reader import Section
 from meshcore.config.source import load_source
 from registrar.catalog.settings import GroupMesh, MeshConfig, read_group_mesh, read_mesh
 from registrar.oidc.config import OidcConfig, read_oidc
+from registrar.store.settings import StoreConfig, read_store
 
 # DNS-label-ish names: they end up inside SPIFFE IDs and metric labels.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -95,6 +96,7 @@ class RegistrarConfig:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     oidc: OidcConfig | None = None  # the OIDC issuer for istiod (registrar/oidc/)
     cert_backdate: float = 10.0
+    store: StoreConfig = field(default_factory=StoreConfig)  # registrar/store/settings.py
 
 
 _DEFAULT_RATES = {
@@ -230,6 +232,7 @@ def build_config(path: Path) -> RegistrarConfig:
         mesh=read_mesh(root),
         oidc=read_oidc(root, state_dir),
         cert_backdate=backdate,
+        store=read_store(root),
     )
     ca.finish()
     tls.finish()

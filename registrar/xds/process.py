@@ -22,7 +22,7 @@ from collections.abc import Callable
 from meshcore.clock import SystemClock
 from registrar.catalog.store import change_counter, load_catalog
 from registrar.config import RegistrarConfig
-from registrar.store.db import connect
+from registrar.store.connection import open_store
 from registrar.store.inventory import Inventory
 
 log = logging.getLogger("registrar.xds")
@@ -50,7 +50,7 @@ async def serve_xds(config: RegistrarConfig, *, watch_parent: bool) -> None:
     from registrar.xds.server import rotating_credentials, start
     from registrar.xds.status import XdsStatus
 
-    conn = connect(config.database)
+    conn = open_store(config)
     mesh = config.mesh
     status = XdsStatus(conn)
     status.reset()

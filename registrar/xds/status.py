@@ -10,11 +10,10 @@ second, and at once on a NACK), never per message.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 
-from registrar.store.db import transaction
+from registrar.store.connection import Connection, transaction
 
 SHORT_TYPES = {
     "type.googleapis.com/envoy.config.listener.v3.Listener": "LDS",
@@ -36,7 +35,7 @@ class StreamRow:
 
 
 class XdsStatus:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self.counters: Counter[tuple[str, str]] = Counter()
         self._flushed: Counter[tuple[str, str]] = Counter()
@@ -87,7 +86,7 @@ class XdsStatus:
         self._gone.clear()
 
 
-def metrics_text(conn: sqlite3.Connection) -> str:
+def metrics_text(conn: Connection) -> str:
     """Prometheus text for the xDS server's counters and connected streams."""
     lines = ["# HELP registrar_xds_events_total xDS events by kind (push, ack, nack) and type.",
              "# TYPE registrar_xds_events_total counter"]
@@ -100,7 +99,7 @@ def metrics_text(conn: sqlite3.Connection) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stream_rows(conn: sqlite3.Connection) -> list[dict[str, object]]:
+def stream_rows(conn: Connection) -> list[dict[str, object]]:
     rows = conn.execute("SELECT stream_id, node_id, peer, connected_at, updated_at, acked, nacks,"
                         " last_nack FROM mesh_xds_streams ORDER BY node_id, stream_id")
     return [{"stream": r[0], "node_id": r[1], "peer": r[2], "connected_at": r[3],

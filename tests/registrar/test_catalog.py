@@ -3,7 +3,6 @@ and VIPs in SQLite, the change counter the xDS server polls."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from registrar.catalog.store import (
     load_catalog,
 )
 from registrar.config import build_config
+from registrar.store.connection import INTEGRITY_ERRORS, Connection
 from registrar.store.db import connect
 from registrar.store.inventory import Inventory
 
@@ -83,8 +83,8 @@ def _svc(name: str, vip: str = "", allowed: tuple[str, ...] = ()) -> Service:
                    selector={"app": name}, vip=vip, allowed=allowed)
 
 
-def test_vips_are_allocated_kept_and_never_shared(tmp_path: Path) -> None:
-    store = ServiceStore(connect(tmp_path / "db"), "240.240.0.0/30")
+def test_vips_are_allocated_kept_and_never_shared(store_db: Connection) -> None:
+    store = ServiceStore(store_db, "240.240.0.0/30")
     assert store.put(_svc("a"), now=1).vip == "240.240.0.1"
     assert store.put(_svc("b"), now=1).vip == "240.240.0.2"
     with pytest.raises(VipExhausted):
@@ -93,7 +93,7 @@ def test_vips_are_allocated_kept_and_never_shared(tmp_path: Path) -> None:
         store.put(_svc("a"), now=1)
     assert store.put(_svc("a", allowed=("frontend",)), now=2, replace_existing=True).vip == \
         "240.240.0.1"  # a policy change keeps the address callers resolved
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY_ERRORS):
         store.put(_svc("d", vip="240.240.0.2"), now=1)
     with pytest.raises(ValueError, match="port 0"):
         store.put(Service(name="e", hosts=("e.mesh",), ports=(ServicePort("http", 0),),
