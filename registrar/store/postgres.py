@@ -151,12 +151,12 @@ class PgConnection:
         try:
             yield
         except psycopg.errors.IntegrityError as exc:
-            raise IntegrityError(_first_line(exc)) from exc
+            raise IntegrityError(_first_line(exc)) from None  # one traceback in the log
         except psycopg.OperationalError as exc:
             self._failed_at = time.monotonic()
             raise StoreUnavailable(type(exc).__name__) from exc
         except psycopg.Error as exc:
-            raise StoreError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+            raise StoreError(f"{type(exc).__name__}: {_first_line(exc)}") from None
 
     def ping(self) -> bool:
         """One round trip (``/ready``): False while the database cannot answer."""
