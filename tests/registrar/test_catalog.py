@@ -21,7 +21,6 @@ from registrar.catalog.store import (
 )
 from registrar.config import build_config
 from registrar.store.connection import INTEGRITY_ERRORS, Connection
-from registrar.store.db import connect
 from registrar.store.inventory import Inventory
 
 BASE = {"trust_domain": "example.org", "state_dir": "/tmp/x", "groups": [
@@ -101,9 +100,11 @@ def test_vips_are_allocated_kept_and_never_shared(store_db: Connection) -> None:
     assert store.remove("a") and not store.remove("a")
 
 
-def test_catalog_changes_bump_the_counter_and_renewals_do_not(tmp_path: Path) -> None:
+def test_catalog_changes_bump_the_counter_and_renewals_do_not(
+        tmp_path: Path, store_db: Connection) -> None:
+    """The triggers of both stores' schemas (SQLite's and PostgreSQL's plpgsql)."""
     config = _config(tmp_path, BASE)
-    conn = connect(config.database)
+    conn = store_db
     inventory = Inventory(conn, SystemClock())
     start = change_counter(conn)
     w = inventory.record_attestation(evidence_type="join_token", subject="t1",
