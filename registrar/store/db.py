@@ -136,13 +136,15 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE workloads ADD COLUMN bundle_version INTEGER NOT NULL DEFAULT 0;
     """,
     # 5: cloud evidence already accepted (GCE tokens: Google advises accepting each
-    # once), in the database so every worker and replica shares it.
+    # once), in the database so every worker and replica shares it; the xDS server
+    # (replica) that owns each stream row, so one replica's start clears only its own.
     """
     CREATE TABLE evidence_seen (
         digest TEXT PRIMARY KEY,
         expires_at REAL NOT NULL
     );
     CREATE INDEX evidence_seen_expiry ON evidence_seen(expires_at);
+    ALTER TABLE mesh_xds_streams ADD COLUMN replica TEXT NOT NULL DEFAULT '';
     """,
 )
 

@@ -123,12 +123,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE certs ADD COLUMN ca_version TEXT NOT NULL DEFAULT '';
     ALTER TABLE workloads ADD COLUMN bundle_version INTEGER NOT NULL DEFAULT 0;
     """,
-    # 5: cloud evidence already accepted (GCE tokens), shared by every replica
+    # 5: cloud evidence already accepted (GCE tokens), shared by every replica; the
+    # xDS server (replica) that owns each stream row
     """
     CREATE TABLE evidence_seen (
         digest TEXT PRIMARY KEY,
         expires_at DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX evidence_seen_expiry ON evidence_seen(expires_at);
+    ALTER TABLE mesh_xds_streams ADD COLUMN replica TEXT NOT NULL DEFAULT '';
     """,
 )

@@ -16,6 +16,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 
@@ -52,7 +53,7 @@ async def serve_xds(config: RegistrarConfig, *, watch_parent: bool) -> None:
 
     conn = open_store(config)
     mesh = config.mesh
-    status = XdsStatus(conn)
+    status = XdsStatus(conn, replica=f"{socket.gethostname()}:{mesh.xds_port}")
     status.reset()
     hub = Hub(lambda: load_catalog(conn, config, time.time()), lambda: change_counter(conn),
               clock=SystemClock(), quiet=mesh.debounce_quiet, max_delay=mesh.debounce_max,

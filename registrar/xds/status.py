@@ -35,8 +35,11 @@ class StreamRow:
 
 
 class XdsStatus:
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, replica: str = "") -> None:
+        """``replica``: this xDS server's name among replicas sharing one store
+        (host:port); its stream rows are its own, so starting it clears only them."""
         self._conn = conn
+        self._replica = replica
         self.counters: Counter[tuple[str, str]] = Counter()
         self._flushed: Counter[tuple[str, str]] = Counter()
         self.streams: dict[str, StreamRow] = {}
@@ -45,7 +48,7 @@ class XdsStatus:
 
     def reset(self) -> None:
         """At start: rows of a previous run describe streams that no longer exist."""
-        self._conn.execute("DELETE FROM mesh_xds_streams")
+        self._conn.execute("DELETE FROM mesh_xds_streams WHERE replica = ?", (self._replica,))
 
     def count(self, name: str, type_url: str = "", n: int = 1) -> None:
         self.counters[(name, SHORT_TYPES.get(type_url, type_url))] += n
@@ -70,15 +73,17 @@ class XdsStatus:
                              [(s,) for s in self._gone])
             conn.executemany(
                 "INSERT INTO mesh_xds_streams (stream_id, node_id, peer, connected_at,"
-                " updated_at, acked, nacks, last_nack) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " updated_at, acked, nacks, last_nack, replica)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (stream_id) DO UPDATE SET updated_at = excluded.updated_at,"
                 " acked = excluded.acked, nacks = excluded.nacks, last_nack = excluded.last_nack",
                 [(r.stream_id, r.node_id, r.peer, r.connected_at, now,
-                  json.dumps(r.acked, sort_keys=True), r.nacks, r.last_nack)
+                  json.dumps(r.acked, sort_keys=True), r.nacks, r.last_nack, self._replica)
                  for r in (self.streams[s] for s in self._dirty if s in self.streams)])
             conn.executemany(
                 "INSERT INTO mesh_xds_counters (name, type_url, value) VALUES (?, ?, ?)"
-                " ON CONFLICT (name, type_url) DO UPDATE SET value = value + excluded.value",
+                " ON CONFLICT (name, type_url) DO UPDATE"
+                " SET value = mesh_xds_counters.value + excluded.value",
                 [(k[0], k[1], v - self._flushed[k]) for k, v in self.counters.items()
                  if v != self._flushed[k]])
         self._flushed = Counter(self.counters)
