@@ -1,9 +1,10 @@
-"""``mesh-registrar``: init, serve, token create|list|revoke, workloads list|evict|revoke,
-ca status|rotate, server-cert reissue (registrar/ca/cli.py).
+"""``mesh-registrar``: init, serve, migrate, token create|list|revoke, workloads
+list|evict|revoke, ca status|rotate, server-cert reissue (registrar/ca/cli.py).
 
 Exit codes (``meshcore.exits``): 0 ok, 2 usage, 3 no such token or workload,
 65 input refused (init over an existing CA, incomplete CA to import, inventory
-from a newer version), 78 bad configuration; 1 only for a bug.
+from a newer version, a PostgreSQL schema older than this registrar: run
+``migrate``), 69 the database cannot be reached, 78 bad configuration; 1 only for a bug.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from meshcore.clock import SystemClock
 from meshcore.config.errors import ConfigError
 from meshcore.config.reader import parse_duration
-from meshcore.exits import EX_CONFIG, EX_DATAERR, EX_NOT_OK, EX_USAGE
+from meshcore.exits import EX_CONFIG, EX_DATAERR, EX_NOT_OK, EX_UNAVAILABLE, EX_USAGE
 from registrar import __version__
 from registrar.ca import cli as ca_cli
 from registrar.ca.bootstrap import InitError, init_state
@@ -28,8 +29,14 @@ from registrar.display import printable
 from registrar.export import cli as export_cli
 from registrar.oidc import cli as oidc_cli
 from registrar.server import configure_logging, serve, state_paths
-from registrar.store.db import SchemaTooNew, connect
+from registrar.store.connection import (
+    SchemaOutdated,
+    SchemaTooNew,
+    StoreUnavailable,
+    open_store,
+)
 from registrar.store.inventory import Inventory
+from registrar.store.migrate import run_migrate
 from registrar.store.tokens import TokenStore
 
 MAX_TOKEN_TTL = 30 * 86400.0
@@ -55,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser("serve", help="run the HTTPS API")
     srv.add_argument("--config", required=True, type=Path)
+
+    mig = sub.add_parser("migrate", help="bring the store's schema to this version (PostgreSQL: "
+                         "required before `serve` after an upgrade; never downgrades)")
+    mig.add_argument("--config", required=True, type=Path)
 
     token = sub.add_parser("token", help="join tokens")
     tsub = token.add_subparsers(dest="action", required=True)
@@ -109,7 +120,7 @@ def _init(args: argparse.Namespace) -> int:
 
 def _token(args: argparse.Namespace, config: RegistrarConfig) -> int:
     clock = SystemClock()
-    store = TokenStore(connect(config.database), clock)
+    store = TokenStore(open_store(config), clock)
     if args.action == "create":
         if args.group not in config.groups:
             raise ConfigError(config.source_file, "groups", f"no group named {args.group!r}",
@@ -143,7 +154,7 @@ def _token(args: argparse.Namespace, config: RegistrarConfig) -> int:
 
 
 def _workloads(args: argparse.Namespace, config: RegistrarConfig) -> int:
-    conn = connect(config.database)
+    conn = open_store(config)
     inventory = Inventory(conn, SystemClock())
     if args.action == "list":
         mesh = catalog_cli.workload_mesh_columns(conn, config)
@@ -177,6 +188,7 @@ def _serve(args: argparse.Namespace, config: RegistrarConfig) -> int:
 # Every command but ``init`` runs against an initialised registrar's config.
 COMMANDS: Mapping[str, Callable[[argparse.Namespace, RegistrarConfig], int]] = {
     "serve": _serve,
+    "migrate": lambda args, config: run_migrate(config),
     "token": _token,
     "workloads": _workloads,
     "service": catalog_cli.run_service,
@@ -202,9 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mesh-registrar: {exc}", file=sys.stderr)
         return EX_CONFIG
-    except SchemaTooNew as exc:
+    except (SchemaTooNew, SchemaOutdated) as exc:
         print(f"mesh-registrar: {exc}", file=sys.stderr)
         return EX_DATAERR
+    except StoreUnavailable as exc:
+        print(f"mesh-registrar: {exc.message} ({exc.logged})", file=sys.stderr)
+        return EX_UNAVAILABLE
 
 
 if __name__ == "__main__":

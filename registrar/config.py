@@ -18,6 +18,7 @@ from meshcore.config.source import load_source
 from registrar.catalog.settings import GroupMesh, MeshConfig, read_group_mesh, read_mesh
 from registrar.istio_ca.config import IstioCaConfig, read_istio_ca
 from registrar.oidc.config import OidcConfig, read_oidc
+from registrar.store.settings import StoreConfig, read_store
 
 # DNS-label-ish names: they end up inside SPIFFE IDs and metric labels.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -97,6 +98,7 @@ class RegistrarConfig:
     oidc: OidcConfig | None = None  # the OIDC issuer for istiod (registrar/oidc/)
     istio_ca: IstioCaConfig | None = None  # Istio's CA API (registrar/istio_ca/)
     cert_backdate: float = 10.0
+    store: StoreConfig = field(default_factory=StoreConfig)  # registrar/store/settings.py
 
 
 _DEFAULT_RATES = {
@@ -232,6 +234,7 @@ def build_config(path: Path) -> RegistrarConfig:
         mesh=read_mesh(root),
         oidc=read_oidc(root, state_dir),
         cert_backdate=backdate,
+        store=read_store(root),
     )
     config = replace(config, istio_ca=read_istio_ca(root, config.oidc, port))
     ca.finish()

@@ -57,6 +57,7 @@ REASONS: Final[dict[str, ReasonSpec]] = {
     "not_found": ReasonSpec(404, "fatal"),
     "method_not_allowed": ReasonSpec(405, "fatal"),
     "rate_limited": ReasonSpec(429, "retry"),
+    "store_unavailable": ReasonSpec(503, "retry"),
     "internal": ReasonSpec(500, "retry"),
 }
 

@@ -1,8 +1,10 @@
 """``mesh-registrar serve``: the TLS context, wiring, and the worker processes.
 
 With ``workers: N > 1`` the parent forks N workers that each bind the listen
-address with SO_REUSEPORT (the kernel spreads connections) and share the SQLite
-WAL inventory; the parent only supervises. Each worker exits if its parent dies.
+address with SO_REUSEPORT (the kernel spreads connections) and share the store
+(SQLite WAL file or PostgreSQL, registrar/store/connection.py); the parent only
+supervises. Several such registrars (replicas) may share one PostgreSQL. Each
+worker exits if its parent dies.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from registrar.api.metrics import SHARED_FILE, Metrics, prepare_shared
 from registrar.api.protocol import listen, runner_options
 from registrar.api.ratelimit import RateLimiter
 from registrar.api.service import Service
+from registrar.api.store_status import StoreStatus
 from registrar.attestation.registry import VerifierDeps, build_verifiers
 from registrar.ca.authority import load_pem_certs
 from registrar.ca.keyids import strict_report
@@ -35,7 +38,7 @@ from registrar.catalog.agent_api import WorkloadApi
 from registrar.catalog.store import StatusStore
 from registrar.config import RegistrarConfig
 from registrar.store.challenges import ChallengeStore
-from registrar.store.db import connect
+from registrar.store.connection import Connection, kind_of, open_store
 from registrar.store.inventory import Inventory
 from registrar.store.tokens import TokenStore
 from registrar.xds.status import metrics_text
@@ -47,7 +50,7 @@ def build_app(config: RegistrarConfig, clock: Clock,
               live: LiveCa | None = None) -> web.Application:
     """The application, with ``clock`` the one source of time for every part and
     ``live`` the CA it signs with (reloaded when ``ca rotate`` changes it)."""
-    conn = connect(config.database)
+    conn = open_store(config)
     tokens = TokenStore(conn, clock)
     authority = live if live is not None else LiveCa(config, clock)
     challenges = ChallengeStore(conn, config.challenge_ttl, clock)
@@ -65,7 +68,8 @@ def build_app(config: RegistrarConfig, clock: Clock,
               log_budget=LogBudget(clock),
               metrics=Metrics(tokens.outstanding, _shared_metrics(config)),
               workloads=WorkloadApi(conn, config, clock),
-              extra_metrics=lambda: metrics_text(conn))
+              extra_metrics=lambda: metrics_text(conn),
+              store=StoreStatus(kind_of(conn), getattr(conn, "ping", None)))
     app = api.build()
     if config.istio_ca is not None:
         from registrar.istio_ca.wiring import attach
@@ -76,6 +80,14 @@ def build_app(config: RegistrarConfig, clock: Clock,
         OidcApi(config=config.oidc, service=service, clock=clock, peer=peer_certificate,
                 max_body_bytes=config.limits.max_body_bytes).add_routes(app)
     return app
+
+
+def describe(config: RegistrarConfig, conn: Connection) -> str:
+    """What the start log says about the store (never the DSN: it may hold a password)."""
+    if kind_of(conn) == "sqlite":
+        return f"sqlite {config.database}"
+    from registrar.store.postgres import SCHEMA_VERSION
+    return f"postgres schema {SCHEMA_VERSION} (shared by every replica)"
 
 
 def _metrics_dir(config: RegistrarConfig) -> Path:
@@ -152,8 +164,9 @@ def warn_if_not_strict(config: RegistrarConfig) -> list[str]:
 def serve(config: RegistrarConfig) -> int:
     # Create and migrate the database once, before workers race to do it, and build
     # the verifiers once so a bad evidence option exits 78 here, not in every worker.
-    conn = connect(config.database)
+    conn = open_store(config)
     clock = SystemClock()
+    log.info("store: %s", describe(config, conn))
     try:
         build_verifiers(VerifierDeps(config=config, tokens=TokenStore(conn, clock), clock=clock))
         # Certificates expired for a day can never renew again: keep the table small.

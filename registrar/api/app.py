@@ -22,11 +22,13 @@ from registrar.api.metrics import Metrics
 from registrar.api.protocol import answer, request_started
 from registrar.api.ratelimit import PerAddressLimiter, RateLimiter
 from registrar.api.service import Decision, Service
+from registrar.api.store_status import StoreStatus
 from registrar.api.wire import error_response, read_json, timestamp
 from registrar.catalog.agent_api import WorkloadApi
 from registrar.config import RegistrarConfig
 from registrar.rejections import Rejected
 from registrar.store.challenges import ChallengeStore
+from registrar.store.connection import StoreUnavailable
 
 log = logging.getLogger("registrar.decisions")
 
@@ -72,7 +74,8 @@ class Api:
                  challenges: ChallengeStore, limiter: RateLimiter, metrics: Metrics,
                  challenge_types: tuple[str, ...], faults: FaultLog,
                  log_budget: LogBudget, workloads: WorkloadApi | None = None,
-                 extra_metrics: Callable[[], str] | None = None) -> None:
+                 extra_metrics: Callable[[], str] | None = None,
+                 store: StoreStatus | None = None) -> None:
         """``challenge_types``: the enabled evidence types that bind a challenge."""
         self._challenge_types = challenge_types
         self._log_budget = log_budget
@@ -86,6 +89,7 @@ class Api:
         self._metrics = metrics
         self._workloads = workloads
         self._extra_metrics = extra_metrics
+        self._store = store or StoreStatus("sqlite")
 
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self._guard],
@@ -96,6 +100,7 @@ class Api:
         app.router.add_post("/v1/renew", self._renew, expect_handler=self._expect)
         app.router.add_get("/v1/bundle", self._bundle)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/ready", self._ready)
         app.router.add_get("/metrics", self._metrics_page)
         if self._workloads is not None:
             app.router.add_post("/v1/workload/status", self._workload_status)
@@ -223,7 +228,15 @@ class Api:
                                  headers={"ETag": etag})
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        """Alive (the process answers); the store's type, not its health: see /ready."""
+        return web.json_response({"status": "ok", "store": self._store.kind})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        """Whether this replica can serve now: false (503 + Retry-After) while its
+        database does not answer, so a load balancer sends agents elsewhere."""
+        if not self._store.reachable():
+            raise StoreUnavailable("ready_probe")
+        return web.json_response({"status": "ready", "store": self._store.kind})
 
     async def _workload_status(self, request: web.Request) -> web.Response:
         assert self._workloads is not None

@@ -28,6 +28,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from registrar.store.connection import STORE_ERRORS
+
 log = logging.getLogger("registrar.metrics")
 FLUSH_SECONDS = 1.0
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -104,7 +106,7 @@ class _TokensOutstanding(Collector):
     def collect(self) -> Iterator[Metric]:
         try:
             value = float(self._count())
-        except sqlite3.Error:  # a broken database must not take the other metrics along
+        except STORE_ERRORS:  # a broken database must not take the other metrics along
             value = math.nan
         yield GaugeMetricFamily("registrar_tokens_outstanding",
                                 "Join tokens that are neither spent, revoked nor expired "

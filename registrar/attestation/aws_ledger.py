@@ -2,18 +2,19 @@
 
 An instance may attest when the inventory has no workload for it, or when an
 operator evicted it (``mesh-registrar workloads evict ID``); an active or
-revoked one may not. The claim is one atomic SQLite statement
+revoked one may not. The claim is one atomic statement
 (``Inventory.claim_first_use``), so exactly one of any number of parallel
-first uses wins, across every worker process sharing the database.
+first uses wins, across every worker process and replica sharing the database.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from meshcore.clock import Clock
+from registrar.store.connection import Connection
 from registrar.store.db import connect
 from registrar.store.inventory import Inventory
 
@@ -21,8 +22,8 @@ EVIDENCE_TYPE = "aws"
 
 
 class InventoryLedger:
-    def __init__(self, database: Path, *, clock: Clock,
-                 conn: sqlite3.Connection | None = None) -> None:
+    def __init__(self, database: Path | Callable[[], Connection], *, clock: Clock,
+                 conn: Connection | None = None) -> None:
         """``conn``: the connection the server records attestations on. Given, the
         claim joins the transaction that records the certificate (api/service.py),
         so a failed record gives the instance its first use back."""
@@ -31,9 +32,10 @@ class InventoryLedger:
         self._lock = threading.Lock()
         self._conn = conn
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> Connection:
         if self._conn is None:
-            self._conn = connect(self._database)
+            self._conn = (connect(self._database) if isinstance(self._database, Path)
+                          else self._database())
         return self._conn
 
     def allowed(self, subject: str) -> bool:

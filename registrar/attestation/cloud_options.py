@@ -25,7 +25,6 @@ Every error names the file, the dotted key and what is allowed.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,8 @@ from registrar.attestation.gce import GceConfig, GceVerifier
 from registrar.attestation.groups import GroupRules, parse_rules
 from registrar.attestation.jwks import GOOGLE_JWKS_URL, JwksCache
 from registrar.config import RegistrarConfig
+from registrar.store.connection import Connection, open_store
+from registrar.store.replays import SeenEvidence
 
 DAY = 86400.0
 
@@ -72,7 +73,9 @@ def _age(s: Section) -> float | None:
 
 
 def gce_verifier(options: Mapping[str, Any], config: RegistrarConfig,
-                 clock: Clock) -> GceVerifier:
+                 clock: Clock, conn: Connection | None = None) -> GceVerifier:
+    """``conn``: the server's store; given, accepted tokens are remembered there
+    (shared by every worker and replica), else in this process only."""
     s = _section("gce", options, config)
     jwks_url = s.url("jwks_url", GOOGLE_JWKS_URL, schemes=("https", "http"))
     verifier_config = GceConfig(
@@ -84,11 +87,12 @@ def gce_verifier(options: Mapping[str, Any], config: RegistrarConfig,
     refresh = s.duration("jwks_min_refresh", 30.0, minimum=1.0, maximum=3600.0)
     s.finish()
     return GceVerifier(verifier_config, clock=clock,
-                       keys=JwksCache(jwks_url, min_refresh_interval=refresh, clock=clock))
+                       keys=JwksCache(jwks_url, min_refresh_interval=refresh, clock=clock),
+                       replay=None if conn is None else SeenEvidence(conn))
 
 
 def aws_verifier(options: Mapping[str, Any], config: RegistrarConfig,
-                 clock: Clock, conn: sqlite3.Connection | None = None) -> AwsVerifier:
+                 clock: Clock, conn: Connection | None = None) -> AwsVerifier:
     s = _section("aws", options, config)
     cert_dir = s.path("cert_dir") if s.has("cert_dir") else None
     if cert_dir is not None and not cert_dir.is_dir():
@@ -105,7 +109,8 @@ def aws_verifier(options: Mapping[str, Any], config: RegistrarConfig,
     s.finish()
     try:
         return AwsVerifier(verifier_config, clock=clock,
-                           ledger=InventoryLedger(config.database, clock=clock, conn=conn))
+                           ledger=InventoryLedger(lambda: open_store(config), clock=clock,
+                                                  conn=conn))
     except ValueError as exc:
         raise s.error("cert_dir", str(exc)) from None
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 
@@ -42,8 +42,17 @@ class GceConfig:
             raise ValueError(f"gce.leeway must be between 0 and {MAX_LEEWAY} seconds")
 
 
+class Replays(Protocol):
+    def first_use(self, token: str, until: float, now: float) -> bool:
+        """True exactly once per token (registrar/store/replays.py: in the database)."""
+        ...
+
+
 class ReplayCache:
-    """Hashes of tokens already accepted, kept until they could no longer verify."""
+    """In memory, for one process only (tests, and ``serve``'s validation build);
+    workers use the database's (``SeenEvidence``).
+
+    Hashes of tokens already accepted, kept until they could no longer verify."""
 
     def __init__(self, *, limit: int = 200_000) -> None:
         self._seen: dict[bytes, float] = {}
@@ -68,7 +77,7 @@ class GceVerifier:
 
     def __init__(self, config: GceConfig, *, keys: JwksCache,
                  clock: Clock,
-                 replay: ReplayCache | None = None) -> None:
+                 replay: Replays | None = None) -> None:
         self._config = config
         self._keys = keys
         self._clock = clock

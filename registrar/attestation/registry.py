@@ -13,7 +13,6 @@ validate before forking workers, then each worker builds its own.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from registrar.attestation.base import Verifier
 from registrar.attestation.cloud_options import aws_verifier, azure_verifier, gce_verifier
 from registrar.attestation.join_token import JoinTokenVerifier
 from registrar.config import RegistrarConfig
+from registrar.store.connection import Connection
 from registrar.store.tokens import TokenStore
 
 
@@ -36,14 +36,14 @@ class VerifierDeps:
     clock: Clock
     # The server's inventory connection: single-use claims made on it join the
     # transaction that records the certificate (registrar/api/service.py).
-    conn: sqlite3.Connection | None = None
+    conn: Connection | None = None
 
 
 Factory = Callable[[Mapping[str, Any], VerifierDeps], Verifier]
 
 FACTORIES: Mapping[str, Factory] = {
     "join_token": lambda options, deps: JoinTokenVerifier(deps.tokens),
-    "gce": lambda options, deps: gce_verifier(options, deps.config, deps.clock),
+    "gce": lambda options, deps: gce_verifier(options, deps.config, deps.clock, deps.conn),
     "aws": lambda options, deps: aws_verifier(options, deps.config, deps.clock, deps.conn),
     "azure": lambda options, deps: azure_verifier(options, deps.config, deps.clock),
 }

@@ -19,7 +19,7 @@ from registrar.ca import rotation as steps
 from registrar.ca.servercert import reissue_server_certificate, server_names
 from registrar.ca.versions import Rotation, RotationRefused, load, version_dir
 from registrar.config import RegistrarConfig
-from registrar.store.db import connect
+from registrar.store.connection import open_store
 from registrar.store.inventory import Inventory, Workload
 
 PHASES = ("prepare", "activate", "retire")
@@ -117,7 +117,7 @@ def _check_delivered(inventory: Inventory, rotation: Rotation, force: bool) -> N
 def run_ca(args: argparse.Namespace, config: RegistrarConfig) -> int:
     clock = SystemClock()
     now = clock.now().timestamp()
-    inventory = Inventory(connect(config.database), clock)
+    inventory = Inventory(open_store(config), clock)
     what = f"ca {args.action}" + (f" {args.phase}" if getattr(args, "phase", None) else "")
     try:
         if args.action == "status":

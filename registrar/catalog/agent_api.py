@@ -15,7 +15,6 @@ function of the last report and the clock: registrar/catalog/model.py).
 from __future__ import annotations
 
 import ipaddress
-import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,13 +26,14 @@ from registrar.catalog.model import HEALTH_STATES, effective_health
 from registrar.catalog.store import ServiceStore, StatusStore
 from registrar.config import Group, RegistrarConfig
 from registrar.rejections import Rejected
+from registrar.store.connection import Connection
 from registrar.store.inventory import Inventory
 
 MAX_ADDRESSES = 16
 
 
 class WorkloadApi:
-    def __init__(self, conn: sqlite3.Connection, config: RegistrarConfig, clock: Clock) -> None:
+    def __init__(self, conn: Connection, config: RegistrarConfig, clock: Clock) -> None:
         self._config = config
         self._inventory = Inventory(conn, clock)
         self._status = StatusStore(conn)

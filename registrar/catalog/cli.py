@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from registrar.catalog.model import Service, ServicePort
 from registrar.catalog.store import ServiceExists, ServiceStore, VipExhausted, load_catalog
 from registrar.config import RegistrarConfig
 from registrar.display import printable
-from registrar.store.db import connect
+from registrar.store.connection import INTEGRITY_ERRORS, Connection, open_store
 from registrar.xds.status import stream_rows
 
 
@@ -56,7 +55,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def run_xds(args: argparse.Namespace, config: RegistrarConfig) -> int:
-    rows = stream_rows(connect(config.database))
+    rows = stream_rows(open_store(config))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -100,7 +99,7 @@ def service_json(service: Service) -> dict[str, Any]:
 
 
 def run_service(args: argparse.Namespace, config: RegistrarConfig) -> int:
-    store = ServiceStore(connect(config.database), config.mesh.vip_range)
+    store = ServiceStore(open_store(config), config.mesh.vip_range)
     prog = f"mesh-registrar service {args.action}"
     if args.action == "add":
         try:
@@ -112,7 +111,7 @@ def run_service(args: argparse.Namespace, config: RegistrarConfig) -> int:
         except (ValueError, ServiceExists, VipExhausted) as exc:
             print(f"{prog}: {exc}", file=sys.stderr)
             return EX_DATAERR
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             print(f"{prog}: vip {args.vip} is already another service's", file=sys.stderr)
             return EX_DATAERR
         print(json.dumps(service_json(stored)))
@@ -143,7 +142,7 @@ def _iso(when: float) -> str:
     return dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def workload_mesh_columns(conn: sqlite3.Connection,
+def workload_mesh_columns(conn: Connection,
                           config: RegistrarConfig) -> dict[int, dict[str, Any]]:
     """Per workload id: labels, ports, reported addresses, health and its reason."""
     catalog = load_catalog(conn, config, time.time())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -25,7 +24,7 @@ from registrar.catalog.model import (
 )
 from registrar.catalog.validate import check_service
 from registrar.config import Group, RegistrarConfig
-from registrar.store.db import transaction
+from registrar.store.connection import Connection, transaction
 
 
 class ServiceExists(Exception):
@@ -52,7 +51,7 @@ def _service(row: Sequence[object]) -> Service:
 
 
 class ServiceStore:
-    def __init__(self, conn: sqlite3.Connection, vip_range: str) -> None:
+    def __init__(self, conn: Connection, vip_range: str) -> None:
         self._conn = conn
         self._range = ipaddress.IPv4Network(vip_range)
 
@@ -66,7 +65,7 @@ class ServiceStore:
                                  " FROM mesh_services WHERE name = ?", (name,)).fetchone()
         return None if row is None else _service(row)
 
-    def _free_vip(self, conn: sqlite3.Connection) -> str:
+    def _free_vip(self, conn: Connection) -> str:
         used = {r[0] for r in conn.execute("SELECT vip FROM mesh_services")}
         for address in self._range.hosts():
             if str(address) not in used:
@@ -106,7 +105,7 @@ class StatusStore:
     """What agents report about their own VM (addresses, health), and the addresses
     the attestation evidence proved, against which reports are checked."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     def record_evidence_addresses(self, workload_id: int, addresses: Sequence[str],
@@ -144,11 +143,11 @@ class StatusStore:
                 conn.execute("UPDATE mesh_changes SET counter = counter + 1")
 
 
-def change_counter(conn: sqlite3.Connection) -> int:
+def change_counter(conn: Connection) -> int:
     return int(conn.execute("SELECT counter FROM mesh_changes").fetchone()[0])
 
 
-def load_catalog(conn: sqlite3.Connection, config: RegistrarConfig, now: float) -> Catalog:
+def load_catalog(conn: Connection, config: RegistrarConfig, now: float) -> Catalog:
     """The whole catalog as of ``now`` (health evaluated against the grace period)."""
     groups: Mapping[str, WorkloadGroup] = {n: group_model(g) for n, g in config.groups.items()}
     rows = conn.execute(

@@ -26,7 +26,7 @@ from meshcore.exits import EX_USAGE
 from registrar.catalog.store import load_catalog
 from registrar.config import RegistrarConfig
 from registrar.export.istio import export
-from registrar.store.db import connect
+from registrar.store.connection import open_store
 
 PREFIXES = ("workloadgroup-", "workloadentry-", "serviceentry-")
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace, config: RegistrarConfig) -> int:
         print(f"mesh-registrar export: --interval {args.interval!r}: allowed: a duration "
               "from 100ms to 1h", file=sys.stderr)
         return EX_USAGE
-    conn = connect(config.database)
+    conn = open_store(config)
     clock = SystemClock()
     stop = threading.Event()
     if args.watch:

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import string
 
 from meshcore.clock import Clock
 from registrar.rejections import Rejected
+from registrar.store.connection import Connection
 
 NONCE_CHARS = 32
 _ALPHABET = string.ascii_letters + string.digits
 
 
 class ChallengeStore:
-    def __init__(self, conn: sqlite3.Connection, ttl: float,
+    def __init__(self, conn: Connection, ttl: float,
                  clock: Clock) -> None:
         self._conn = conn
         self._ttl = ttl

@@ -1,4 +1,4 @@
-"""Opening the inventory database and migrating its schema.
+"""The SQLite store: opening the inventory file and migrating its schema.
 
 WAL lets several server workers and the CLI use one file at once; writers are
 serialised by SQLite itself (``busy_timeout``), and every statement that must be
@@ -14,6 +14,8 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from registrar.store.connection import SchemaTooNew
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: tokens, workloads, issued certificates, challenges
@@ -133,18 +135,25 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE certs ADD COLUMN ca_version TEXT NOT NULL DEFAULT '';
     ALTER TABLE workloads ADD COLUMN bundle_version INTEGER NOT NULL DEFAULT 0;
     """,
+    # 5: cloud evidence already accepted (GCE tokens: Google advises accepting each
+    # once), in the database so every worker and replica shares it; the xDS server
+    # (replica) that owns each stream row, so one replica's start clears only its own.
+    """
+    CREATE TABLE evidence_seen (
+        digest TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX evidence_seen_expiry ON evidence_seen(expires_at);
+    ALTER TABLE mesh_xds_streams ADD COLUMN replica TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SchemaTooNew(Exception):
-    """The database was written by a newer registrar; refuse rather than corrupt it."""
-
-
 @contextmanager
-def transaction(conn: sqlite3.Connection, *,
-                immediate: bool = True) -> Iterator[sqlite3.Connection]:
+def sqlite_transaction(conn: sqlite3.Connection, *,
+                       immediate: bool = True) -> Iterator[sqlite3.Connection]:
     """One atomic unit. ``BEGIN IMMEDIATE`` takes the write lock up front so
     read-then-write cannot deadlock; ``immediate=False`` (``BEGIN``) is for a unit
     whose first statement is a write, so that while it has not written it holds no
@@ -171,6 +180,9 @@ def transaction(conn: sqlite3.Connection, *,
     conn.execute("COMMIT")
 
 
+transaction = sqlite_transaction  # the SQLite half of registrar.store.connection.transaction
+
+
 def _statements(script: str) -> Iterator[str]:
     """Split on ';' but keep a trigger's ``BEGIN ...; END`` body whole."""
     buffer = ""
@@ -184,7 +196,7 @@ def _statements(script: str) -> Iterator[str]:
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply every migration newer than the stored version; returns the version."""
-    with transaction(conn):
+    with sqlite_transaction(conn):
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = conn.execute("SELECT version FROM schema_version").fetchone()
         current = 0 if row is None else int(row[0])

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import builtins
 import json
-import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
 from meshcore.clock import Clock
-from registrar.store.db import transaction
+from registrar.store.connection import Connection, transaction
 
 STATES = ("active", "evicted", "revoked")
 Standing = Literal["current", "pending", "superseded"]
@@ -66,7 +65,7 @@ def _workload(row: Sequence[object]) -> Workload:
 
 
 class Inventory:
-    def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
+    def __init__(self, conn: Connection, clock: Clock) -> None:
         self._conn = conn
         self._clock = clock
 
@@ -96,7 +95,7 @@ class Inventory:
                 "ON CONFLICT (evidence_type, subject) DO UPDATE SET spiffe_id = excluded.spiffe_id,"
                 " group_name = excluded.group_name, hostname = excluded.hostname,"
                 " addresses = excluded.addresses, last_seen = excluded.last_seen,"
-                " state = CASE WHEN state = 'revoked' THEN 'revoked' ELSE 'active' END,"
+                " state = CASE WHEN workloads.state = 'revoked' THEN 'revoked' ELSE 'active' END,"
                 " current_serial = excluded.current_serial, pending_serial = NULL,"
                 " bundle_version = excluded.bundle_version "
                 f"RETURNING {_COLUMNS.replace('w.', '')}",
@@ -171,8 +170,9 @@ class Inventory:
     def saw_bundle(self, serial: str, bundle_version: int) -> None:
         """A workload fetched the bundle over mTLS: it holds ``bundle_version`` now."""
         self._conn.execute(
-            "UPDATE workloads SET bundle_version = MAX(bundle_version, ?) WHERE id ="
-            " (SELECT workload_id FROM certs WHERE serial = ?)", (bundle_version, serial))
+            "UPDATE workloads SET bundle_version = ? WHERE bundle_version < ? AND id ="
+            " (SELECT workload_id FROM certs WHERE serial = ?)",
+            (bundle_version, bundle_version, serial))
 
     def _live_newest(self) -> builtins.list[tuple[Workload, str, int]]:
         """Each live workload (not revoked, newest certificate unexpired) with the CA

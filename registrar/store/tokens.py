@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 from dataclasses import dataclass
 
 from meshcore.clock import Clock
 from meshcore.secret import Secret
 from registrar.rejections import Rejected
+from registrar.store.connection import Connection, transaction
 
 TOKEN_BYTES = 32
 MAX_TOKEN_CHARS = 256
@@ -50,7 +50,7 @@ _COLUMNS = "id, group_name, created_at, expires_at, used_at, revoked_at"
 
 
 class TokenStore:
-    def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
+    def __init__(self, conn: Connection, clock: Clock) -> None:
         self._conn = conn
         self._clock = clock
 
@@ -68,16 +68,11 @@ class TokenStore:
         """Bulk creation in one transaction (benchmarks, fleet provisioning)."""
         now = self._clock.now().timestamp()
         tokens = [secrets.token_urlsafe(TOKEN_BYTES) for _ in range(count)]
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._conn):
             self._conn.executemany(
                 "INSERT INTO tokens (id, hash, group_name, created_at, expires_at) "
                 "VALUES (?, ?, ?, ?, ?)",
                 [(secrets.token_hex(8), token_hash(t), group, now, now + ttl) for t in tokens])
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
         return [Secret(t) for t in tokens]
 
     def _row(self, where: str, arg: str) -> TokenRow | None:

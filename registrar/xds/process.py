@@ -16,13 +16,14 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 
 from meshcore.clock import SystemClock
 from registrar.catalog.store import change_counter, load_catalog
 from registrar.config import RegistrarConfig
-from registrar.store.db import connect
+from registrar.store.connection import open_store
 from registrar.store.inventory import Inventory
 
 log = logging.getLogger("registrar.xds")
@@ -50,9 +51,9 @@ async def serve_xds(config: RegistrarConfig, *, watch_parent: bool) -> None:
     from registrar.xds.server import rotating_credentials, start
     from registrar.xds.status import XdsStatus
 
-    conn = connect(config.database)
+    conn = open_store(config)
     mesh = config.mesh
-    status = XdsStatus(conn)
+    status = XdsStatus(conn, replica=f"{socket.gethostname()}:{mesh.xds_port}")
     status.reset()
     hub = Hub(lambda: load_catalog(conn, config, time.time()), lambda: change_counter(conn),
               clock=SystemClock(), quiet=mesh.debounce_quiet, max_delay=mesh.debounce_max,

@@ -10,11 +10,10 @@ second, and at once on a NACK), never per message.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 
-from registrar.store.db import transaction
+from registrar.store.connection import Connection, transaction
 
 SHORT_TYPES = {
     "type.googleapis.com/envoy.config.listener.v3.Listener": "LDS",
@@ -36,8 +35,11 @@ class StreamRow:
 
 
 class XdsStatus:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection, replica: str = "") -> None:
+        """``replica``: this xDS server's name among replicas sharing one store
+        (host:port); its stream rows are its own, so starting it clears only them."""
         self._conn = conn
+        self._replica = replica
         self.counters: Counter[tuple[str, str]] = Counter()
         self._flushed: Counter[tuple[str, str]] = Counter()
         self.streams: dict[str, StreamRow] = {}
@@ -46,7 +48,7 @@ class XdsStatus:
 
     def reset(self) -> None:
         """At start: rows of a previous run describe streams that no longer exist."""
-        self._conn.execute("DELETE FROM mesh_xds_streams")
+        self._conn.execute("DELETE FROM mesh_xds_streams WHERE replica = ?", (self._replica,))
 
     def count(self, name: str, type_url: str = "", n: int = 1) -> None:
         self.counters[(name, SHORT_TYPES.get(type_url, type_url))] += n
@@ -71,15 +73,17 @@ class XdsStatus:
                              [(s,) for s in self._gone])
             conn.executemany(
                 "INSERT INTO mesh_xds_streams (stream_id, node_id, peer, connected_at,"
-                " updated_at, acked, nacks, last_nack) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " updated_at, acked, nacks, last_nack, replica)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (stream_id) DO UPDATE SET updated_at = excluded.updated_at,"
                 " acked = excluded.acked, nacks = excluded.nacks, last_nack = excluded.last_nack",
                 [(r.stream_id, r.node_id, r.peer, r.connected_at, now,
-                  json.dumps(r.acked, sort_keys=True), r.nacks, r.last_nack)
+                  json.dumps(r.acked, sort_keys=True), r.nacks, r.last_nack, self._replica)
                  for r in (self.streams[s] for s in self._dirty if s in self.streams)])
             conn.executemany(
                 "INSERT INTO mesh_xds_counters (name, type_url, value) VALUES (?, ?, ?)"
-                " ON CONFLICT (name, type_url) DO UPDATE SET value = value + excluded.value",
+                " ON CONFLICT (name, type_url) DO UPDATE"
+                " SET value = mesh_xds_counters.value + excluded.value",
                 [(k[0], k[1], v - self._flushed[k]) for k, v in self.counters.items()
                  if v != self._flushed[k]])
         self._flushed = Counter(self.counters)
@@ -87,7 +91,7 @@ class XdsStatus:
         self._gone.clear()
 
 
-def metrics_text(conn: sqlite3.Connection) -> str:
+def metrics_text(conn: Connection) -> str:
     """Prometheus text for the xDS server's counters and connected streams."""
     lines = ["# HELP registrar_xds_events_total xDS events by kind (push, ack, nack) and type.",
              "# TYPE registrar_xds_events_total counter"]
@@ -100,7 +104,7 @@ def metrics_text(conn: sqlite3.Connection) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stream_rows(conn: sqlite3.Connection) -> list[dict[str, object]]:
+def stream_rows(conn: Connection) -> list[dict[str, object]]:
     rows = conn.execute("SELECT stream_id, node_id, peer, connected_at, updated_at, acked, nacks,"
                         " last_nack FROM mesh_xds_streams ORDER BY node_id, stream_id")
     return [{"stream": r[0], "node_id": r[1], "peer": r[2], "connected_at": r[3],

@@ -42,4 +42,5 @@ def get(c: httpx.Client, path: str) -> tuple[int, Any]:
 def healthy(reg: RegistrarProcess) -> bool:
     with client(reg) as c:
         status, body = get(c, "/healthz")
-    return status == 200 and body == {"status": "ok"} and reg.running()
+    return (status == 200 and body == {"status": "ok", "store": reg.store_kind}
+            and reg.running())

@@ -8,7 +8,6 @@ damaged table would), then removes it.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 
 from tests.fixtures.registrar import RegistrarProcess
@@ -22,21 +21,24 @@ def _token_state(reg: RegistrarProcess) -> str:
     return str(rows[0]["state"])
 
 
-def _sql(reg: RegistrarProcess, statement: str) -> None:
-    conn = sqlite3.connect(reg.state_dir / "registrar.db", timeout=30)
-    try:
-        conn.execute(statement)
-        conn.commit()
-    finally:
-        conn.close()
+PLANT = {
+    "sqlite": ["CREATE TRIGGER planted_fault BEFORE INSERT ON certs "
+               "BEGIN SELECT RAISE(ABORT, 'planted fault'); END"],
+    "postgres": ["CREATE FUNCTION planted() RETURNS trigger LANGUAGE plpgsql AS "
+                 "$$ BEGIN RAISE EXCEPTION 'planted fault'; END $$",
+                 "CREATE TRIGGER planted_fault BEFORE INSERT ON certs "
+                 "FOR EACH ROW EXECUTE FUNCTION planted()"],
+}
+REMOVE = {"sqlite": "DROP TRIGGER planted_fault",
+          "postgres": "DROP TRIGGER planted_fault ON certs"}
 
 
 def test_a_failed_certificate_record_gives_the_token_back(
         registrar_factory: Callable[..., RegistrarProcess]) -> None:
     reg = registrar_factory()
     token = reg.create_token("default")
-    _sql(reg, "CREATE TRIGGER planted_fault BEFORE INSERT ON certs "
-              "BEGIN SELECT RAISE(ABORT, 'planted fault'); END")
+    for statement in PLANT[reg.store_kind]:
+        reg.sql(statement)
     with calls.client(reg) as c:
         for _ in range(3):  # the retries a 500 asks for, each failing again
             status, body = calls.post(c, "/v1/attest", json=calls.attest_body(
@@ -45,7 +47,7 @@ def test_a_failed_certificate_record_gives_the_token_back(
         assert _token_state(reg) == "valid"
         # Nothing half-recorded either: no workload row without its certificate.
         assert json.loads(reg.cli("workloads", "list", "--json").stdout) == []
-        _sql(reg, "DROP TRIGGER planted_fault")
+        reg.sql(REMOVE[reg.store_kind])
         status, body = calls.post(c, "/v1/attest", json=calls.attest_body(
             token, csr_pem(ec_key()), hostname="vm-1"))
         assert status == 200, body

@@ -109,14 +109,11 @@ def test_no_challenge_without_an_evidence_type_that_takes_one(
         registrar: RegistrarProcess) -> None:
     """Join tokens only: an unauthenticated caller cannot make the registrar store
     anything."""
-    import sqlite3
     with calls.client(registrar) as c:
         for _ in range(20):
             status, body = calls.post(c, "/v1/challenge")
             assert (status, body["reason"]) == (400, "unsupported_evidence")
-    conn = sqlite3.connect(registrar.state_dir / "registrar.db")
-    assert conn.execute("SELECT count(*) FROM challenges").fetchone() == (0,)
-    conn.close()
+    assert registrar.sql("SELECT count(*) FROM challenges") == [(0,)]
 
 
 def test_token_list_shows_state_never_the_token(registrar: RegistrarProcess) -> None:

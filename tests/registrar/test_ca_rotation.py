@@ -100,11 +100,14 @@ class Anyone:
 
 
 class World:
-    def __init__(self, tmp: Path, start: float = 1_900_000_000.0) -> None:
+    def __init__(self, tmp: Path, start: float = 1_900_000_000.0,
+                 conn: Any = None) -> None:
+        """``conn``: the store (tests/registrar/conftest.py ``store_db``: each of
+        the two); default the SQLite file in the state directory."""
         result = init_state(tmp / "s", TD, ["localhost", "127.0.0.1"])
         self.config: RegistrarConfig = build_config(result.config_path)
         self.clock = FakeClock(start=start)
-        conn = connect(self.config.database)
+        conn = conn if conn is not None else connect(self.config.database)
         self.conn = conn
         self.inventory = Inventory(conn, self.clock)
         self.live = LiveCa(self.config, self.clock)
@@ -146,8 +149,9 @@ def chains_to(body: Mapping[str, Any], roots_pem: bytes, tmp: Path,
     return out.returncode == 0
 
 
-def test_prepare_activate_retire_with_real_certificates(tmp_path: Path) -> None:
-    w = World(tmp_path)
+def test_prepare_activate_retire_with_real_certificates(
+        tmp_path: Path, store_db: Any) -> None:
+    w = World(tmp_path, conn=store_db)
     state = w.config.state_dir
     old_root = w.config.ca.roots.read_bytes()
     first = w.attest("vm-a")
@@ -186,8 +190,9 @@ def test_prepare_activate_retire_with_real_certificates(tmp_path: Path) -> None:
     assert latest["trust_bundle"].encode() == new_root and latest["trust_bundle_version"] == 3
 
 
-def test_an_expired_or_revoked_holder_does_not_block_retire(tmp_path: Path) -> None:
-    w = World(tmp_path)
+def test_an_expired_or_revoked_holder_does_not_block_retire(
+        tmp_path: Path, store_db: Any) -> None:
+    w = World(tmp_path, conn=store_db)
     w.attest("vm-gone")
     revoked = w.attest("vm-revoked")
     steps.prepare(w.config, w.now())
@@ -205,8 +210,9 @@ def test_an_expired_or_revoked_holder_does_not_block_retire(tmp_path: Path) -> N
     assert revoked  # (issued before the rotation)
 
 
-def test_intermediate_only_rotation_signs_at_once_and_keeps_the_roots(tmp_path: Path) -> None:
-    w = World(tmp_path)
+def test_intermediate_only_rotation_signs_at_once_and_keeps_the_roots(
+        tmp_path: Path, store_db: Any) -> None:
+    w = World(tmp_path, conn=store_db)
     roots = w.config.ca.roots.read_bytes()
     rotation = steps.rotate_intermediate(w.config, w.now())
     w.step()
@@ -218,8 +224,9 @@ def test_intermediate_only_rotation_signs_at_once_and_keeps_the_roots(tmp_path: 
     assert intermediate.subject.rfc4514_string().endswith("intermediate v2,O=example.org")
 
 
-def test_intermediate_only_needs_the_root_key(tmp_path: Path) -> None:
-    w = World(tmp_path)
+def test_intermediate_only_needs_the_root_key(
+        tmp_path: Path, store_db: Any) -> None:
+    w = World(tmp_path, conn=store_db)
     (w.config.state_dir / "root-key.pem").unlink()  # moved offline, as init advises
     with pytest.raises(RotationRefused) as refused:
         steps.rotate_intermediate(w.config, w.now())
@@ -267,9 +274,10 @@ def test_schema_3_inventories_migrate_with_the_initial_ca(tmp_path: Path) -> Non
 
 
 def test_prepare_imports_an_istio_plugin_ca_with_the_strict_checks_of_init(
-        tmp_path: Path) -> None:
+        tmp_path: Path, store_db: Any) -> None:
     from tests.registrar.test_strict_x509 import plugin_ca
-    w = World(tmp_path, start=time.time())  # the plug-in CA lives a year from now
+    # the plug-in CA lives a year from now
+    w = World(tmp_path, conn=store_db, start=time.time())
     plugin_ca(tmp_path / "lenient", intermediate_ski=False)
     with pytest.raises(RotationRefused) as refused:
         steps.prepare(w.config, w.now(), import_dir=tmp_path / "lenient")

@@ -3,7 +3,6 @@ and VIPs in SQLite, the change counter the xDS server polls."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from registrar.catalog.store import (
     load_catalog,
 )
 from registrar.config import build_config
-from registrar.store.db import connect
+from registrar.store.connection import INTEGRITY_ERRORS, Connection
 from registrar.store.inventory import Inventory
 
 BASE = {"trust_domain": "example.org", "state_dir": "/tmp/x", "groups": [
@@ -83,8 +82,8 @@ def _svc(name: str, vip: str = "", allowed: tuple[str, ...] = ()) -> Service:
                    selector={"app": name}, vip=vip, allowed=allowed)
 
 
-def test_vips_are_allocated_kept_and_never_shared(tmp_path: Path) -> None:
-    store = ServiceStore(connect(tmp_path / "db"), "240.240.0.0/30")
+def test_vips_are_allocated_kept_and_never_shared(store_db: Connection) -> None:
+    store = ServiceStore(store_db, "240.240.0.0/30")
     assert store.put(_svc("a"), now=1).vip == "240.240.0.1"
     assert store.put(_svc("b"), now=1).vip == "240.240.0.2"
     with pytest.raises(VipExhausted):
@@ -93,7 +92,7 @@ def test_vips_are_allocated_kept_and_never_shared(tmp_path: Path) -> None:
         store.put(_svc("a"), now=1)
     assert store.put(_svc("a", allowed=("frontend",)), now=2, replace_existing=True).vip == \
         "240.240.0.1"  # a policy change keeps the address callers resolved
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY_ERRORS):
         store.put(_svc("d", vip="240.240.0.2"), now=1)
     with pytest.raises(ValueError, match="port 0"):
         store.put(Service(name="e", hosts=("e.mesh",), ports=(ServicePort("http", 0),),
@@ -101,9 +100,11 @@ def test_vips_are_allocated_kept_and_never_shared(tmp_path: Path) -> None:
     assert store.remove("a") and not store.remove("a")
 
 
-def test_catalog_changes_bump_the_counter_and_renewals_do_not(tmp_path: Path) -> None:
+def test_catalog_changes_bump_the_counter_and_renewals_do_not(
+        tmp_path: Path, store_db: Connection) -> None:
+    """The triggers of both stores' schemas (SQLite's and PostgreSQL's plpgsql)."""
     config = _config(tmp_path, BASE)
-    conn = connect(config.database)
+    conn = store_db
     inventory = Inventory(conn, SystemClock())
     start = change_counter(conn)
     w = inventory.record_attestation(evidence_type="join_token", subject="t1",

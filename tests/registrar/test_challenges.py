@@ -32,10 +32,7 @@ def test_each_client_address_has_its_own_challenge_bucket(
         assert int(response.headers["Retry-After"]) >= 1
         # Another address is not held back by the first one's flood.
         assert calls.post(two, "/v1/challenge")[0] == 200
-    import sqlite3
-    conn = sqlite3.connect(reg.state_dir / "registrar.db")
-    assert conn.execute("SELECT count(*) FROM challenges").fetchone() == (4,)
-    conn.close()
+    assert reg.sql("SELECT count(*) FROM challenges") == [(4,)]
 
 
 def test_a_challenge_expires(registrar_factory: Callable[..., RegistrarProcess]) -> None:

@@ -18,11 +18,9 @@ keep the issued key's hash.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 
 from meshcore.clock import SystemClock
-from registrar.store.db import connect
 from registrar.store.tokens import TokenStore
 from tests.fixtures.herd import HerdSpec, run_herd, summarise
 from tests.fixtures.registrar import RegistrarProcess
@@ -39,8 +37,12 @@ def test_kill_9_mid_herd_then_restart_loses_and_duplicates_nothing(
                                 "rate": {"attest": {"per_second": 1e6, "burst": 1_000_000},
                                          "renew": {"per_second": 1e6, "burst": 1_000_000}},
                                 "max_connections_per_address": 10_000}})
-    tokens = [t.reveal() for t in TokenStore(connect(reg.state_dir / "registrar.db"),
-                                             SystemClock()).create_many("herd", 3600, VMS)]
+    conn = reg.db()  # the registrar's own store: SQLite or PostgreSQL
+    try:
+        tokens = [t.reveal() for t in TokenStore(conn, SystemClock()).create_many(
+            "herd", 3600, VMS)]
+    finally:
+        conn.close()
     reg.start()
     killed_at: list[int] = []
 
@@ -64,15 +66,13 @@ def test_kill_9_mid_herd_then_restart_loses_and_duplicates_nothing(
     assert len(serials) == VMS - summary.lost_responses
     assert len(set(serials)) == len(serials)  # one identity per VM, none shared
 
-    with sqlite3.connect(reg.state_dir / "registrar.db") as db:
-        spent = db.execute("SELECT COUNT(*) FROM tokens WHERE used_at IS NOT NULL").fetchone()
-        assert spent == (VMS,)
-        workloads = db.execute(
-            "SELECT subject, state, COALESCE(pending_serial, current_serial) FROM workloads"
-        ).fetchall()
-        token_ids = {row[0] for row in db.execute("SELECT id FROM tokens")}
-        orphans = db.execute("SELECT COUNT(*) FROM certs WHERE workload_id NOT IN "
-                             "(SELECT id FROM workloads)").fetchone()
+    spent = reg.sql("SELECT COUNT(*) FROM tokens WHERE used_at IS NOT NULL")
+    assert [tuple(r) for r in spent] == [(VMS,)]
+    workloads = reg.sql(
+        "SELECT subject, state, COALESCE(pending_serial, current_serial) FROM workloads")
+    token_ids = {row[0] for row in reg.sql("SELECT id FROM tokens")}
+    orphans = reg.sql("SELECT COUNT(*) FROM certs WHERE workload_id NOT IN "
+                      "(SELECT id FROM workloads)")
     # Exactly one workload per token (a token spent twice would make two), all active,
     # and what each holds to renew with is the certificate one VM ended with.
     assert len(workloads) == VMS
@@ -82,4 +82,4 @@ def test_kill_9_mid_herd_then_restart_loses_and_duplicates_nothing(
     assert held >= set(serials)
     # A lost answer is one recorded workload whose certificate no VM holds; no more.
     assert len(held - set(serials)) == summary.lost_responses
-    assert orphans == (0,)
+    assert [tuple(r) for r in orphans] == [(0,)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 from collections.abc import Callable
 
 from tests.fixtures.registrar import RegistrarProcess
@@ -42,13 +41,10 @@ def test_stored_strings_are_escaped_in_cli_output(
         assert calls.post(c, "/v1/attest", json=calls.attest_body(
             reg.create_token("default"), csr_pem(ec_key()), hostname="vm-1"))[0] == 200
     # Rows a registrar without the input check could have stored.
-    conn = sqlite3.connect(reg.state_dir / "registrar.db")
-    conn.execute("UPDATE workloads SET hostname = ?", (ESCAPES,))
-    conn.execute("INSERT INTO mesh_xds_streams (stream_id, node_id, peer, connected_at,"
-                 " updated_at, acked, nacks, last_nack) VALUES ('1', ?, 'ipv4:1.2.3.4', 0, 0,"
-                 " '{}', 1, ?)", (ESCAPES, "type version 1: " + ESCAPES))
-    conn.commit()
-    conn.close()
+    reg.sql("UPDATE workloads SET hostname = ?", (ESCAPES,))
+    reg.sql("INSERT INTO mesh_xds_streams (stream_id, node_id, peer, connected_at,"
+            " updated_at, acked, nacks, last_nack) VALUES ('1', ?, 'ipv4:1.2.3.4', 0, 0,"
+            " '{}', 1, ?)", (ESCAPES, "type version 1: " + ESCAPES))
     for command in (("workloads", "list"), ("xds", "status")):
         out = reg.cli(*command).stdout
         assert not any(char in out for char in RAW), (command, out)

@@ -3,7 +3,7 @@ per-address buckets, and the nested transaction."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,7 +11,7 @@ from registrar.api.logbudget import LogBudget
 from registrar.api.ratelimit import PerAddressLimiter, address_key
 from registrar.config import Rate
 from registrar.display import has_unsafe, printable
-from registrar.store.db import connect, transaction
+from registrar.store.connection import transaction
 from tests.fakes.clock import FakeClock
 
 
@@ -54,8 +54,8 @@ def test_per_address_buckets_group_ipv6_by_64_and_forget_the_oldest() -> None:
     assert limiter.retry_after("10.0.0.1") is None
 
 
-def test_a_nested_transaction_is_a_savepoint_the_outer_one_decides(tmp_path: Path) -> None:
-    conn = connect(tmp_path / "db")
+def test_a_nested_transaction_is_a_savepoint_the_outer_one_decides(store_db: Any) -> None:
+    conn = store_db
     conn.execute("CREATE TABLE t (v INTEGER)")
     with pytest.raises(RuntimeError), transaction(conn, immediate=False):
         conn.execute("INSERT INTO t VALUES (1)")

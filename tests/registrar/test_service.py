@@ -18,7 +18,6 @@ from registrar.ca.bootstrap import init_state
 from registrar.config import build_config
 from registrar.rejections import Rejected
 from registrar.store.challenges import ChallengeStore
-from registrar.store.db import connect
 from registrar.store.inventory import Inventory
 from tests.registrar.csrs import csr_pem, ec_key
 
@@ -44,10 +43,11 @@ class NonceVerifier:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[Service, ChallengeStore, NonceVerifier, Inventory]:
+def setup(tmp_path: Path,
+          store_db: Any) -> tuple[Service, ChallengeStore, NonceVerifier, Inventory]:
     result = init_state(tmp_path / "s", "example.org", ["localhost"])
     config = build_config(result.config_path)
-    conn = connect(config.database)
+    conn = store_db
     clock = SystemClock()
     challenges = ChallengeStore(conn, ttl=60, clock=clock)
     verifier = NonceVerifier()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -57,9 +60,9 @@ def test_token_bucket_refills_at_rate() -> None:
     assert [bucket.take() for _ in range(4)][-1] > 0  # capped at burst
 
 
-def test_token_store_states_and_single_spend(tmp_path: Path) -> None:
+def test_token_store_states_and_single_spend(store_db: Any, tmp_path: Path) -> None:
     clock = FakeClock()
-    store = TokenStore(connect(tmp_path / "db"), clock=clock)
+    store = TokenStore(store_db, clock=clock)
     _, token = store.create("g", ttl=60)
     assert token.reveal() not in repr(token) and len(token.reveal()) >= 43
     row = store.check(token)
@@ -76,13 +79,15 @@ def test_token_store_states_and_single_spend(tmp_path: Path) -> None:
         store.check(Secret("nope"))
     assert invalid.value.reason == "token_invalid"
     # Only the hash is stored.
-    raw = (tmp_path / "db").read_bytes()
+    raw = repr(store_db.execute("SELECT * FROM tokens").fetchall()).encode()
+    if isinstance(store_db, sqlite3.Connection):
+        raw += (tmp_path / "registrar.db").read_bytes()
     assert token.reveal().encode() not in raw and other.reveal().encode() not in raw
 
 
-def test_challenge_is_single_use_and_expires(tmp_path: Path) -> None:
+def test_challenge_is_single_use_and_expires(store_db: Any) -> None:
     clock = FakeClock()
-    store = ChallengeStore(connect(tmp_path / "db"), ttl=10, clock=clock)
+    store = ChallengeStore(store_db, ttl=10, clock=clock)
     nonce, expires = store.issue()
     assert expires == clock.wall + 10 and store.consume(nonce) == nonce
     with pytest.raises(Rejected):
@@ -108,14 +113,14 @@ def test_schema_is_versioned_and_a_newer_database_is_refused(tmp_path: Path) -> 
         connect(tmp_path / "db")
 
 
-def test_first_use_claim_is_atomic_across_connections(tmp_path: Path) -> None:
-    """Two worker processes = two connections; of parallel claims exactly one wins."""
+def test_first_use_claim_is_atomic_across_connections(
+        store_opener: Callable[[], Any]) -> None:
+    """Two worker processes (or replicas) = two connections; of parallel claims
+    exactly one wins."""
     from concurrent.futures import ThreadPoolExecutor
 
     from registrar.store.inventory import Inventory
-    db = tmp_path / "db"
-    connect(db).close()
-    inventories = [Inventory(connect(db), SystemClock()) for _ in range(8)]
+    inventories = [Inventory(store_opener(), SystemClock()) for _ in range(8)]
     with ThreadPoolExecutor(8) as pool:
         wins = list(pool.map(lambda inv: inv.claim_first_use("aws", "aws:1:i-1"), inventories))
     assert wins.count(True) == 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -99,14 +99,14 @@ def _veth(host: object) -> str:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory, root: None,
-         envoy_path: Path) -> Iterator[Mesh]:
+         envoy_path: Path, module_store: dict[str, Any] | None) -> Iterator[Mesh]:
     base = tmp_path_factory.mktemp("xds")
     base.chmod(0o755)
     pair = HostPair("xd")
     app = reporter = None
     nodes: list[Node] = []
     reg = RegistrarProcess(base / "registrar", host=pair.peer.address,
-                           prefix=["ip", "netns", "exec", pair.peer.name],
+                           prefix=["ip", "netns", "exec", pair.peer.name], store=module_store,
                            config={"groups": GROUPS,
                                    "xds": {"listen": f"{pair.peer.address}:{XDS_PORT}",
                                            "health_grace": "3s"}})
@@ -248,11 +248,10 @@ def _nacks(mesh: Mesh) -> int:
 def test_a_nacked_resource_is_reported_once_and_the_rest_keeps_working(mesh: Mesh) -> None:
     before = _nacks(mesh)
     # What a hand edit or an older registrar could leave: a port Envoy refuses.
-    with sqlite3.connect(mesh.reg.state_dir / "registrar.db") as db:
-        db.execute("INSERT INTO mesh_services VALUES ('broken', '[\"broken.shop.mesh\"]',"
-                   " '[{\"name\": \"tcp\", \"number\": 70000, \"protocol\": \"TCP\","
-                   " \"target_port\": 0}]', '{\"app\": \"nothing\"}', '240.240.0.99', '[]',"
-                   " 0, 0)")
+    mesh.reg.sql("INSERT INTO mesh_services VALUES ('broken', '[\"broken.shop.mesh\"]',"
+                 " '[{\"name\": \"tcp\", \"number\": 70000, \"protocol\": \"TCP\","
+                 " \"target_port\": 0}]', '{\"app\": \"nothing\"}', '240.240.0.99', '[]',"
+                 " 0, 0)")
     wait_for(lambda: _nacks(mesh) > before, 3)
     settled = _nacks(mesh)
     time.sleep(2.5)
@@ -328,9 +327,8 @@ def test_agent_api_settings_and_proven_address(mesh: Mesh) -> None:
     # Evidence that proves an address (EC2's privateIp) pins the primary address.
     rows = json.loads(mesh.cli("workloads", "list", "--json").stdout)
     wid = next(r["id"] for r in rows if r["group"] == "frontend")
-    with sqlite3.connect(mesh.reg.state_dir / "registrar.db") as db:
-        db.execute("UPDATE mesh_workload_status SET evidence_addresses = '[\"10.77.0.1\"]'"
-                   " WHERE workload_id = ?", (wid,))
+    mesh.reg.sql("UPDATE mesh_workload_status SET evidence_addresses = '[\"10.77.0.1\"]'"
+                 " WHERE workload_id = ?", (wid,))
     mesh.frontend.report()  # the proven address: accepted
     status, body = mesh.frontend.api("POST", "/v1/workload/status",
                                      json={"addresses": ["10.9.9.9"], "health": "healthy"})

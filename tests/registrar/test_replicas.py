@@ -1,0 +1,146 @@
+"""Replicas: two ``mesh-registrar serve`` processes on one PostgreSQL, sharing the
+CA read-only, each on its own port (as behind a TCP load balancer). Every
+single-use decision is the database's, so it holds across them: a join token
+raced at both is spent once, an EC2 instance's first use is claimed once, and a
+challenge issued by one is redeemed once at the other.
+
+PostgreSQL only: SQLite is one host's file (its workers share it; see
+test_atomic_spend.py and tests/cloud/test_aws_ledger.py for them)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.cloud.test_e2e import evidence_options
+from tests.fakes.cloud_pki import CloudPki
+from tests.fakes.gce_metadata import FakeGce
+from tests.fakes.serve import serving
+from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.registrar import RegistrarProcess
+from tests.registrar import calls
+from tests.registrar.csrs import csr_pem, ec_key
+
+RACE = 50
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> CloudPki:
+    return CloudPki.create(tmp_path_factory.mktemp("cloud-pki"))
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer,
+             pki: CloudPki) -> Iterator[tuple[RegistrarProcess, RegistrarProcess]]:
+    base = tmp_path_factory.mktemp("replicas")
+    with serving(FakeGce(pki).app()) as google:
+        jwks = google + "/oauth2/v3/certs"
+        evidence = {"join_token": {}, **{c: evidence_options(c, pki, jwks)
+                                         for c in ("gce", "aws")}}
+        a = RegistrarProcess(base / "a", groups={"web": ("prod", "web-vm", 600)},
+                             store={"type": "postgres", "dsn": postgres_server.new_database()},
+                             config={"evidence": evidence})
+        (base / "a").mkdir()
+        b = a.replica(base / "b")
+        try:
+            a.start()
+            b.start()
+            assert a.port != b.port and a.state_dir == b.state_dir
+            yield a, b
+        finally:
+            a.kill()
+            b.kill()
+
+
+def _all_at_once(requests: list[Callable[[], tuple[int, Any]]]) -> list[tuple[int, Any]]:
+    """Each request on its own thread and TLS connection, released together."""
+    results: list[tuple[int, Any]] = [(0, None)] * len(requests)
+    gate = threading.Barrier(len(requests))
+
+    def run(i: int) -> None:
+        gate.wait()
+        results[i] = requests[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return results
+
+
+def _post(reg: RegistrarProcess, body: dict[str, Any]) -> Callable[[], tuple[int, Any]]:
+    def send() -> tuple[int, Any]:
+        with calls.client(reg) as c:
+            return calls.post(c, "/v1/attest", json=body)
+    return send
+
+
+def test_a_join_token_raced_at_both_replicas_is_spent_once(
+        replicas: tuple[RegistrarProcess, RegistrarProcess]) -> None:
+    """The same token sent 50 times at once, half to each replica: one certificate."""
+    a, b = replicas
+    rounds = 3
+    for _ in range(rounds):
+        token = a.create_token("web")
+        body = calls.attest_body(token, csr_pem(ec_key()), hostname="vm")
+        results = _all_at_once([_post(a if i % 2 else b, body) for i in range(RACE)])
+        statuses = [status for status, _ in results]
+        assert statuses.count(200) == 1, results
+        assert {r["reason"] for s, r in results if s != 200} == {"token_spent"}, results
+    rows = json.loads(b.cli("workloads", "list", "--json").stdout)
+    assert len([r for r in rows if r["evidence_type"] == "join_token"]) == rounds
+    tokens = json.loads(b.cli("token", "list", "--json").stdout)
+    assert [t["state"] for t in tokens] == ["spent"] * rounds
+
+
+def test_an_ec2_first_use_raced_at_both_replicas_is_claimed_once(
+        replicas: tuple[RegistrarProcess, RegistrarProcess], pki: CloudPki) -> None:
+    a, b = replicas
+    for i in range(10):
+        doc = pki.aws_document(instance_id=f"i-0{i:015x}")
+        body = {"evidence": {"type": "aws", "document": base64.b64encode(doc).decode(),
+                             "pkcs7": pki.aws_pkcs7(doc)}, "csr": csr_pem(ec_key())}
+        results = _all_at_once([_post(a, body), _post(b, body)] * 2)
+        assert sorted(status for status, _ in results) == [200, 403, 403, 403], results
+        assert {r["reason"] for s, r in results if s == 403} == {"instance_already_attested"}
+    rows = json.loads(a.cli("workloads", "list", "--json").stdout)
+    aws = [r for r in rows if r["evidence_type"] == "aws"]
+    assert len(aws) == 10 and all(r["state"] == "active" for r in aws)
+
+
+def test_a_challenge_from_one_replica_is_redeemed_once_at_the_other(
+        replicas: tuple[RegistrarProcess, RegistrarProcess], pki: CloudPki) -> None:
+    a, b = replicas
+    with calls.client(a) as ca, calls.client(b) as cb:
+        status, body = calls.post(ca, "/v1/challenge", json={})
+        assert status == 200, body
+        nonce = body["nonce"]
+        evidence = {"type": "gce", "token": pki.gce_token(nonce)}
+        attest = {"evidence": evidence, "csr": csr_pem(ec_key()), "challenge": nonce}
+        status, body = calls.post(cb, "/v1/attest", json=attest)
+        assert status == 200, body
+        for c in (cb, ca):  # spent for both
+            status, body = calls.post(c, "/v1/attest", json=dict(attest, csr=csr_pem(ec_key())))
+            assert (status, body["reason"]) == (401, "challenge_invalid")
+        # The token itself is remembered by both: with a fresh challenge from B it is a
+        # replay (its audience names the spent challenge, so it fails that check first).
+        status, body = calls.post(cb, "/v1/challenge", json={})
+        fresh = body["nonce"]
+        status, body = calls.post(ca, "/v1/attest", json=dict(attest, challenge=fresh))
+        assert status == 401 and body["reason"] in ("evidence_audience_invalid",
+                                                    "evidence_replayed"), body
+
+
+def test_both_replicas_say_which_store_they_use(
+        replicas: tuple[RegistrarProcess, RegistrarProcess]) -> None:
+    for reg in replicas:
+        with calls.client(reg) as c:
+            assert calls.get(c, "/healthz") == (200, {"status": "ok", "store": "postgres"})
+            assert calls.get(c, "/ready") == (200, {"status": "ready", "store": "postgres"})
+        assert "store: postgres schema" in reg.log_text()
