@@ -131,7 +131,10 @@ class Demo:
         hub = self.ns["hub"]
         run("ip", "netns", "add", hub)
         run("ip", "-n", hub, "link", "set", "lo", "up")
-        run("ip", "-n", hub, "link", "add", "br0", "type", "bridge")
+        # A fixed address: a bridge otherwise takes its lowest port's MAC, which changes
+        # as hosts are added, leaving stale ARP entries on those attached before.
+        run("ip", "-n", hub, "link", "add", "br0", "address", "02:00:0a:4e:00:01",
+            "type", "bridge")
         run("ip", "-n", hub, "addr", "add", f"{HUB_ADDR}/24", "dev", "br0")
         run("ip", "-n", hub, "link", "set", "br0", "up")
         for index, (name, addr) in enumerate(VMS.items()):

@@ -75,7 +75,11 @@ class Hub:
     def create(self) -> None:
         sh("ip", "netns", "add", self.ns)
         sh("ip", "-n", self.ns, "link", "set", "lo", "up")
-        sh("ip", "-n", self.ns, "link", "add", "br0", "type", "bridge")
+        # A fixed (locally administered) address: left to itself the bridge takes its
+        # lowest port's MAC and changes it as VMs are added and removed, and VMs whose
+        # ARP cache holds the old one lose the hub until the entry is probed again.
+        sh("ip", "-n", self.ns, "link", "add", "br0", "address", "02:00:0a:4f:00:01",
+           "type", "bridge")
         sh("ip", "-n", self.ns, "addr", "add", f"{HUB_IP}/24", "dev", "br0")
         sh("ip", "-n", self.ns, "link", "set", "br0", "up")
 

@@ -29,6 +29,7 @@ ISTIOD_IP = f"{SUBNET}.1"
 # capture redirects queries for it to pilot-agent's DNS proxy.
 UPSTREAM_DNS = f"{SUBNET}.53"
 _counter = itertools.count()
+BRIDGE_MAC = "02:00:0a:58:00:01"  # locally administered; only seen inside the namespaces
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -119,7 +120,11 @@ class MeshNetwork:
             sh("ip", "netns", "add", self.istiod_ns)
             ns = ["ip", "-n", self.istiod_ns]
             sh(*ns, "link", "set", "lo", "up")
-            sh(*ns, "link", "add", "br0", "type", "bridge")
+            # A fixed address: a bridge left to choose takes its lowest port's MAC and
+            # changes it as VMs come and go (a deleted namespace's veth goes away
+            # later, asynchronously); VMs that cached the old one in ARP then lose
+            # istiod for ~40 s, until their neighbour entry is probed again.
+            sh(*ns, "link", "add", "br0", "address", BRIDGE_MAC, "type", "bridge")
             sh(*ns, "addr", "add", f"{ISTIOD_IP}/24", "dev", "br0")
             sh(*ns, "link", "set", "br0", "up")
         except BaseException:
