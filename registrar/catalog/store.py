@@ -147,8 +147,15 @@ def change_counter(conn: Connection) -> int:
     return int(conn.execute("SELECT counter FROM mesh_changes").fetchone()[0])
 
 
-def load_catalog(conn: Connection, config: RegistrarConfig, now: float) -> Catalog:
-    """The whole catalog as of ``now`` (health evaluated against the grace period)."""
+def load_catalog(conn: Connection, config: RegistrarConfig, now: float, *,
+                 counted_from: float = 0.0) -> Catalog:
+    """The whole catalog as of ``now`` (health evaluated against the grace period).
+
+    ``counted_from``: silence is counted from this time at the earliest. The xDS
+    server passes its own start: while no registrar ran, no VM could report, so a
+    restart that took longer than the grace period must not turn every endpoint
+    stale (and empty every cluster) until each VM's next report. Each VM that had
+    reported gets one grace period from the start to report again."""
     groups: Mapping[str, WorkloadGroup] = {n: group_model(g) for n, g in config.groups.items()}
     rows = conn.execute(
         "SELECT w.id, w.spiffe_id, w.group_name, w.hostname, w.addresses, w.state,"
@@ -162,7 +169,8 @@ def load_catalog(conn: Connection, config: RegistrarConfig, now: float) -> Catal
             continue  # its group was removed or changed: it must attest again
         # reported_at 0 is the placeholder row attestation writes for evidence addresses.
         last = float(at) if at else 0.0
-        status, reason = effective_health(health if last else None, last, now,
+        status, reason = effective_health(health if last else None,
+                                          max(last, counted_from) if last else 0.0, now,
                                           config.mesh.health_grace, state)
         addresses = tuple(json.loads(reported)) if last else ()
         workloads.append(WorkloadEntry(

@@ -37,9 +37,10 @@ MAX_IDLE = 30.0
 STALE_SLACK = 0.05
 
 
-def next_stale(catalog: Catalog, grace: float) -> float | None:
-    """Wall-clock time at which the earliest reporting workload goes stale, if any."""
-    deadlines = [w.last_seen + grace for w in catalog.workloads
+def next_stale(catalog: Catalog, grace: float, counted_from: float = 0.0) -> float | None:
+    """Wall-clock time at which the earliest reporting workload goes stale, if any
+    (silence counted from ``counted_from`` at the earliest, as ``load`` counts it)."""
+    deadlines = [max(w.last_seen, counted_from) + grace for w in catalog.workloads
                  if w.health_reason == "reported" and w.last_seen]
     return min(deadlines) if deadlines else None
 
@@ -51,10 +52,12 @@ class Watcher(Protocol):
 class Hub:
     def __init__(self, load: Callable[[], Catalog], changes: Callable[[], int], *,
                  clock: Clock, quiet: float, max_delay: float, poll: float,
-                 grace: float | None = None) -> None:
-        """``grace``: the health grace period ``load`` applies (None: no staleness)."""
+                 grace: float | None = None, counted_from: float = 0.0) -> None:
+        """``grace``: the health grace period ``load`` applies (None: no staleness);
+        ``counted_from``: the time ``load`` counts silence from at the earliest."""
         self._load = load
         self._grace = grace
+        self._counted_from = counted_from
         self._changes = changes
         self._clock = clock
         self._quiet, self._max, self._poll = quiet, max_delay, poll
@@ -104,7 +107,8 @@ class Hub:
     def _next_read(self, now: float) -> float:
         """Monotonic time of the next re-read that no write asks for."""
         wait = MAX_IDLE
-        stale = next_stale(self.catalog, self._grace) if self._grace is not None else None
+        stale = (next_stale(self.catalog, self._grace, self._counted_from)
+                 if self._grace is not None else None)
         if stale is not None:
             wait = min(wait, max(0.0, stale - self._clock.now().timestamp()) + STALE_SLACK)
         return now + wait

@@ -55,9 +55,13 @@ async def serve_xds(config: RegistrarConfig, *, watch_parent: bool) -> None:
     mesh = config.mesh
     status = XdsStatus(conn, replica=f"{socket.gethostname()}:{mesh.xds_port}")
     status.reset()
-    hub = Hub(lambda: load_catalog(conn, config, time.time()), lambda: change_counter(conn),
-              clock=SystemClock(), quiet=mesh.debounce_quiet, max_delay=mesh.debounce_max,
-              poll=mesh.poll_interval, grace=mesh.health_grace)
+    # Silence is counted from this process's start at the earliest: VMs could not
+    # report while no registrar ran (see load_catalog).
+    started = time.time()
+    hub = Hub(lambda: load_catalog(conn, config, time.time(), counted_from=started),
+              lambda: change_counter(conn), clock=SystemClock(), quiet=mesh.debounce_quiet,
+              max_delay=mesh.debounce_max, poll=mesh.poll_interval, grace=mesh.health_grace,
+              counted_from=started)
     credentials = rotating_credentials(*xds_pems(config))
     host = f"[{mesh.xds_host}]" if ":" in (mesh.xds_host or "") else mesh.xds_host
     clock = SystemClock()

@@ -22,6 +22,7 @@ from registrar.catalog.store import (
 from registrar.config import build_config
 from registrar.store.connection import INTEGRITY_ERRORS, Connection
 from registrar.store.inventory import Inventory
+from registrar.xds.hub import next_stale
 
 BASE = {"trust_domain": "example.org", "state_dir": "/tmp/x", "groups": [
     {"name": "orders", "namespace": "shop", "service_account": "orders",
@@ -133,3 +134,36 @@ def test_catalog_changes_bump_the_counter_and_renewals_do_not(
     assert change_counter(conn) > counted
     entry = load_catalog(conn, config, now=1005.0).workloads[0]
     assert (entry.health, entry.health_reason) == ("unhealthy", "evicted")
+
+
+def test_silence_is_counted_from_the_xds_servers_start(
+        tmp_path: Path, store_db: Connection) -> None:
+    """A registrar that was down longer than the grace period (10 s here) must not
+    empty every cluster at its restart: VMs could not report to it meanwhile. Each
+    VM that had reported gets one grace period from the start (``counted_from``)."""
+    config = _config(tmp_path, BASE)
+    inventory = Inventory(store_db, SystemClock())
+    w = inventory.record_attestation(evidence_type="join_token", subject="t1",
+                                     spiffe_id=config.groups["orders"].spiffe_id,
+                                     group="orders", hostname="vm", addresses=["10.0.0.2"],
+                                     serial="01", not_after=2e9)
+    StatusStore(store_db).report(w.id, ["10.0.0.2"], "healthy", now=1000.0)
+    # Down from 1001 to 1060; the xDS server starts at 1060.
+    assert load_catalog(store_db, config, now=1061.0).workloads[0].health_reason == "stale"
+    entry = load_catalog(store_db, config, now=1061.0, counted_from=1060.0).workloads[0]
+    assert (entry.health, entry.health_reason, entry.last_seen) == (
+        "healthy", "reported", 1000.0)
+    # ...and the hub re-reads when that grace period ends, when the VM goes stale
+    # if it still has not reported.
+    catalog = load_catalog(store_db, config, now=1061.0, counted_from=1060.0)
+    assert next_stale(catalog, 10.0, 1060.0) == 1070.0
+    later = load_catalog(store_db, config, now=1070.5, counted_from=1060.0).workloads[0]
+    assert (later.health, later.health_reason) == ("unhealthy", "stale")
+    # A VM that never reported is not made healthy by a restart.
+    w2 = inventory.record_attestation(evidence_type="join_token", subject="t2",
+                                      spiffe_id=config.groups["orders"].spiffe_id,
+                                      group="orders", hostname="vm2", addresses=["10.0.0.3"],
+                                      serial="02", not_after=2e9)
+    fresh = {e.id: e for e in load_catalog(store_db, config, now=1061.0,
+                                           counted_from=1060.0).workloads}[w2.id]
+    assert fresh.health_reason == "never_reported"
