@@ -1,11 +1,12 @@
 """The registrar side of the request benchmarks (oidc_tokens.py, istio_ca.py,
-registrar_renew.py, xds_push.py): a real ``mesh-registrar`` with a ``bench`` group
-and join tokens, workload identities (key and certificate files) enrolled through
-its API or issued straight from its CA, and client phases timed in a separate
-process beside the server's CPU; for the benchmarks that print a figure beside the
-bootstrap figure of the same run, that whole run (``beside_bootstrap``).
+registrar_renew.py, xds_push.py; side_by_side.py takes its join tokens): a real
+``mesh-registrar`` with a ``bench`` group and join tokens, workload identities (key
+and certificate files) enrolled through its API or issued straight from its CA, and
+client phases timed in a separate process beside the server's CPU; for the
+benchmarks that print a figure beside the bootstrap figure of the same run, that
+whole run (``beside_bootstrap``).
 
-Imported by those scripts (their folder is on ``sys.path``), never run itself.
+Imported by those scripts, never run itself.
 """
 
 from __future__ import annotations
@@ -67,6 +68,13 @@ class Fleet:
     spare_tokens: list[str]
 
 
+def join_tokens(reg: RegistrarProcess, count: int) -> list[str]:
+    """``count`` join tokens for the ``bench`` group, valid 1 h, made in the store of
+    an initialised registrar."""
+    store = TokenStore(connect(reg.state_dir / "registrar.db"), SystemClock())
+    return [t.reveal() for t in store.create_many("bench", 3600, count)]
+
+
 def start_fleet(base: Path, *, port: int, workers: int, config: dict[str, Any],
                 bootstraps: int, spare: int) -> Fleet:
     """Start ``mesh-registrar serve`` with a ``bench`` group after making
@@ -75,8 +83,7 @@ def start_fleet(base: Path, *, port: int, workers: int, config: dict[str, Any],
     reg = RegistrarProcess(base, groups={"bench": ("bench", "vm", 3600)}, port=port,
                            workers=workers, config=config)
     reg.init()
-    store = TokenStore(connect(reg.state_dir / "registrar.db"), SystemClock())
-    tokens = [t.reveal() for t in store.create_many("bench", 3600, bootstraps + spare)]
+    tokens = join_tokens(reg, bootstraps + spare)
     with mp.Pool(os.cpu_count()) as pool:
         csrs = pool.map(make_csr, range(bootstraps), chunksize=250)
     payloads = [request_bytes("127.0.0.1", t, c) for t, c in zip(tokens, csrs, strict=False)]
