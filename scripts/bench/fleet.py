@@ -93,12 +93,12 @@ def start_fleet(base: Path, *, port: int, workers: int, config: dict[str, Any],
 
 def write_identity(out: Path, name: str, key: ec.EllipticCurvePrivateKey,
                    chain_pem: str) -> tuple[Path, Path]:
-    """``out/name.pem`` (the chain) and ``out/name.key`` (PKCS#8)."""
+    """``out/name.pem`` (the chain) and ``out/name.key`` (PKCS#8, mode 0600)."""
     chain, key_file = out / f"{name}.pem", out / f"{name}.key"
     chain.write_text(chain_pem)
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    with os.fdopen(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
     return chain, key_file
 
 
