@@ -43,7 +43,9 @@ sys.path.insert(0, str(REPO))
 
 from tests.fixtures.istiod import Istiod, running_istiod  # noqa: E402
 from tests.istio.mesh_agent import MeshAgentVm  # noqa: E402
+from tests.istio.network import VmNamespace  # noqa: E402
 from tests.istio.pilot_agent import PilotAgentVm  # noqa: E402
+from tests.istio.vmfiles import VmFiles  # noqa: E402
 
 POLL = 0.01
 NS = "vm-bench"
@@ -77,12 +79,18 @@ def until(ready: Callable[[], bool], alive: Callable[[], bool], what: str,
         time.sleep(POLL)
 
 
+def new_vm(istiod: Istiod, label: str) -> tuple[VmNamespace, VmFiles]:
+    """A fresh VM namespace with istioctl's five files and a fresh istio-token (so the
+    agent's first certificate is a token CSR to istiod)."""
+    vm = istiod.network.add_vm(label)
+    return vm, istiod.vm_files(label, NS, "bench-sa", vm.ip,
+                               token=istiod.mint_token(NS, "bench-sa"))
+
+
 def start_mesh_agent(istiod: Istiod, base: Path, run: int,
                      running: list[MeshAgentVm | PilotAgentVm]) -> tuple[MeshAgentVm, float]:
     label = f"bm{run}"
-    vm = istiod.network.add_vm(label)
-    files = istiod.vm_files(label, NS, "bench-sa", vm.ip,
-                            token=istiod.mint_token(NS, "bench-sa"))
+    vm, files = new_vm(istiod, label)
     (base / label).mkdir(mode=0o755)
     agent = MeshAgentVm(istiod, vm, base / label, files, capture=True)
     running.append(agent)
@@ -100,9 +108,7 @@ def start_mesh_agent(istiod: Istiod, base: Path, run: int,
 def start_pilot_agent(istiod: Istiod, base: Path, run: int,
                       running: list[MeshAgentVm | PilotAgentVm]) -> tuple[PilotAgentVm, float]:
     label = f"bp{run}"
-    vm = istiod.network.add_vm(label)
-    files = istiod.vm_files(label, NS, "bench-sa", vm.ip,
-                            token=istiod.mint_token(NS, "bench-sa"))
+    vm, files = new_vm(istiod, label)
     agent = PilotAgentVm(istiod, vm, files, base / label, name=f"{label}-vm")
     running.append(agent)
     agent.install()

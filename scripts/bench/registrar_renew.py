@@ -17,9 +17,7 @@ import json
 import multiprocessing as mp
 import os
 import resource
-import secrets
 import ssl
-import statistics
 import sys
 import tempfile
 import time
@@ -27,44 +25,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import psutil  # noqa: E402
 import uvloop  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-
-from registrar.ca.authority import load_authority  # noqa: E402
-from registrar.config import build_config  # noqa: E402
-from registrar.store.db import connect  # noqa: E402
-from registrar.store.inventory import Inventory  # noqa: E402
-from tests.fixtures.registrar import RegistrarProcess  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
+from fleet import ServerCpu, issue, quantiles_ms, run_phase  # noqa: E402
 from registrar_bootstrap import make_csr  # noqa: E402
 
-from meshcore.clock import SystemClock  # noqa: E402
-
-
-def enrol(reg: RegistrarProcess, count: int, out: Path) -> list[tuple[Path, Path]]:
-    config = build_config(reg.config_path)
-    authority = load_authority(config.ca)
-    inventory = Inventory(connect(config.database), SystemClock())
-    group = config.groups["bench"]
-    files = []
-    for i in range(count):
-        key = ec.generate_private_key(ec.SECP256R1())
-        issued = authority.issue(key.public_key(), group.spiffe_id, group.cert_ttl)
-        inventory.record_attestation(
-            evidence_type="join_token", subject=secrets.token_hex(8), spiffe_id=group.spiffe_id,
-            group=group.name, hostname=f"vm-{i}", addresses=[], serial=issued.serial_hex,
-            not_after=issued.not_after.timestamp())
-        chain, key_file = out / f"{i}.pem", out / f"{i}.key"
-        chain.write_text(issued.chain_pem)
-        key_file.write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
-        files.append((chain, key_file))
-    return files
+from tests.fixtures.registrar import RegistrarProcess  # noqa: E402
 
 
 def client_proc(port: int, ca: str, jobs: list[tuple[str, str, str]], concurrency: int,
@@ -127,36 +94,28 @@ def main() -> int:
                            config={"limits": {"rate": {"renew": {"per_second": 5000,
                                                                  "burst": 5000}}}})
     reg.init()
-    files = enrol(reg, args.total, base)
+    files = issue(reg.config_path, args.total, base)
     jobs = [(str(c), str(k), make_csr(i)) for i, (c, k) in enumerate(files)]
     reg.start()
-    server = psutil.Process(reg.pid)
-
-    def server_cpu() -> float:
-        return sum(sum(p.cpu_times()[:2]) for p in [server, *server.children(recursive=True)])
-
-    before = server_cpu()
+    server_cpu = ServerCpu(reg.pid)
     try:
-        queue: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-        start_at = time.time() + 5.0  # per-agent TLS contexts are built before this
-        proc = mp.Process(target=client_proc, args=(reg.port, str(reg.ca_file), jobs,
-                                                    args.concurrency, start_at, queue))
-        proc.start()
-        result = queue.get()
-        proc.join()
-        wall = float(result["wall"])  # type: ignore[arg-type]
-        cpu_server = server_cpu() - before
+        # Per-agent TLS contexts are built in the lead time, before the clock starts.
+        phase = run_phase(client_proc, (reg.port, str(reg.ca_file), jobs, args.concurrency),
+                          server_cpu, lead=5.0)
     finally:
         reg.stop()
-    latencies = sorted(result["latencies"])  # type: ignore[arg-type]
-    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    result = phase.result
+    wall = float(result["wall"])
+    latencies = sorted(result["latencies"])
+    p50, p99 = quantiles_ms(latencies)
     n = max(1, len(latencies))
     print(f"registrar renew: {len(latencies)}/{args.total} ok over new mTLS connections, "
           f"{args.concurrency} concurrent, {args.workers} worker(s), {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.2f}")
     print(f"  wall {wall:.2f}s  ->  {len(latencies) / wall:.0f} renewals/s")
-    print(f"  latency p50 {q[49] * 1000:.1f} ms  p99 {q[98] * 1000:.1f} ms")
-    print(f"  server CPU per renewal {cpu_server / n * 1000:.2f} ms; errors {result['errors']}")
+    print(f"  latency p50 {p50:.1f} ms  p99 {p99:.1f} ms")
+    print(f"  server CPU per renewal {phase.server_cpu / n * 1000:.2f} ms; "
+          f"errors {result['errors']}")
     return 0 if len(latencies) == args.total else 1
 
 

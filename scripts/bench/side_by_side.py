@@ -314,9 +314,7 @@ def registrar_round_trip(netns: str, reg: RegistrarProcess) -> float:
 # -- control planes ------------------------------------------------------------------
 def registrar_throughput(base: Path, load_client: Path, total: int, concurrency: int
                          ) -> dict[str, float]:
-    from meshcore.clock import SystemClock
-    from registrar.store.db import connect
-    from registrar.store.tokens import TokenStore
+    from scripts.bench.fleet import join_tokens
 
     # As packaged (2 workers), plus only what one client address needs: the attest
     # token bucket and the per-address connection cap raised (a fleet's VMs each
@@ -326,10 +324,8 @@ def registrar_throughput(base: Path, load_client: Path, total: int, concurrency:
                                "rate": {"attest": {"per_second": 5000.0, "burst": 5000}},
                                "max_connections_per_address": 1000}})
     reg.init()
-    tokens = TokenStore(connect(reg.state_dir / "registrar.db"), SystemClock()).create_many(
-        "bench", 3600, total)
     token_file = base / "tokens.txt"
-    token_file.write_text("\n".join(t.reveal() for t in tokens))
+    token_file.write_text("\n".join(join_tokens(reg, total)))
     reg.start()
     try:
         assert reg.pid is not None

@@ -30,46 +30,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from fleet import issue  # noqa: E402
 
-from meshcore.clock import SystemClock  # noqa: E402
-from registrar.ca.authority import load_authority  # noqa: E402
 from registrar.catalog.model import Service, ServicePort  # noqa: E402
 from registrar.catalog.store import ServiceStore  # noqa: E402
-from registrar.config import build_config  # noqa: E402
 from registrar.store.db import connect  # noqa: E402
-from registrar.store.inventory import Inventory  # noqa: E402
 from tests.fixtures.registrar import Group, RegistrarProcess, free_port  # noqa: E402
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
-
-
-def issue(config_path: Path, count: int, out: Path) -> list[tuple[Path, Path]]:
-    config = build_config(config_path)
-    authority = load_authority(config.ca)
-    inventory = Inventory(connect(config.database), SystemClock())
-    group = config.groups["bench"]
-    pairs = []
-    for i in range(count):
-        key = ec.generate_private_key(ec.SECP256R1())
-        issued = authority.issue(key.public_key(), group.spiffe_id, 3600)
-        inventory.record_attestation(evidence_type="join_token", subject=f"bench-{i}",
-                                     spiffe_id=group.spiffe_id, group="bench",
-                                     hostname=f"vm{i}", addresses=[f"10.1.{i // 250}.{i % 250}"],
-                                     serial=issued.serial_hex,
-                                     not_after=issued.not_after.timestamp())
-        cert, key_file = out / f"{i}.pem", out / f"{i}.key"
-        cert.write_text(issued.chain_pem)
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        pairs.append((cert, key_file))
-    return pairs
 
 
 def client_proc(target: str, ca: str, node_id: str, pairs: list[tuple[Path, Path]],
@@ -181,7 +154,8 @@ def main() -> int:
     certs = base / "certs"
     certs.mkdir()
     t0 = time.perf_counter()
-    pairs = issue(reg.config_path, args.nodes + 1, certs)
+    pairs = issue(reg.config_path, args.nodes + 1, certs,
+                  addresses=lambda i: [f"10.1.{i // 250}.{i % 250}"])
     print(f"issued {len(pairs)} workload certificates in {time.perf_counter() - t0:.1f} s")
     ServiceStore(connect(reg.state_dir / "registrar.db"), "240.240.0.0/16").put(
         Service(name="seed", hosts=("seed.bench.mesh",), ports=(ServicePort("http", 80),),
