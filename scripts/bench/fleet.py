@@ -16,6 +16,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import shutil
 import ssl
 import statistics
 import sys
@@ -272,6 +273,8 @@ def report(run: Run, args: argparse.Namespace, *, names: tuple[str, str], key: s
             print(f"    first error: {res['first_error']!r}")
     print(f"  load average before/after: {run.load_before:.2f} / {os.getloadavg()[0]:.2f}")
     log = run.reg.log_text()
+    # The run's directory holds private keys and the CA: gone once its log was read.
+    shutil.rmtree(run.reg.base_dir, ignore_errors=True)
     print(f"  a JWT in the registrar's log: {'YES (bug)' if 'eyJ' in log else 'no'}")
     print(json.dumps({"bootstrap_per_s": round(len(boot.result["latencies"]) / boot.wall),
                       key: round(len(other.result["latencies"]) / other.wall)}))

@@ -17,6 +17,7 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import shutil
 import ssl
 import sys
 import tempfile
@@ -104,6 +105,7 @@ def main() -> int:
                           server_cpu, lead=5.0)
     finally:
         reg.stop()
+        shutil.rmtree(base, ignore_errors=True)  # private keys and the CA
     result = phase.result
     wall = float(result["wall"])
     latencies = sorted(result["latencies"])
