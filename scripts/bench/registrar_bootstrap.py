@@ -403,6 +403,7 @@ def run_python(target: Target, total: int, concurrency: int, procs: int) -> Resu
         raise SystemExit("--client python speaks the registrar's API only; SPIRE needs "
                          "--client go")
     tokens = target.tokens_file.read_text().split()[:total]
+    procs = max(procs, len(target.urls))  # every replica gets clients (round-robin)
     with mp.Pool(os.cpu_count()) as pool:
         csrs = pool.map(make_csr, range(total), chunksize=250)
     payloads = [request_bytes("127.0.0.1", t, c) for t, c in zip(tokens, csrs, strict=True)]
