@@ -59,7 +59,8 @@ def test_a_change_through_replica_a_reaches_a_client_of_replica_b(
     watches = {"b": EdsWatch("B", b, frontend), "a": EdsWatch("A", a, frontend)}
     try:
         for watch in watches.values():
-            watch.wait([], since=0, timeout=WAIT)  # subscribed: no endpoint yet
+            # Subscribed (a process that imports grpc first): no endpoint yet.
+            watch.wait([], since=0, timeout=60)
 
         def through_a(what: str, change: Callable[[], object], endpoints: list[str]) -> None:
             since = time.time()
