@@ -44,10 +44,10 @@ def pair(tmp_path: Path, postgres_server: PostgresServer,
         a, b = start_pair(tmp_path, postgres_server.new_database())
         yield a, b
     finally:
-        for reg in (a, b):
+        for name, reg in (("A", a), ("B", b)):
             if reg is not None:
                 reg.kill()
-                print(f"--- {reg.config_path.parent.name} log (tail)\n{reg.log_text()[-3000:]}")
+                print(f"--- replica {name} log (tail)\n{reg.log_text()[-3000:]}")
 
 
 def test_a_change_through_replica_a_reaches_a_client_of_replica_b(
