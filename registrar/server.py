@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from registrar.api.app import METRICS, Api, peer_certificate
 from registrar.api.connections import ConnectionGate, file_limit, usable_connections
 from registrar.api.faults import FaultLog
 from registrar.api.logbudget import LogBudget
-from registrar.api.metrics import SHARED_FILE, Metrics, prepare_shared
+from registrar.api.metrics import Metrics, make_shared
 from registrar.api.protocol import listen, runner_options
 from registrar.api.ratelimit import RateLimiter
 from registrar.api.service import Service
@@ -90,12 +91,13 @@ def describe(config: RegistrarConfig, conn: Connection) -> str:
     return f"postgres schema {SCHEMA_VERSION} (shared by every replica)"
 
 
-def _metrics_dir(config: RegistrarConfig) -> Path:
-    return config.state_dir / "metrics"
+# The workers' shared counters (several workers only): made by ``serve`` in the
+# supervisor before it forks, so every worker inherits the same path.
+_shared_counts: Path | None = None
 
 
 def _shared_metrics(config: RegistrarConfig) -> Path | None:
-    return _metrics_dir(config) / SHARED_FILE if config.workers > 1 else None
+    return _shared_counts if config.workers > 1 else None
 
 
 async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
@@ -190,22 +192,26 @@ def serve(config: RegistrarConfig) -> int:
                     os.kill(xds, signal.SIGTERM)
                 os.waitpid(xds, 0)
         return 0
-    prepare_shared(_metrics_dir(config))
-    children: list[int] = [] if xds is None else [xds]
-    for _ in range(config.workers):
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                _run(config, reuse_port=True)
-            except BaseException:
-                log.exception("worker failed")
-                code = 1
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children.append(pid)
-    return _supervise(children)
+    global _shared_counts  # noqa: PLW0603 - set once before fork, read by the workers
+    _shared_counts = make_shared()
+    try:
+        children: list[int] = [] if xds is None else [xds]
+        for _ in range(config.workers):
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    _run(config, reuse_port=True)
+                except BaseException:
+                    log.exception("worker failed")
+                    code = 1
+                finally:
+                    logging.shutdown()
+                    os._exit(code)
+            children.append(pid)
+        return _supervise(children)
+    finally:
+        shutil.rmtree(_shared_counts.parent, ignore_errors=True)
 
 
 def _fork_xds(config: RegistrarConfig) -> int:

@@ -1,9 +1,12 @@
 """Prometheus metrics of the registrar, in their own registry (no globals).
 
 Decisions are counted in a small SQLite table. With one worker it lives in
-memory; with several, every worker adds to one file, ``metrics/counts.db`` in
-the state directory (``prepare_shared`` empties it in the supervisor before the
-workers fork), so any worker's ``/metrics`` gives the sums over all of them.
+memory; with several, every worker adds to one file, ``counts.db`` in a
+directory the supervisor makes for itself before the workers fork
+(``make_shared``: under the runtime directory systemd gives the service, else
+the temporary directory; removed at exit), so any worker's ``/metrics`` gives
+the sums over all of them. Not in the state directory: that may be a read-only
+mount shared by replicas, which must not reset each other's counters.
 Only prometheus-client's public collector API is used: a scrape reads the
 table and yields metric families. Tokens outstanding is read from the
 inventory at scrape time, so it is right in both modes.
@@ -13,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,12 +55,23 @@ CREATE TABLE IF NOT EXISTS latency (
 
 
 def prepare_shared(directory: Path) -> Path:
-    """Call once in the supervisor, before forking workers: an empty shared table."""
+    """An empty shared table in ``directory`` (made 0700; emptied if it exists)."""
     shutil.rmtree(directory, ignore_errors=True)  # counters restart with the server
     directory.mkdir(parents=True, mode=0o700)
     path = directory / SHARED_FILE
     _open(path).close()
     return path
+
+
+def make_shared() -> Path:
+    """Call once in the supervisor, before forking workers: an empty shared table in
+    a new directory of its own, under ``$RUNTIME_DIRECTORY`` (systemd's
+    RuntimeDirectory=, emptied when the service stops) or the temporary directory.
+    The caller removes ``path.parent`` at exit."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    base = runtime if runtime and os.path.isdir(runtime) else None
+    directory = Path(tempfile.mkdtemp(prefix="metrics-", dir=base))
+    return prepare_shared(directory)
 
 
 def _open(path: Path | None) -> sqlite3.Connection:

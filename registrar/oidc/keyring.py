@@ -134,7 +134,11 @@ def _new_key(key_dir: Path, now: float) -> KeyEntry:
 
 
 def ensure(key_dir: Path, now: float) -> bool:
-    """Create the first signing key if there is none; True if one was made."""
+    """Create the first signing key if there is none; True if one was made. With a
+    key present it only reads (no lock file, no chmod): replicas may share the state
+    directory as a read-only mount."""
+    if key_dir.is_dir() and _read_entries(key_dir):
+        return False
     with _locked(key_dir):
         if _read_entries(key_dir):
             return False

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,3 +147,60 @@ def test_both_replicas_say_which_store_they_use(
             assert calls.get(c, "/healthz") == (200, {"status": "ok", "store": "postgres"})
             assert calls.get(c, "/ready") == (200, {"status": "ready", "store": "postgres"})
         assert "store: postgres schema" in reg.log_text()
+
+
+def test_replicas_with_workers_serve_from_a_read_only_state_directory(
+        tmp_path: Path, postgres_server: PostgresServer) -> None:
+    """The state directory may be one read-only mount shared by every replica: a
+    replica with 2 workers (their shared /metrics counters) and the OIDC issuer
+    starts and serves with it mounted read only in its own mount namespace, and
+    neither replica's start writes into it (once the first replica made the OIDC
+    key). Both used to write there: ``metrics/`` was emptied and recreated by
+    every start (replicas reset each other's counters), and the OIDC key check
+    took a lock file."""
+    a = RegistrarProcess(tmp_path / "a", groups={"web": ("prod", "web-vm", 600)},
+                         store={"type": "postgres", "dsn": postgres_server.new_database()},
+                         workers=2, config={"oidc": {"issuer": "https://127.0.0.1:1"}})
+    (tmp_path / "a").mkdir()
+    a.start()
+    try:
+        state = a.state_dir
+        before = sorted(str(p.relative_to(state)) for p in state.rglob("*"))
+        # Its own mount namespace: the bind mount is seen by this replica only.
+        ro = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+              'mount --bind -o ro "$0" "$0" && exec "$@"', str(state)]
+        b = a.replica(tmp_path / "b")
+        b.prefix = ro
+        b.start(timeout=60)
+        try:
+            for reg in (a, b):
+                body = calls.attest_body(a.create_token("web"), csr_pem(ec_key()))
+                with calls.client(reg) as c:
+                    status, answer = calls.post(c, "/v1/attest", json=body)
+                    assert status == 200, answer
+            # b's /metrics counts b's own attest only (its workers share a table of
+            # their own, which a worker adds to about once a second), whichever
+            # worker answers the scrape.
+            line = re.compile(r'^registrar_requests_total\{operation="attest",.*'
+                              r'result="ok"\} (\S+)$', re.M)
+            deadline = time.monotonic() + 15
+            seen: list[str] = []
+            while time.monotonic() < deadline:
+                with calls.client(b) as c:
+                    response = c.get("/metrics")
+                assert response.status_code == 200
+                seen = line.findall(response.text)
+                if seen:
+                    break
+                time.sleep(0.5)
+            assert seen == ["1.0"], seen
+            time.sleep(2)  # both workers flushed: a second scrape, maybe the other one's
+            with calls.client(b) as c:
+                assert line.findall(c.get("/metrics").text) == ["1.0"]
+        finally:
+            b.kill()
+        after = sorted(str(p.relative_to(state)) for p in state.rglob("*"))
+        assert after == before
+        assert not (state / "metrics").exists()
+    finally:
+        a.kill()
