@@ -132,7 +132,7 @@ class AwsVerifier:
                         addresses=(private_ip,) if isinstance(private_ip, str) and private_ip
                         else ())
 
-    async def commit(self, verified: Verified, receipt: Receipt) -> None:
+    async def commit(self, verified: Verified, receipt: Receipt | None = None) -> None:
         """Spend the instance's first use once the whole request will succeed
         (``SingleUse``), so a bad CSR does not lock an instance out."""
         if self._config.reattest == "evict" and not self.ledger.claim(verified.subject):
