@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from agent.attest.base import AttestError, Attestor
 from agent.credentials import Credentials, CredentialStore
+from agent.identity.attest_key import AttestKey
 from agent.identity.host import HostInfo
 from agent.identity.issuer import IssuerClient
 from agent.identity.keys import PrivateKey, build_csr, generate_key
@@ -86,6 +87,8 @@ class IdentityManager:
         self._wake = asyncio.Event()
         self.on_rotated: list[RotatedHook] = []
         self._quarantine = Quarantine(state_file.path.parent, clock)
+        # One key per attestation, across its retries and a restart (attest_key.py).
+        self._attest_key = AttestKey(state_file.path.parent, tuning.key_type, self._quarantine)
         self._damage: str | None = None  # what start-up quarantined, for the exit message
         self._renew_now = False
         self._last_renewal: float | None = None  # monotonic, for the rate bound
@@ -153,6 +156,7 @@ class IdentityManager:
             raise CannotContinue(f"cannot collect evidence: {exc}",
                                  exit_code=EX_CONFIG if exc.config else EX_NO_IDENTITY) from None
         stored = await self._store_first(key, issued)
+        self._attest_key.discard()  # stored with its certificate, or that one expired
         if stored is None:
             log.warning("the issued certificate expired before it could be stored; "
                         "attesting again")
@@ -196,7 +200,9 @@ class IdentityManager:
     async def _attest_once(self, attestor: Attestor) -> tuple[PrivateKey, Issued]:
         challenge = await self.client.challenge() if attestor.needs_challenge else None
         evidence = await attestor.evidence(challenge)
-        key = generate_key(self.tuning.key_type)
+        # The same key on every try: a retry whose answer was lost gets the certificate
+        # the spent token already paid for only when it asks for the same key.
+        key = self._attest_key.get()
         hostname, addresses = self._host()
         issued = await self.client.attest(evidence, build_csr(key, hostname), challenge=challenge,
                                           hostname=hostname, addresses=addresses)

@@ -179,8 +179,8 @@ class Api:
                          "" if exc.logged is None else f" {exc.logged}", suffix)
             raise
         self._metrics.decision(operation, None, time.perf_counter() - started)
-        log.info("%s ok spiffe_id=%s subject=%s remote=%s", operation, decision.spiffe_id,
-                 decision.subject, remote)
+        log.info("%s ok spiffe_id=%s subject=%s remote=%s%s", operation, decision.spiffe_id,
+                 decision.subject, remote, " answered_again=same_key" if decision.again else "")
         return web.json_response(decision.body)
 
     async def _attest(self, request: web.Request) -> web.Response:

@@ -15,20 +15,23 @@ from typing import Any
 
 from cryptography import x509
 
-from registrar.api.wire import parse_attest, parse_renew, timestamp
-from registrar.attestation.base import SingleUse, Verified, Verifier
+from registrar.api.wire import AttestRequest, parse_attest, parse_renew, timestamp
+from registrar.attestation.base import Repeatable, SingleUse, Verified, Verifier
 from registrar.ca.authority import (
     Authority,
     AuthoritySource,
     Clock,
     FixedAuthority,
     Issued,
+    issued_again,
     utcnow,
 )
+from registrar.ca.csr import spki_sha256
 from registrar.config import Group, RegistrarConfig
 from registrar.rejections import Rejected
 from registrar.store.challenges import ChallengeStore
 from registrar.store.inventory import CertOwner, Inventory
+from registrar.store.tokens import Receipt
 
 log = logging.getLogger("registrar.decisions")
 
@@ -40,6 +43,7 @@ class Decision:
     body: dict[str, Any]
     spiffe_id: str
     subject: str
+    again: bool = False  # a lost answer given again (same token, same key)
 
 
 class Service:
@@ -55,6 +59,7 @@ class Service:
         self._verifiers = verifiers
         # Decided once: a runtime Protocol check per request is measurable under load.
         self._single_use = {name for name, v in verifiers.items() if isinstance(v, SingleUse)}
+        self._repeatable = {name for name, v in verifiers.items() if isinstance(v, Repeatable)}
         self._challenges = challenges
         self._inventory = inventory
         # The catalog records the addresses evidence proved (registrar/catalog/store.py).
@@ -98,12 +103,45 @@ class Service:
     # -- attest -----------------------------------------------------------------
     async def attest(self, body: Mapping[str, Any], remote: str) -> Decision:
         request = parse_attest(body)
-        csr, hostname, addresses = request.csr, request.hostname, request.addresses
         verifier = self._verifiers.get(request.evidence_type)
         if verifier is None:
             raise Rejected("unsupported_evidence",
                            f"evidence type {request.evidence_type!r} is not enabled; enabled: "
                            + ", ".join(sorted(self._verifiers)))
+        try:
+            return await self._attest_new(request, verifier)
+        except Rejected as refused:
+            # Refused as spent, by the check or by losing the spend's race: if this is
+            # the retry of a request whose answer was lost (same evidence, same key),
+            # the certificate that spend paid for is the answer.
+            if refused.reason != "token_spent" or request.evidence_type not in self._repeatable:
+                raise
+            assert isinstance(verifier, Repeatable)
+            again = self._answer_again(verifier, request)
+            if again is None:
+                raise
+            return again
+
+    def _answer_again(self, verifier: Repeatable, request: AttestRequest) -> Decision | None:
+        csr = request.csr
+        key_sha256 = csr.key_sha256()
+        answered = verifier.answered(request.evidence, key_sha256)
+        if answered is None:
+            return None
+        group = self._config.groups.get(answered.group)
+        if group is None or group.spiffe_id != answered.spiffe_id:
+            return None  # the group changed since: the old answer is no longer ours to give
+        csr.require_identity(group.spiffe_id)
+        issued = issued_again(answered.chain_pem)
+        # The stored row named the key; the certificate itself must certify it too.
+        if spki_sha256(issued.certificate.public_key()) != key_sha256:  # type: ignore[arg-type]
+            return None
+        authority = self.authority()
+        return Decision(self._credentials(issued, group.spiffe_id, group, authority),
+                        group.spiffe_id, answered.token_id, again=True)
+
+    async def _attest_new(self, request: AttestRequest, verifier: Verifier) -> Decision:
+        csr, hostname, addresses = request.csr, request.hostname, request.addresses
         challenge = None
         if verifier.needs_challenge:
             challenge = self._challenges.consume(request.challenge)
@@ -122,7 +160,9 @@ class Service:
         with self._inventory.atomically():
             if verified.evidence_type in self._single_use:
                 assert isinstance(verifier, SingleUse)
-                _run_now(verifier.commit(verified))
+                _run_now(verifier.commit(verified, Receipt(
+                    key_sha256=csr.key_sha256(), serial=issued.serial_hex,
+                    chain_pem=issued.chain_pem)))
             workload = self._inventory.record_attestation(
                 evidence_type=verified.evidence_type, subject=verified.subject,
                 spiffe_id=group.spiffe_id, group=group.name, hostname=hostname or "",

@@ -24,6 +24,7 @@ from registrar.attestation import pkcs7
 from registrar.attestation.base import Verified
 from registrar.attestation.groups import GroupRules
 from registrar.rejections import Rejected
+from registrar.store.tokens import Receipt
 
 SHIPPED_CERTS = Path(__file__).resolve().parent.parent / "data" / "aws"
 PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
@@ -131,7 +132,7 @@ class AwsVerifier:
                         addresses=(private_ip,) if isinstance(private_ip, str) and private_ip
                         else ())
 
-    async def commit(self, verified: Verified) -> None:
+    async def commit(self, verified: Verified, receipt: Receipt | None = None) -> None:
         """Spend the instance's first use once the whole request will succeed
         (``SingleUse``), so a bad CSR does not lock an instance out."""
         if self._config.reattest == "evict" and not self.ledger.claim(verified.subject):

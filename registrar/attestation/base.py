@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from registrar.store.tokens import Answered, Receipt
+
 
 @dataclass(frozen=True)
 class Verified:
@@ -55,6 +57,20 @@ class SingleUse(Protocol):
     evidence exactly one returns, the rest raise ``Rejected``. It must not
     suspend (no real ``await``): it runs inside the transaction that records the
     certificate, so a failed record gives the evidence back (api/service.py).
+    ``receipt`` is what the use pays for (key hash, certificate): evidence that can
+    answer a lost response again (``Repeatable``) records it.
     """
 
-    async def commit(self, verified: Verified) -> None: ...
+    async def commit(self, verified: Verified, receipt: Receipt) -> None: ...
+
+
+@runtime_checkable
+class Repeatable(Protocol):
+    """Optional: single-use evidence whose lost answer can be given again.
+
+    ``answered`` is asked only after the evidence was refused as used up: the
+    certificate that use paid for, when it was issued for the key hashing to
+    ``key_sha256`` and may still be handed out (tokens.py says when); else None
+    and the refusal stands. It reads and never writes or issues anything."""
+
+    def answered(self, evidence: Mapping[str, Any], key_sha256: str) -> Answered | None: ...

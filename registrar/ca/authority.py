@@ -137,6 +137,17 @@ class Authority:
         )
 
 
+def issued_again(chain_pem: str) -> Issued:
+    """An ``Issued`` for a chain this registrar signed earlier (a join token's lost
+    answer given again): the same certificate, times read from the leaf."""
+    leaf = x509.load_pem_x509_certificate(chain_pem.encode("ascii"))
+    not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    return Issued(certificate=leaf, serial_hex=format(leaf.serial_number, "x"),
+                  not_before=not_before, not_after=not_after,
+                  renew_after=not_before + (not_after - not_before) * RENEW_FRACTION,
+                  chain_pem=chain_pem)
+
+
 class AuthoritySource(Protocol):
     """Where the current authority comes from (registrar/ca/live.py reloads it)."""
 

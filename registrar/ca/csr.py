@@ -8,10 +8,12 @@ Run before any evidence is spent, so a bad CSR never burns a join token.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID
 
@@ -29,12 +31,22 @@ class CheckedCsr:
     public_key: PublicKey
     uri_sans: tuple[str, ...]
 
+    def key_sha256(self) -> str:
+        """Hex SHA-256 of the key's SubjectPublicKeyInfo (DER): names the key, not the CSR."""
+        return spki_sha256(self.public_key)
+
     def require_identity(self, spiffe_id: str) -> None:
         """Reject a CSR that asks for any URI other than the identity we decided."""
         for uri in self.uri_sans:
             if uri != spiffe_id:
                 raise Rejected("csr_identity_mismatch",
                                f"CSR asks for {uri!r}; this evidence gives {spiffe_id!r}")
+
+
+def spki_sha256(key: PublicKey) -> str:
+    der = key.public_bytes(serialization.Encoding.DER,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
 
 
 def check_csr(pem: str) -> CheckedCsr:

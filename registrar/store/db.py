@@ -146,6 +146,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX evidence_seen_expiry ON evidence_seen(expires_at);
     ALTER TABLE mesh_xds_streams ADD COLUMN replica TEXT NOT NULL DEFAULT '';
     """,
+    # 6: what a join token's spend paid for: the SHA-256 of the key's SubjectPublicKeyInfo
+    # and the certificate (serial, chain) issued for it, so a retry whose answer was lost
+    # (same token, same key) is answered again with that certificate (tokens.py).
+    # Tokens spent before this version have none and are never answered again.
+    """
+    ALTER TABLE tokens ADD COLUMN spent_key TEXT;
+    ALTER TABLE tokens ADD COLUMN spent_serial TEXT;
+    ALTER TABLE tokens ADD COLUMN spent_chain TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -133,4 +133,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX evidence_seen_expiry ON evidence_seen(expires_at);
     ALTER TABLE mesh_xds_streams ADD COLUMN replica TEXT NOT NULL DEFAULT '';
     """,
+    # 6: what a join token's spend paid for (key hash, serial, chain): a lost answer
+    # is answered again to the same token and key
+    """
+    ALTER TABLE tokens ADD COLUMN spent_key TEXT;
+    ALTER TABLE tokens ADD COLUMN spent_serial TEXT;
+    ALTER TABLE tokens ADD COLUMN spent_chain TEXT;
+    """,
 )

@@ -4,6 +4,14 @@ Spending is one ``UPDATE ... WHERE used_at IS NULL AND revoked_at IS NULL AND
 expires_at > now`` and a rowcount check, so of N parallel uses exactly one wins
 (the race SPIRE once shipped). Checking (``check``) never spends, so a request
 with a bad CSR can be refused before the token is burned.
+
+The spend records what it paid for (``Receipt``): the SHA-256 of the key's
+SubjectPublicKeyInfo and the certificate issued for it. ``answered`` finds that
+certificate again for a retry whose answer was lost (a replica killed after its
+commit): the same token with a CSR for the same key, and only while that
+certificate is still the workload's only one (unexpired, never renewed, workload
+active, token not revoked). Nothing is issued or written for it, so a token still
+pays for exactly one workload and one certificate.
 """
 
 from __future__ import annotations
@@ -42,6 +50,25 @@ class TokenRow:
         if self.expires_at <= now:
             return "expired"
         return "valid"
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a spend paid for: recorded with it, found again by ``answered``."""
+
+    key_sha256: str  # hex SHA-256 of the certified key's SubjectPublicKeyInfo (DER)
+    serial: str  # hex, as the inventory records it
+    chain_pem: str  # leaf then intermediates, as answered
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A spent token's certificate, still answerable to the key it was issued for."""
+
+    token_id: str
+    group: str
+    spiffe_id: str
+    chain_pem: str
 
 
 _REASON_BY_STATE = {"revoked": "token_revoked", "spent": "token_spent",
@@ -94,18 +121,42 @@ class TokenStore:
                            logged=f"token_id={row.id}")
         return row
 
-    def spend(self, token_id: str) -> None:
-        """Spend atomically; the loser of a race gets the reason the row now has."""
+    def spend(self, token_id: str, receipt: Receipt | None = None) -> None:
+        """Spend atomically; the loser of a race gets the reason the row now has.
+        ``receipt``: what the spend pays for, so a lost answer can be given again."""
         now = self._clock.now().timestamp()
+        key, serial, chain = ((None, None, None) if receipt is None else
+                              (receipt.key_sha256, receipt.serial, receipt.chain_pem))
         cursor = self._conn.execute(
-            "UPDATE tokens SET used_at = ? WHERE id = ? AND used_at IS NULL "
-            "AND revoked_at IS NULL AND expires_at > ?", (now, token_id, now))
+            "UPDATE tokens SET used_at = ?, spent_key = ?, spent_serial = ?, spent_chain = ?"
+            " WHERE id = ? AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?",
+            (now, key, serial, chain, token_id, now))
         if cursor.rowcount == 1:
             return
         row = self._row("id", token_id)
         state = "spent" if row is None else row.state(now)
         raise Rejected(_REASON_BY_STATE.get(state, "token_spent"),
                        f"join token {token_id} is {state}", logged=f"token_id={token_id}")
+
+    def answered(self, token: Secret, key_sha256: str) -> Answered | None:
+        """The certificate a spent ``token`` paid for, if it was issued for the key
+        whose SPKI hashes to ``key_sha256`` and is still the only one its workload
+        ever held: unexpired, not renewed (a renewal means the answer was received),
+        workload active, token not revoked. Else None (the caller refuses as spent).
+        One statement, so it reads one committed state on either store."""
+        value = token.reveal()
+        if not value or len(value) > MAX_TOKEN_CHARS:
+            return None
+        row = self._conn.execute(
+            "SELECT t.id, t.group_name, w.spiffe_id, t.spent_chain FROM tokens t"
+            " JOIN workloads w ON w.evidence_type = 'join_token' AND w.subject = t.id"
+            " JOIN certs c ON c.serial = t.spent_serial AND c.workload_id = w.id"
+            " WHERE t.hash = ? AND t.used_at IS NOT NULL AND t.revoked_at IS NULL"
+            " AND t.spent_key = ? AND t.spent_chain IS NOT NULL"
+            " AND w.state = 'active' AND w.current_serial = t.spent_serial"
+            " AND w.pending_serial IS NULL AND c.not_after > ?",
+            (token_hash(value), key_sha256, self._clock.now().timestamp())).fetchone()
+        return None if row is None else Answered(*row)
 
     def revoke(self, token_id: str) -> bool:
         cursor = self._conn.execute(

@@ -1,0 +1,79 @@
+"""The key one attestation asks its certificate for, kept until that certificate is stored.
+
+A join token pays for one certificate, for one key: when the answer to an attest
+is lost (a registrar replica killed after its commit, a connection cut), the
+registrar answers the retry with that same certificate only if the CSR is for
+the same key, and refuses any other key as ``token_spent``. So the key is made
+once per attestation, used by every retry, and kept on disk
+(``STATE/attest-key.pem``, 0600, written atomically) before the first request,
+so that an agent restarted meanwhile asks with it too. Once the issued
+certificate is stored with its key in a generation, the file goes.
+
+The key is never logged. A file that cannot be written (a full or failing disk)
+does not stop the attestation: retries in this run still use the key in memory.
+A file that cannot be read as a key is quarantined and a new key made.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from agent.identity.keys import PrivateKey, generate_key, key_pem, load_key
+from agent.state.quarantine import Quarantine
+from meshcore.durable import write_atomic
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "attest-key.pem"
+
+
+class AttestKey:
+    def __init__(self, state_dir: Path, key_type: str, quarantine: Quarantine) -> None:
+        self.path = state_dir / FILE_NAME
+        self._key_type = key_type
+        self._quarantine = quarantine
+        self._key: PrivateKey | None = None
+
+    def get(self) -> PrivateKey:
+        """The attestation's key: the one already in use, else the kept one, else new."""
+        if self._key is None:
+            self._key = self._kept() or self._new()
+        return self._key
+
+    def discard(self) -> None:
+        """The certificate for the key is stored (or no attestation is under way)."""
+        self._key = None
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:  # a leftover is harmless: the next attestation re-uses it
+            log.warning("cannot remove the kept attestation key", extra={
+                "path": str(self.path), "error": exc.strerror or str(exc)})
+
+    def _kept(self) -> PrivateKey | None:
+        try:
+            pem = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cannot read the kept attestation key; making a new one", extra={
+                "path": str(self.path), "error": exc.strerror or str(exc)})
+            return None
+        try:
+            key = load_key(pem)
+        except (ValueError, TypeError):
+            self._quarantine.move([self.path], f"{self.path} is not a private key")
+            return None
+        log.info("attesting with the key kept from an earlier try", extra={
+            "path": str(self.path)})
+        return key
+
+    def _new(self) -> PrivateKey:
+        key = generate_key(self._key_type)
+        try:
+            write_atomic(self.path, key_pem(key), mode=0o600)
+        except OSError as exc:
+            log.warning("cannot keep the attestation key on disk; retries in this run still "
+                        "use it, a restart before the certificate is stored would not", extra={
+                            "path": str(self.path), "error": exc.strerror or str(exc)})
+        return key
