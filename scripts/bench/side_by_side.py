@@ -52,6 +52,7 @@ import psutil  # noqa: E402
 
 from scripts.bench import peers  # noqa: E402
 from scripts.bench.agent_mesh import dataplane, envoy_floor  # noqa: E402
+from scripts.bench.installed import compile_bytecode  # noqa: E402
 from tests.fixtures.agent import AgentProcess  # noqa: E402
 from tests.fixtures.registrar import RegistrarProcess, free_port  # noqa: E402
 
@@ -407,6 +408,7 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces, pilot-agent's proxy user)")
+    compile_bytecode()  # as installed: the packages compile it at install
     base = Path(tempfile.mkdtemp(prefix="side-by-side-"))
     base.chmod(0o755)
     print(f"side by side: {os.cpu_count()} cores, load average at start {load():.2f}; "
