@@ -7,7 +7,8 @@ the same key, and refuses any other key as ``token_spent``. So the key is made
 once per attestation, used by every retry, and kept on disk
 (``STATE/attest-key.pem``, 0600, written atomically) before the first request,
 so that an agent restarted meanwhile asks with it too. Once the issued
-certificate is stored with its key in a generation, the file goes.
+certificate is stored with its key in a generation, the file goes (and a start
+that finds the file beside a certificate for its key removes it).
 
 The key is never logged. A file that cannot be written (a full or failing disk)
 does not stop the attestation: retries in this run still use the key in memory.
@@ -19,7 +20,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from agent.identity.keys import PrivateKey, generate_key, key_pem, load_key
+from cryptography import x509
+
+from agent.identity.keys import PrivateKey, generate_key, key_pem, load_key, matches
 from agent.state.quarantine import Quarantine
 from meshcore.durable import write_atomic
 
@@ -49,6 +52,19 @@ class AttestKey:
         except OSError as exc:  # a leftover is harmless: the next attestation re-uses it
             log.warning("cannot remove the kept attestation key", extra={
                 "path": str(self.path), "error": exc.strerror or str(exc)})
+
+    def forget_if_certified(self, cert: x509.Certificate) -> None:
+        """At start, with stored credentials: a kept key that ``cert`` already
+        certifies is a leftover of an agent stopped between storing the certificate
+        and removing the file; it must not become the next attestation's key."""
+        if not self.path.exists():
+            return
+        try:
+            kept = load_key(self.path.read_bytes())
+        except (OSError, ValueError, TypeError):
+            return  # get() deals with it if an attestation ever needs it
+        if matches(kept, cert):
+            self.discard()
 
     def _kept(self) -> PrivateKey | None:
         try:

@@ -105,6 +105,8 @@ class IdentityManager:
         self._state, self._damage = stored.state, stored.damage
         self._health.update(attestor=self._state.attestor, rotations=self._state.rotations)
         creds = stored.creds
+        if creds is not None:
+            self._attest_key.forget_if_certified(creds.leaf)
         now = self._clock.now()
         if creds is not None and now < creds.not_before and now < creds.not_after:
             # Not yet valid by our clock: it was issued by the registrar's, so ours is

@@ -4,10 +4,15 @@ state directory not fatal. Real files."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+
 from agent.identity.attest_key import FILE_NAME, AttestKey
-from agent.identity.keys import public_der
+from agent.identity.keys import PrivateKey, generate_key, public_der
 from agent.state.quarantine import Quarantine
 from meshcore.clock import SystemClock
 
@@ -45,3 +50,24 @@ def test_an_unwritable_key_file_keeps_the_key_in_memory(tmp_path: Path) -> None:
     key = attest_key.get()
     assert public_der(attest_key.get()) == public_der(key)  # retries in this run
     assert (tmp_path / FILE_NAME).is_dir()
+
+
+def test_a_leftover_key_its_certificate_already_certifies_is_removed(tmp_path: Path) -> None:
+    """An agent stopped after storing its certificate, before removing the file: the
+    next start removes it, so a later attestation gets a key of its own."""
+    attest_key = _key(tmp_path)
+    key = attest_key.get()
+    other = generate_key("ecdsa-p256")
+    _key(tmp_path).forget_if_certified(_self_signed(other))
+    assert (tmp_path / FILE_NAME).exists()  # another key's certificate: kept
+    _key(tmp_path).forget_if_certified(_self_signed(key))
+    assert not (tmp_path / FILE_NAME).exists()
+    assert public_der(_key(tmp_path).get()) != public_der(key)
+
+
+def _self_signed(key: PrivateKey) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vm")])
+    now = dt.datetime.now(dt.UTC)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(hours=1)).sign(key, hashes.SHA256()))
