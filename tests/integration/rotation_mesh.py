@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
 from tests.fixtures.agent import AgentProcess
 from tests.fixtures.registrar import RegistrarProcess, free_port
 from tests.sidecar.apps import EchoApp
@@ -184,3 +187,10 @@ def bundle_roots(agent: AgentProcess) -> int:
     """Roots in the bundle Envoy reads now (the SDS mirror of the current generation)."""
     text = (agent.state_dir / "envoy" / "sds" / "current" / "bundle.pem").read_text()
     return text.count("BEGIN CERTIFICATE")
+
+
+def served_intermediate(agent: AgentProcess) -> str:
+    """SHA-256 of the intermediate in the chain Envoy serves now (the SDS mirror)."""
+    pem = (agent.state_dir / "envoy" / "sds" / "current" / "cert-chain.pem").read_bytes()
+    chain = x509.load_pem_x509_certificates(pem)
+    return chain[1].fingerprint(hashes.SHA256()).hex()

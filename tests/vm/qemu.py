@@ -183,7 +183,9 @@ class VM:
         log = (self.share / f"boot-{number}.log")
         text = log.read_text(errors="replace") if log.exists() else ""
         if not rc_file.exists():
-            raise BootError(f"boot {number}: payload left no exit code; output:\n{text}")
+            serial = self.boots[number - 1].serial if len(self.boots) >= number else None
+            raise BootError(f"boot {number}: payload left no exit code; output:\n{text}\n"
+                            f"serial tail:\n{_tail(serial) if serial else '(no boot)'}")
         return int(rc_file.read_text().strip()), text
 
 
