@@ -19,6 +19,7 @@ from registrar.config import build_config
 from registrar.rejections import Rejected
 from registrar.store.challenges import ChallengeStore
 from registrar.store.inventory import Inventory
+from registrar.store.tokens import Receipt
 from tests.registrar.csrs import csr_pem, ec_key
 
 
@@ -38,7 +39,7 @@ class NonceVerifier:
             raise Rejected("evidence_nonce_mismatch", "nonce differs")
         return Verified(evidence_type="nonce", subject=str(evidence["vm"]), group="example")
 
-    async def commit(self, verified: Verified) -> None:
+    async def commit(self, verified: Verified, receipt: Receipt) -> None:
         self.commits += 1
 
 
