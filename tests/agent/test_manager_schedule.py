@@ -16,6 +16,8 @@ import pytest
 from agent.attest.base import Attestor
 from agent.attest.token import TokenAttestor
 from agent.credentials import Credentials, CredentialStore
+from agent.identity.attest_key import FILE_NAME as ATTEST_KEY_FILE
+from agent.identity.keys import key_pem
 from agent.identity.manager import CannotContinue, IdentityManager, Tuning
 from agent.registrar_client import RegistrarClient
 from agent.rotation.schedule import renewal_time
@@ -117,3 +119,20 @@ def test_an_outage_backs_off_until_expiry_then_exits_79_with_recovery_advice(
             "--group NAME") in str(stopped)
     snap = health.current
     assert snap.phase == "expired" and snap.failures["unreachable"] == len(backoffs) + 1
+
+
+def test_a_start_with_stored_credentials_removes_the_key_they_certify(
+        registrar_factory: Any, tmp_path: Path) -> None:
+    """An agent stopped after storing its certificate, before removing the kept
+    attestation key: the next start finds the file beside a certificate for that key
+    and removes it, so a later attestation makes a key of its own."""
+    reg = registrar_factory(groups={"web": ("prod", "web-vm", 3600)})
+    clock = FakeClock(start=dt.datetime.now(dt.UTC))
+    first = asyncio.run(make_manager(reg, tmp_path, clock, FixedRng(0.5), Health()).start())
+    leftover = tmp_path / ATTEST_KEY_FILE
+    assert not leftover.exists()  # removed once the certificate was stored
+    leftover.write_bytes(key_pem(first.key))
+    leftover.chmod(0o600)
+    again = asyncio.run(make_manager(reg, tmp_path, clock, FixedRng(0.5), Health()).start())
+    assert again.leaf.serial_number == first.leaf.serial_number  # stored, not attested
+    assert not leftover.exists()
