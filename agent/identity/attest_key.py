@@ -1,9 +1,10 @@
 """The key one attestation asks its certificate for, kept until that certificate is stored.
 
-A join token pays for one certificate, for one key: when the answer to an attest
-is lost (a registrar replica killed after its commit, a connection cut), the
-registrar answers the retry with that same certificate only if the CSR is for
-the same key, and refuses any other key as ``token_spent``. So the key is made
+A join token (or an EC2 instance's first use) pays for one certificate, for one
+key: when the answer to an attest is lost (a registrar replica killed after its
+commit, a connection cut), the registrar answers the retry with that same
+certificate only if the CSR is for the same key, and refuses any other key
+(``token_spent``, ``instance_already_attested``). So the key is made
 once per attestation, used by every retry, and kept on disk
 (``STATE/attest-key.pem``, 0600, written atomically) before the first request,
 so that an agent restarted meanwhile asks with it too. Once the issued

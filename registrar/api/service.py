@@ -111,12 +111,15 @@ class Service:
         try:
             return await self._attest_new(request, verifier)
         except Rejected as refused:
-            # Refused as spent, by the check or by losing the spend's race: if this is
-            # the retry of a request whose answer was lost (same evidence, same key),
-            # the certificate that spend paid for is the answer.
-            if refused.reason != "token_spent" or request.evidence_type not in self._repeatable:
+            # Refused as spent (a token spent, an EC2 instance already attested), by the
+            # check or by losing the spend's race: if this is the retry of a request whose
+            # answer was lost (same evidence, same key), the certificate that spend paid
+            # for is the answer.
+            if request.evidence_type not in self._repeatable:
                 raise
             assert isinstance(verifier, Repeatable)
+            if refused.reason != verifier.spent_reason:
+                raise
             again = self._answer_again(verifier, request)
             if again is None:
                 raise
@@ -138,7 +141,7 @@ class Service:
             return None
         authority = self.authority()
         return Decision(self._credentials(issued, group.spiffe_id, group, authority),
-                        group.spiffe_id, answered.token_id, again=True)
+                        group.spiffe_id, answered.subject, again=True)
 
     async def _attest_new(self, request: AttestRequest, verifier: Verifier) -> Decision:
         csr, hostname, addresses = request.csr, request.hostname, request.addresses

@@ -6,6 +6,11 @@ AWS certificate of the document's own region, the signed content must be the
 document byte for byte, the instance must be younger than ``max_instance_age``
 (``pendingTime``), and each instance ID attests once (trust on first use)
 until an operator evicts it or the policy says ``reattest: always``.
+
+A first use whose answer was lost (the claim committed, the connection cut) is
+answered again (``answered``): the same document, verified as ever, with a CSR
+for the key the first use certified gets that certificate back while it is still
+the workload's only one (``Inventory.first_use_answered`` says when).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from registrar.attestation import pkcs7
 from registrar.attestation.base import Verified
 from registrar.attestation.groups import GroupRules
 from registrar.rejections import Rejected
-from registrar.store.tokens import Receipt
+from registrar.store.tokens import Answered, Receipt
 
 SHIPPED_CERTS = Path(__file__).resolve().parent.parent / "data" / "aws"
 PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
@@ -38,8 +43,13 @@ class InstanceLedger(Protocol):
         """Whether ``subject`` may attest now (never attested, or evicted since)."""
         ...
 
-    def claim(self, subject: str) -> bool:
-        """Atomically record ``subject``; False when another request got there first."""
+    def claim(self, subject: str, receipt: Receipt | None = None) -> bool:
+        """Atomically record ``subject`` (and what its first use pays for); False when
+        another request got there first."""
+        ...
+
+    def answered(self, subject: str, key_sha256: str) -> Answered | None:
+        """What ``subject``'s first use paid for, if still answerable to that key."""
         ...
 
     def evict(self, subject: str) -> None: ...
@@ -52,11 +62,15 @@ class MemoryLedger:
     def allowed(self, subject: str) -> bool:
         return subject not in self._seen
 
-    def claim(self, subject: str) -> bool:
+    def claim(self, subject: str, receipt: Receipt | None = None) -> bool:
         if subject in self._seen:
             return False
         self._seen.add(subject)
         return True
+
+    def answered(self, subject: str, key_sha256: str) -> Answered | None:
+        """Never: without the inventory nothing says the certificate was not renewed."""
+        return None
 
     def evict(self, subject: str) -> None:
         self._seen.discard(subject)
@@ -88,6 +102,7 @@ class AwsConfig:
 class AwsVerifier:
     evidence_type = "aws"
     needs_challenge = False
+    spent_reason = "instance_already_attested"
 
     def __init__(self, config: AwsConfig, *, ledger: InstanceLedger | None = None,
                  clock: Clock,
@@ -101,6 +116,13 @@ class AwsVerifier:
         self._certs = dict(certs)
 
     async def verify(self, evidence: Mapping[str, Any], challenge: str | None) -> Verified:
+        verified = self._verified(evidence)
+        if self._config.reattest == "evict" and not self.ledger.allowed(verified.subject):
+            raise _already()
+        return verified
+
+    def _verified(self, evidence: Mapping[str, Any]) -> Verified:
+        """Every check but the first use's."""
         document = pkcs7.decode_b64(evidence.get("document"), "document", limit=MAX_DOCUMENT_B64)
         signed = pkcs7.parse(pkcs7.decode_b64(evidence.get("pkcs7"), "pkcs7"))
         if signed.content != document:
@@ -125,8 +147,6 @@ class AwsVerifier:
         claims = self._policy(doc)
         group = self._config.groups.resolve("aws", claims)
         subject = f"aws:{claims['account_id']}:{claims['instance_id']}"
-        if self._config.reattest == "evict" and not self.ledger.allowed(subject):
-            raise _already()
         private_ip = doc.get("privateIp")
         return Verified(evidence_type="aws", subject=subject, claims=claims, group=group,
                         addresses=(private_ip,) if isinstance(private_ip, str) and private_ip
@@ -135,8 +155,24 @@ class AwsVerifier:
     async def commit(self, verified: Verified, receipt: Receipt | None = None) -> None:
         """Spend the instance's first use once the whole request will succeed
         (``SingleUse``), so a bad CSR does not lock an instance out."""
-        if self._config.reattest == "evict" and not self.ledger.claim(verified.subject):
+        if self._config.reattest == "evict" and not self.ledger.claim(verified.subject,
+                                                                        receipt):
             raise _already()
+
+    def answered(self, evidence: Mapping[str, Any], key_sha256: str) -> Answered | None:
+        """``Repeatable``: asked after a refusal as already attested. The document must
+        verify as for a first use, and the instance must still map to the group its
+        first use was recorded in."""
+        if self._config.reattest != "evict":
+            return None
+        try:
+            verified = self._verified(evidence)
+        except Rejected:
+            return None
+        answered = self.ledger.answered(verified.subject, key_sha256)
+        if answered is None or answered.group != verified.group:
+            return None
+        return answered
 
     def _policy(self, doc: Mapping[str, Any]) -> dict[str, str]:
         claims = {"account_id": doc["accountId"], "region": doc["region"],

@@ -5,6 +5,8 @@ operator evicted it (``mesh-registrar workloads evict ID``); an active or
 revoked one may not. The claim is one atomic statement
 (``Inventory.claim_first_use``), so exactly one of any number of parallel
 first uses wins, across every worker process and replica sharing the database.
+The claim records what the first use paid for (``Receipt``), so a retry whose
+answer was lost is answered again with that certificate (``answered``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from meshcore.clock import Clock
 from registrar.store.connection import Connection
 from registrar.store.db import connect
 from registrar.store.inventory import Inventory
+from registrar.store.tokens import Answered, Receipt
 
 EVIDENCE_TYPE = "aws"
 
@@ -46,10 +49,15 @@ class InventoryLedger:
                 (EVIDENCE_TYPE, subject)).fetchone()
         return row is None or row[0] == "evicted"
 
-    def claim(self, subject: str) -> bool:
+    def claim(self, subject: str, receipt: Receipt | None = None) -> bool:
         with self._lock:
             return Inventory(self._connection(), self._clock).claim_first_use(
-                EVIDENCE_TYPE, subject)
+                EVIDENCE_TYPE, subject, receipt)
+
+    def answered(self, subject: str, key_sha256: str) -> Answered | None:
+        with self._lock:
+            return Inventory(self._connection(), self._clock).first_use_answered(
+                EVIDENCE_TYPE, subject, key_sha256)
 
     def evict(self, subject: str) -> None:
         """Eviction is the inventory's state change (`workloads evict`); nothing is

@@ -68,9 +68,12 @@ class SingleUse(Protocol):
 class Repeatable(Protocol):
     """Optional: single-use evidence whose lost answer can be given again.
 
-    ``answered`` is asked only after the evidence was refused as used up: the
-    certificate that use paid for, when it was issued for the key hashing to
-    ``key_sha256`` and may still be handed out (tokens.py says when); else None
-    and the refusal stands. It reads and never writes or issues anything."""
+    ``answered`` is asked only after the evidence was refused as used up (the
+    refusal's reason is ``spent_reason``): the certificate that use paid for, when
+    it was issued for the key hashing to ``key_sha256`` and may still be handed out
+    (tokens.py, inventory.py say when); else None and the refusal stands. It reads
+    and never writes or issues anything."""
+
+    spent_reason: str
 
     def answered(self, evidence: Mapping[str, Any], key_sha256: str) -> Answered | None: ...

@@ -21,6 +21,7 @@ from registrar.store.tokens import Answered, Receipt, TokenStore
 class JoinTokenVerifier:
     evidence_type = "join_token"
     needs_challenge = False
+    spent_reason = "token_spent"
 
     def __init__(self, tokens: TokenStore) -> None:
         self._tokens = tokens

@@ -155,6 +155,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tokens ADD COLUMN spent_serial TEXT;
     ALTER TABLE tokens ADD COLUMN spent_chain TEXT;
     """,
+    # 7: what an EC2 first use (trust on first use, registrar/attestation/aws.py) paid
+    # for, recorded by its claim: the key's SPKI SHA-256 and the certificate (serial,
+    # chain), so a retry whose answer was lost (same document, same key) is answered
+    # again with that certificate (Inventory.first_use_answered). A claim replaces
+    # them; workloads attested before this version have none and are never answered.
+    """
+    ALTER TABLE workloads ADD COLUMN first_use_key TEXT;
+    ALTER TABLE workloads ADD COLUMN first_use_serial TEXT;
+    ALTER TABLE workloads ADD COLUMN first_use_chain TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

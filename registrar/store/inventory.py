@@ -24,6 +24,7 @@ from typing import Literal
 
 from meshcore.clock import Clock
 from registrar.store.connection import Connection, transaction
+from registrar.store.tokens import Answered, Receipt
 
 STATES = ("active", "evicted", "revoked")
 Standing = Literal["current", "pending", "superseded"]
@@ -107,18 +108,45 @@ class Inventory:
                          (serial, workload.id, spiffe_id, now, not_after, ca_version))
         return workload
 
-    def claim_first_use(self, evidence_type: str, subject: str) -> bool:
+    def claim_first_use(self, evidence_type: str, subject: str,
+                        receipt: Receipt | None = None) -> bool:
         """Trust on first use, atomic across worker processes: True for exactly one
         caller when ``subject`` has no workload yet or was evicted; False otherwise
         (active or revoked). The row it creates is completed by ``record_attestation``.
+        ``receipt``: what this use pays for, recorded by the same statement (so in the
+        caller's transaction) for ``first_use_answered``.
         """
         now = self._clock.now().timestamp()
+        key, serial, chain = ((None, None, None) if receipt is None else
+                              (receipt.key_sha256, receipt.serial, receipt.chain_pem))
         cursor = self._conn.execute(
             "INSERT INTO workloads (subject, evidence_type, spiffe_id, group_name, first_seen,"
-            " last_seen) VALUES (?, ?, '', '', ?, ?) ON CONFLICT (evidence_type, subject)"
-            " DO UPDATE SET state = 'active', last_seen = excluded.last_seen"
-            " WHERE workloads.state = 'evicted'", (subject, evidence_type, now, now))
+            " last_seen, first_use_key, first_use_serial, first_use_chain)"
+            " VALUES (?, ?, '', '', ?, ?, ?, ?, ?) ON CONFLICT (evidence_type, subject)"
+            " DO UPDATE SET state = 'active', last_seen = excluded.last_seen,"
+            " first_use_key = excluded.first_use_key,"
+            " first_use_serial = excluded.first_use_serial,"
+            " first_use_chain = excluded.first_use_chain"
+            " WHERE workloads.state = 'evicted'",
+            (subject, evidence_type, now, now, key, serial, chain))
         return cursor.rowcount == 1
+
+    def first_use_answered(self, evidence_type: str, subject: str,
+                           key_sha256: str) -> Answered | None:
+        """The certificate ``subject``'s first use paid for, if it was issued for the
+        key whose SPKI hashes to ``key_sha256`` and is still the only one the workload
+        holds since: unexpired, never renewed (a renewal means the answer arrived), the
+        workload active. Else None. One statement: one committed state on either store.
+        """
+        row = self._conn.execute(
+            "SELECT w.subject, w.group_name, w.spiffe_id, w.first_use_chain FROM workloads w"
+            " JOIN certs c ON c.serial = w.first_use_serial AND c.workload_id = w.id"
+            " WHERE w.evidence_type = ? AND w.subject = ? AND w.state = 'active'"
+            " AND w.first_use_key = ? AND w.first_use_chain IS NOT NULL"
+            " AND w.current_serial = w.first_use_serial AND w.pending_serial IS NULL"
+            " AND c.not_after > ?",
+            (evidence_type, subject, key_sha256, self._clock.now().timestamp())).fetchone()
+        return None if row is None else Answered(*row)
 
     def owner(self, serial: str) -> CertOwner | None:
         row = self._conn.execute(

@@ -140,4 +140,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tokens ADD COLUMN spent_serial TEXT;
     ALTER TABLE tokens ADD COLUMN spent_chain TEXT;
     """,
+    # 7: what an EC2 first use paid for (key hash, serial, chain): a lost answer is
+    # answered again to the same document and key
+    """
+    ALTER TABLE workloads ADD COLUMN first_use_key TEXT;
+    ALTER TABLE workloads ADD COLUMN first_use_serial TEXT;
+    ALTER TABLE workloads ADD COLUMN first_use_chain TEXT;
+    """,
 )

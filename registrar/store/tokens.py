@@ -54,7 +54,8 @@ class TokenRow:
 
 @dataclass(frozen=True)
 class Receipt:
-    """What a spend paid for: recorded with it, found again by ``answered``."""
+    """What a spend (or an EC2 first use: ``Inventory.claim_first_use``) paid for:
+    recorded with it, found again by ``answered``."""
 
     key_sha256: str  # hex SHA-256 of the certified key's SubjectPublicKeyInfo (DER)
     serial: str  # hex, as the inventory records it
@@ -63,9 +64,10 @@ class Receipt:
 
 @dataclass(frozen=True)
 class Answered:
-    """A spent token's certificate, still answerable to the key it was issued for."""
+    """A spent token's (or an EC2 first use's) certificate, still answerable to the
+    key it was issued for. ``subject``: the token id, or the workload's subject."""
 
-    token_id: str
+    subject: str
     group: str
     spiffe_id: str
     chain_pem: str

@@ -182,3 +182,40 @@ def test_malformed_input_is_always_a_rejection_never_a_crash(pki: CloudPki):
         with pytest.raises(Rejected) as caught:
             asyncio.run(verifier.verify(bad, None))
         assert caught.value.reason == "evidence_invalid"
+
+
+def test_a_lost_first_use_is_answered_only_for_a_document_that_verifies(
+        pki: CloudPki, tmp_path: Any) -> None:
+    """``answered`` re-checks the document (everything but the first use) and that the
+    instance still maps to the group its first use was recorded in."""
+    from registrar.attestation.aws_ledger import InventoryLedger
+    from registrar.store.db import connect
+    from registrar.store.inventory import Inventory
+    from registrar.store.tokens import Receipt
+    clock = FakeClock(NOW)
+    conn = connect(tmp_path / "registrar.db")
+    ledger = InventoryLedger(tmp_path / "registrar.db", clock=clock, conn=conn)
+
+    def verifier(rules: GroupRules = RULES, **config: Any) -> AwsVerifier:
+        return AwsVerifier(AwsConfig(cert_dir=pki.root / "aws", groups=rules, **config),
+                           clock=clock, ledger=ledger)
+
+    d = doc()
+    ev = evidence(d, pki.aws_pkcs7(d))
+    first = asyncio.run(verifier().verify(ev, None))
+    asyncio.run(verifier().commit(first, Receipt("k" * 64, "a1", "CHAIN")))
+    Inventory(conn, clock).record_attestation(
+        evidence_type="aws", subject=first.subject, spiffe_id="spiffe://x/billing",
+        group="billing", hostname="", addresses=[], serial="a1", not_after=NOW + 600)
+    answered = verifier().answered(ev, "k" * 64)
+    assert answered is not None
+    assert (answered.subject, answered.group, answered.chain_pem) == (
+        first.subject, "billing", "CHAIN")
+    assert verifier().answered(ev, "0" * 64) is None  # another key
+    other = doc(instance_id="i-0ffffffffffffffff")
+    assert verifier().answered(dict(ev, document=evidence(other, "")["document"]),
+                               "k" * 64) is None  # not the document the PKCS#7 signs
+    assert verifier(allowed_regions=("eu-west-1",)).answered(ev, "k" * 64) is None
+    moved = GroupRules((GroupRule("payments", "aws", {"account_id": "123456789012"}),))
+    assert verifier(moved).answered(ev, "k" * 64) is None  # now another group's
+    assert verifier(reattest="always").answered(ev, "k" * 64) is None

@@ -1,9 +1,11 @@
 """The answer to the agent's first attest is lost after the registrar committed it
 (the join token is spent, the workload recorded): the agent's retry asks with the
 same key and gets that certificate, within one run and across a kill -9 of the
-agent. Real registrar, real ``mesh-agent run``; between them a TCP relay that
-passes the TLS handshake and the request, then cuts the connection once the
-registrar's answer starts, without passing it on.
+agent. The same for an EC2 first use (the instance's one attestation claimed),
+the agent reading its identity document from the fake IMDSv2 server
+(tests/fakes/ec2_metadata.py). Real registrar, real ``mesh-agent run``; between
+them a TCP relay that passes the TLS handshake and the request, then cuts the
+connection once the registrar's answer starts, without passing it on.
 
 A relay that cannot read TLS tells the answer from the handshake by TLS record
 sizes: the client's request (it carries a CSR) is the first application-data
@@ -20,12 +22,18 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from cryptography import x509
 
 from agent.identity.attest_key import FILE_NAME
+from agent.identity.host import local_addresses
+from tests.cloud.test_e2e import evidence_options
+from tests.fakes.cloud_pki import CloudPki
+from tests.fakes.ec2_metadata import FakeEc2
+from tests.fakes.serve import serving
 from tests.fixtures.registrar import RegistrarProcess
 
 APPLICATION_DATA = 0x17
@@ -121,9 +129,33 @@ def _shut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_WR)
 
 
+@dataclass(frozen=True)
+class FirstAttest:
+    """How the agent attests first: a join token, or an EC2 identity document from
+    a fake IMDSv2 server at ``metadata_url`` (the registrar trusting its test keys)."""
+
+    metadata_url: str | None = None
+    registrar_config: dict[str, Any] = field(default_factory=dict)
+
+
+@pytest.fixture(params=["join_token", "aws"])
+def first(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstAttest]:
+    if request.param == "join_token":
+        yield FirstAttest()
+        return
+    pki = CloudPki.create(tmp_path_factory.mktemp("cloud-pki"))
+    # The document's privateIp is the address the agent reports: this host's first.
+    document = pki.aws_document(private_ip=(local_addresses() or ["10.0.0.12"])[0])
+    with serving(FakeEc2(pki, document=document).app()) as url:
+        yield FirstAttest(url, {"evidence": {"aws": evidence_options("aws", pki, "")}})
+
+
 @pytest.fixture
-def relay(registrar_factory: Any) -> Iterator[tuple[RegistrarProcess, LosingRelay]]:
-    reg = registrar_factory(groups={"web": ("prod", "web-vm", 3600)})
+def relay(registrar_factory: Any,
+          first: FirstAttest) -> Iterator[tuple[RegistrarProcess, LosingRelay]]:
+    reg = registrar_factory(groups={"web": ("prod", "web-vm", 3600)},
+                            config=first.registrar_config)
     losing = LosingRelay((reg.host, reg.port))
     try:
         yield reg, losing
@@ -131,9 +163,20 @@ def relay(registrar_factory: Any) -> Iterator[tuple[RegistrarProcess, LosingRela
         losing.close()
 
 
-def _agent(reg: RegistrarProcess, losing: LosingRelay, agent_factory: Any) -> Any:
-    return agent_factory(reg, token=reg.create_token("web", ttl="10m"), extra={
-        "registrar": {"url": f"https://127.0.0.1:{losing.port}"}})
+def _agent(reg: RegistrarProcess, losing: LosingRelay, agent_factory: Any,
+           first: FirstAttest) -> Any:
+    url = f"https://127.0.0.1:{losing.port}"
+    if first.metadata_url is None:
+        return agent_factory(reg, token=reg.create_token("web", ttl="10m"),
+                             extra={"registrar": {"url": url}})
+    return agent_factory(reg, extra={"registrar": {"url": url}, "attestation": {
+        "method": "aws", "aws": {"metadata_url": first.metadata_url}}})
+
+
+def _committed(reg: RegistrarProcess) -> bool:
+    """The first attestation is recorded: the token spent, or the instance claimed
+    with its certificate."""
+    return reg.sql("SELECT COUNT(*) FROM certs") == [(1,)]
 
 
 def _one_identity(reg: RegistrarProcess, agent: Any) -> None:
@@ -151,10 +194,11 @@ def _one_identity(reg: RegistrarProcess, agent: Any) -> None:
     assert "PRIVATE KEY" not in agent.log_text()
 
 
-def test_a_lost_answer_is_retried_with_the_same_key(relay: Any, agent_factory: Any) -> None:
+def test_a_lost_answer_is_retried_with_the_same_key(relay: Any, agent_factory: Any,
+                                                    first: FirstAttest) -> None:
     reg, losing = relay
     losing.losing.set()
-    agent = _agent(reg, losing, agent_factory)
+    agent = _agent(reg, losing, agent_factory, first)
     agent.start()
     deadline = time.monotonic() + 60
     while losing.lost == 0:
@@ -163,21 +207,22 @@ def test_a_lost_answer_is_retried_with_the_same_key(relay: Any, agent_factory: A
         time.sleep(0.02)
     losing.losing.clear()  # the next connection goes through
     agent.wait_ready(timeout=60)
-    assert reg.sql("SELECT COUNT(*) FROM tokens WHERE used_at IS NOT NULL") == [(1,)]
+    if first.metadata_url is None:
+        assert reg.sql("SELECT COUNT(*) FROM tokens WHERE used_at IS NOT NULL") == [(1,)]
     _one_identity(reg, agent)
     assert "token_spent" not in agent.log_text()
+    assert "instance_already_attested" not in agent.log_text()
     assert agent.stop() == 0
 
 
 def test_an_agent_killed_after_a_lost_answer_asks_again_with_the_kept_key(
-        relay: Any, agent_factory: Any) -> None:
+        relay: Any, agent_factory: Any, first: FirstAttest) -> None:
     reg, losing = relay
     losing.losing.set()  # every answer lost until the agent is killed
-    agent = _agent(reg, losing, agent_factory)
+    agent = _agent(reg, losing, agent_factory, first)
     agent.start()
     deadline = time.monotonic() + 60
-    while losing.lost == 0 or reg.sql(
-            "SELECT COUNT(*) FROM tokens WHERE used_at IS NOT NULL") != [(1,)]:
+    while losing.lost == 0 or not _committed(reg):
         assert agent.proc.poll() is None, agent.log_text()[-3000:]
         assert time.monotonic() < deadline, agent.log_text()[-3000:]
         time.sleep(0.05)
@@ -190,5 +235,5 @@ def test_an_agent_killed_after_a_lost_answer_asks_again_with_the_kept_key(
     agent.wait_ready(timeout=60)
     assert "attesting with the key kept from an earlier try" in agent.log_text()
     _one_identity(reg, agent)
-    assert os.path.exists(agent.token_file) is False  # spent only once stored
+    assert os.path.exists(agent.token_file) is False  # spent only once stored (or none)
     assert agent.stop() == 0

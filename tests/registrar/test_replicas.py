@@ -112,17 +112,29 @@ def test_a_join_token_raced_at_both_replicas_is_spent_once(
 
 def test_an_ec2_first_use_raced_at_both_replicas_is_claimed_once(
         replicas: tuple[RegistrarProcess, RegistrarProcess], pki: CloudPki) -> None:
+    """Each request with its own key: one wins. The same document and key (a retried
+    request): every answer is that one certificate."""
     a, b = replicas
-    for i in range(10):
+    for i in range(11):
         doc = pki.aws_document(instance_id=f"i-0{i:015x}")
-        body = {"evidence": {"type": "aws", "document": base64.b64encode(doc).decode(),
-                             "pkcs7": pki.aws_pkcs7(doc)}, "csr": csr_pem(ec_key())}
-        results = _all_at_once([_post(a, body), _post(b, body)] * 2)
-        assert sorted(status for status, _ in results) == [200, 403, 403, 403], results
-        assert {r["reason"] for s, r in results if s == 403} == {"instance_already_attested"}
+        evidence = {"type": "aws", "document": base64.b64encode(doc).decode(),
+                    "pkcs7": pki.aws_pkcs7(doc)}
+        if i < 10:
+            bodies = [{"evidence": evidence, "csr": csr_pem(ec_key())} for _ in range(4)]
+            results = _all_at_once([_post(a if j % 2 else b, bodies[j]) for j in range(4)])
+            assert sorted(status for status, _ in results) == [200, 403, 403, 403], results
+            assert {r["reason"] for s, r in results if s == 403} == {
+                "instance_already_attested"}
+        else:
+            body = {"evidence": evidence, "csr": csr_pem(ec_key())}
+            results = _all_at_once([_post(a, body), _post(b, body)] * 5)
+            assert [status for status, _ in results] == [200] * 10, results
+            assert len({r["cert_chain"] for _, r in results}) == 1
     rows = json.loads(a.cli("workloads", "list", "--json").stdout)
     aws = [r for r in rows if r["evidence_type"] == "aws"]
-    assert len(aws) == 10 and all(r["state"] == "active" for r in aws)
+    assert len(aws) == 11 and all(r["state"] == "active" for r in aws)
+    assert a.sql("SELECT count(*) FROM certs c JOIN workloads w ON w.id = c.workload_id"
+                 " WHERE w.evidence_type = 'aws'") == [(11,)]
 
 
 def test_a_challenge_from_one_replica_is_redeemed_once_at_the_other(

@@ -90,3 +90,64 @@ def test_store_config_errors_and_an_unreachable_database(
         assert result.returncode == EX_UNAVAILABLE, (command, result.stderr)
         assert "database is unreachable" in result.stderr
         assert secret not in result.stderr + result.stdout
+
+
+_SCHEMA_6_ROWS = (
+    "INSERT INTO workloads (subject, evidence_type, spiffe_id, group_name, first_seen,"
+    " last_seen, current_serial) VALUES ('aws:1:i-1', 'aws', 'spiffe://x/a', 'g', 1, 1, 'aa')",
+    "INSERT INTO certs (serial, workload_id, spiffe_id, issued_at, not_after)"
+    " VALUES ('aa', 1, 'spiffe://x/a', 10, 9e9)",
+)
+
+
+def _first_use_record_after_7(conn: Any) -> None:
+    """Schema 7 keeps a schema-6 EC2 workload, with no first-use record: its lost
+    answer is never given again (nothing says which key it certified)."""
+    from meshcore.clock import SystemClock
+    from registrar.store.inventory import Inventory
+    assert [tuple(r) for r in conn.execute(
+        "SELECT subject, current_serial, first_use_key, first_use_serial, first_use_chain"
+        " FROM workloads").fetchall()] == [("aws:1:i-1", "aa", None, None, None)]
+    assert Inventory(conn, SystemClock()).first_use_answered("aws", "aws:1:i-1", "k") is None
+
+
+def test_a_schema_6_sqlite_inventory_migrates_to_7_keeping_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    from registrar.store.db import MIGRATIONS, connect
+    path = tmp_path / "registrar.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    for script in MIGRATIONS[:6]:
+        old.executescript(script)
+    old.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    old.execute("INSERT INTO schema_version VALUES (6)")
+    for statement in _SCHEMA_6_ROWS:
+        old.execute(statement)
+    old.close()
+    conn = connect(path)
+    try:
+        assert conn.execute("SELECT version FROM schema_version").fetchone() == (7,)
+        _first_use_record_after_7(conn)
+    finally:
+        conn.close()
+
+
+def test_migrate_brings_a_schema_6_postgres_database_to_7_keeping_its_rows(
+        factory: Callable[..., RegistrarProcess],
+        postgres_server: PostgresServer) -> None:
+    from registrar.store.pg_schema import MIGRATIONS
+    dsn = postgres_server.new_database(migrated=False)
+    name = dsn.split("dbname=")[1].split()[0]
+    for script in MIGRATIONS[:6]:
+        postgres_server.sql(script, name)
+    postgres_server.sql("CREATE TABLE schema_version (version INTEGER NOT NULL);"
+                        " INSERT INTO schema_version VALUES (6)", name)
+    for statement in _SCHEMA_6_ROWS:
+        postgres_server.sql(statement, name)
+    reg = factory({"type": "postgres", "dsn": dsn})
+    assert "schema 6 -> 7" in reg.cli("migrate").stdout
+    conn = reg.db()
+    try:
+        _first_use_record_after_7(conn)
+    finally:
+        conn.close()
