@@ -96,6 +96,13 @@ def kind_of(conn: Connection) -> str:
     return "sqlite" if isinstance(conn, sqlite3.Connection) else str(getattr(conn, "kind", "?"))
 
 
+def in_transaction(conn: Connection) -> bool:
+    """Whether a unit (``transaction``) is open on ``conn`` in this thread."""
+    if isinstance(conn, sqlite3.Connection):
+        return conn.in_transaction
+    return bool(conn.in_unit())  # type: ignore[attr-defined]
+
+
 @contextmanager
 def transaction(conn: Connection, *, immediate: bool = True) -> Iterator[Connection]:
     """One atomic unit (nested: a savepoint). ``immediate`` takes the write lock up

@@ -18,12 +18,12 @@ from __future__ import annotations
 import builtins
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
 from meshcore.clock import Clock
-from registrar.store.connection import Connection, transaction
+from registrar.store.connection import Connection, in_transaction, transaction
 from registrar.store.tokens import Answered, Receipt
 
 STATES = ("active", "evicted", "revoked")
@@ -83,12 +83,16 @@ class Inventory:
                            group: str, hostname: str, addresses: Sequence[str],
                            serial: str, not_after: float, ca_version: str = "",
                            bundle_version: int = 0) -> Workload:
-        """Upsert the workload and record its new certificate, in one transaction.
+        """Upsert the workload and record its new certificate, in one transaction:
+        the caller's if it holds one (``atomically``, around a token's spend: that
+        unit is all or nothing already, and a savepoint would add two statements, two
+        round trips on PostgreSQL), else its own.
 
         A revoked workload is not revived by re-attesting: that is the operator's call.
         """
         now = self._clock.now().timestamp()
-        with transaction(self._conn) as conn:
+        conn = self._conn
+        with nullcontext() if in_transaction(conn) else transaction(conn):
             row = conn.execute(
                 "INSERT INTO workloads (subject, evidence_type, spiffe_id, group_name, hostname,"  # noqa: S608
                 " addresses, first_seen, last_seen, current_serial, bundle_version)"

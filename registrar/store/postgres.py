@@ -118,6 +118,10 @@ class PgConnection:
     def close(self) -> None:
         self._pool.close()
 
+    def in_unit(self) -> bool:
+        """A transaction is open on this thread's pinned connection."""
+        return getattr(self._local, "conn", None) is not None
+
     @contextmanager
     def transaction(self, *, immediate: bool) -> Iterator[PgConnection]:
         pinned = getattr(self._local, "conn", None)
