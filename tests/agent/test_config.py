@@ -66,6 +66,8 @@ def test_main_file_may_be_absent_when_dropins_configure_everything(tmp_path: Pat
     ("status:\n  listen: localhost\n", None, "agent.yaml", "status.listen", "127.0.0.1:15020"),
     ("registrar:\n  timeout: 1s\n  urll: x\n", None, "agent.yaml", "registrar.urll", "ca_file"),
     ("state_dir: relative/path\n", None, "agent.yaml", "state_dir", "absolute path"),
+    ('mesh:\n  type: istio\nistio:\n  dir: "/etc\\0/istio"\n', None, "agent.yaml",
+     "istio.dir", "without NUL"),
     ("colour: blue\n", None, "agent.yaml", "colour", "registrar"),
 ])
 def test_errors_name_file_key_and_allowed(tmp_path: Path, main: str, dropin: str | None,
