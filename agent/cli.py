@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            from agent.daemon.app import run_daemon
+            from agent.daemon.start import run_daemon
 
             return run_daemon(args.config)
         if args.command == "status":

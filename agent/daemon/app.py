@@ -20,7 +20,6 @@ from agent.attest.base import Attestor
 from agent.config import ConfigError, load_config
 from agent.config.model import AgentConfig
 from agent.credentials import CredentialStore
-from agent.daemon import logs
 from agent.daemon.dataplane import DataPlane, DataPlaneConfigError, DataPlaneDown
 from agent.daemon.notify import Notifier
 from agent.daemon.workload import Workload
@@ -130,15 +129,19 @@ def attestor_of(config: AgentConfig, clock: Clock,
 
 
 class Daemon:
+    """``early``: the data plane and its health, built by the entry point to start
+    Envoy before this module loaded (``agent.daemon.start``); built here without."""
+
     def __init__(self, config_path: Path, config: AgentConfig, *,
                  clock: Clock | None = None, rng: Rng | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None,
+                 early: tuple[DataPlane, Health] | None = None) -> None:
         self.config_path = config_path
         self.config = config
         self.clock = clock or SystemClock()
         rng = rng or system_rng()
         self.notifier = notifier or Notifier()
-        self.health = Health()
+        self.health = early[1] if early is not None else Health()
         state_dir = config.state_dir
         self.token_source = registrar_token_source(config, self.clock)
         self.manager = IdentityManager(
@@ -148,7 +151,8 @@ class Daemon:
             choose_attestor=attestor_of(config, self.clock, self.token_source),
             clock=self.clock, rng=rng, health=self.health, tuning=tuning_of(config),
             host=local_host_info)
-        self.dataplane = DataPlane(config, self.health, self.clock)
+        self.dataplane = early[0] if early is not None else DataPlane(config, self.health,
+                                                                      self.clock)
         self.bundle = BundlePoller(self.manager, self._registrar_client,
                                    self._bundle_interval, self.clock)
         # Istio mode has no workload API (istiod registers VMs by WorkloadEntry).
@@ -419,16 +423,3 @@ def reload_summary(applied: list[str], rejected: list[str]) -> str:
                      f"{'needs' if len(rejected) == 1 else 'need'} a restart")
     return "; ".join(parts) or "no change"
 
-
-def run_daemon(config_path: Path) -> int:
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        logs.setup("info")
-        log.error("invalid configuration: %s", exc)
-        return EX_CONFIG
-    logs.setup(config.log_level)
-    log.info("starting", extra={"config": str(config_path), "mesh": config.mesh_type,
-                                "issuer": client_of(config).url})
-    log_warnings(config)
-    return asyncio.run(Daemon(config_path, config).run())

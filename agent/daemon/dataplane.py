@@ -22,20 +22,22 @@ from agent.capture.exempt import url_exemptions
 from agent.capture.plan import DnsCapture, Exempt
 from agent.capture.runner import CaptureError
 from agent.config.model import AgentConfig, control_plane_urls, effective_capture
-from agent.credentials import Credentials
 from agent.dns.resolv import nameservers
 from agent.dns.table import LISTEN, NameTable
 from agent.proxy.user import ProxyUserMissing, resolve_proxy_user
-from agent.state.store import AgentState
 from agent.status.health import Health
 from meshcore.clock import Clock
 
+# Types only (the credential modules among them: the entry point builds the data
+# plane and starts Envoy before they, and cryptography, are loaded).
 if TYPE_CHECKING:
+    from agent.credentials import Credentials
     from agent.dns.guard import DnsGuard
     from agent.dns.proxy import DnsProxy
     from agent.istio.dataplane import IstioDataPlane
     from agent.sidecar.ads import XdsServer
     from agent.sidecar.service import Sidecar
+    from agent.state.store import AgentState
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ class DataPlane:
         self._xds: XdsServer | None = None
         self._dns = config.dns
         self._envoy: asyncio.Task[None] | None = None  # started early, see start_envoy_early
+        self._envoy_prepared = False
         self.dns_proxy: DnsProxy | None = None
         self.dns_guard: DnsGuard | None = None  # both set by start_dns
         self._dns_started = asyncio.Event()
@@ -114,12 +117,14 @@ class DataPlane:
             self._health.condition("sidecar", self.sidecar.supervisor.ready)
             self._health.detail("sidecar", self.sidecar.supervisor.status().as_dict())
 
-    async def prepare(self) -> None:
-        """Before attesting: check the proxy user exists (a config error is better
-        found before a one-time token is spent), start Envoy early on a restart
-        (``start_envoy_early``), then remove rules a crashed or killed run left
-        behind, while Envoy starts. Whatever ends the agent before that removal
-        (a config error) removes them on its way out (``remove_capture``)."""
+    def prepare_envoy(self) -> bool:
+        """Check the proxy user exists (a config error is better found before a
+        one-time token is spent), prepare Envoy's files and, on a restart, start
+        Envoy early (``start_envoy_early``). Done once: the entry point calls it
+        before the daemon's own modules load (``agent.daemon.start``), ``prepare``
+        otherwise. True when Envoy was started early."""
+        if self._envoy_prepared:
+            return self._envoy is not None
         if self.sidecar is not None:
             _traversable(self._state_dir)
         try:
@@ -129,9 +134,23 @@ class DataPlane:
                 self.sidecar.prepare()
         except ProxyUserMissing as exc:
             raise DataPlaneConfigError(str(exc)) from exc
+        self._envoy_prepared = True
+        return self.start_envoy_early()
+
+    async def envoy_spawned(self) -> None:
+        """Until the early Envoy's process exists (or its start failed); at once
+        when none was started early."""
+        if self._envoy is not None and self.sidecar is not None:
+            await self.sidecar.supervisor.spawned()
+
+    async def prepare(self) -> None:
+        """Before attesting: ``prepare_envoy`` (if the entry point has not), then
+        remove rules a crashed or killed run left behind, while Envoy starts.
+        Whatever ends the agent before that removal (a config error) removes them
+        on its way out (``remove_capture``)."""
+        self.prepare_envoy()
         if self.istio is not None and self.sidecar is not None:
             await self.istio.start(self.sidecar.proxy.gid)
-        self.start_envoy_early()
         await self.capture.reconcile_on_start()
 
     async def configure(self, creds: Credentials, state: AgentState,
@@ -257,8 +276,26 @@ class DataPlane:
         if self.dns_guard is not None:
             await self.dns_guard.run()
 
+    async def _exemptions(self) -> list[Exempt]:
+        exempt: list[Exempt] = []
+        for url, why in self._control_plane:
+            exempt.extend(await asyncio.to_thread(url_exemptions, url, why))
+        return exempt
+
     async def bring_up(self) -> None:
         """Wait for Envoy, then install and verify capture."""
+        # Resolved now, at start, while Envoy gets ready (a lookup is off READY's
+        # path that way): the control plane's addresses always go direct.
+        exempting = asyncio.ensure_future(self._exemptions()) if self._capture_enabled else None
+        try:
+            await self._bring_up(exempting)
+        finally:
+            if exempting is not None:
+                exempting.cancel()  # a no-op once awaited; retrieved, never left unseen
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await exempting
+
+    async def _bring_up(self, exempting: asyncio.Future[list[Exempt]] | None) -> None:
         if self.sidecar is not None:
             from agent.sidecar.supervisor import SidecarNotReady
 
@@ -267,11 +304,8 @@ class DataPlane:
             except SidecarNotReady as exc:
                 raise DataPlaneDown(str(exc)) from exc
             self._health.condition("sidecar", True)
-        if self._capture_enabled:
-            # Resolved now, at start: the control plane's addresses always go direct.
-            exempt: list[Exempt] = []
-            for url, why in self._control_plane:
-                exempt.extend(await asyncio.to_thread(url_exemptions, url, why))
+        if exempting is not None:
+            exempt = await exempting
             log.info("capture exempts the control plane: %s", ", ".join(
                 f"{e.why} {e.network} port {e.port}" for e in exempt))
             self.capture.exempt(tuple(exempt))

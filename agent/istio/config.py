@@ -20,9 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.istio.vm import IstioVM, load_vm
 from meshcore.config.reader import Section
+
+if TYPE_CHECKING:
+    from agent.istio.vm import IstioVM
 
 DEFAULT_DIR = "/etc/mesh-agent/istio"
 MESH_TYPES = ("static", "istio")
@@ -59,6 +62,10 @@ def parse_istio(s: Section) -> IstioConfig:
     if audience is not None and (not audience or any(c.isspace() for c in audience)):
         raise s.error("token_audience", f"{audience!r} is not an audience",
                       "a non-empty string without spaces, e.g. istio-ca")
+    # Imported only for an istio: section (it parses the root certificates with
+    # cryptography): a static-mode agent reads its config without it.
+    from agent.istio.vm import load_vm
+
     return IstioConfig(directory=directory, cert_ttl=cert_ttl, timeout=timeout,
                        vm=load_vm(directory), token_source=token_source,
                        token_audience=audience)

@@ -106,6 +106,7 @@ class EnvoySupervisor:
         self._envoy_log = logger.getChild("envoy")
         self._proc: asyncio.subprocess.Process | None = None
         self._ready = asyncio.Event()
+        self._spawned = asyncio.Event()  # a first start was attempted (done or failed)
         self._wake = asyncio.Event()
         self._stopping = False
         self._restart_requested = False
@@ -131,6 +132,11 @@ class EnvoySupervisor:
             state=self._state, ready=self.ready, pid=self._proc.pid if self._proc else None,
             restarts=self._restarts, consecutive_failures=self._failures,
             last_exit=self._last_exit, detail=self._detail)
+
+    async def spawned(self) -> None:
+        """Until ``run()`` has made its first attempt to start Envoy (the process
+        exists, or its start failed and was logged)."""
+        await self._spawned.wait()
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Until Envoy's ``/ready`` says 200; SidecarNotReady after ``timeout``
@@ -222,6 +228,7 @@ class EnvoySupervisor:
             return None
         finally:
             self._spawning = False
+            self._spawned.set()
         self._proc = proc
         if self._restart_on_spawn:
             self._restart_on_spawn = False

@@ -15,9 +15,12 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.credentials.model import Credentials
+if TYPE_CHECKING:
+    # A type only: the entry point builds Health before cryptography is loaded
+    # (agent.daemon.start starts Envoy first).
+    from agent.credentials.model import Credentials
 
 # Above this, the registrar's clock and ours disagree enough to report and to
 # correct for: the HTTP Date header it is measured from has 1 s resolution and a

