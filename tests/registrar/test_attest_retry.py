@@ -40,14 +40,28 @@ def token_id(reg: RegistrarProcess, token: str) -> str:
     return str(rows[0][0])
 
 
+def workload_rows(reg: RegistrarProcess, evidence_type: str,
+                  subject: str) -> tuple[list[Any], list[Any]]:
+    """The subject's workloads (id, state) and every certificate recorded for them."""
+    workloads = reg.sql("SELECT id, state FROM workloads WHERE evidence_type = ?"
+                        " AND subject = ?", (evidence_type, subject))
+    certs = reg.sql("SELECT c.serial FROM certs c JOIN workloads w ON w.id = c.workload_id"
+                    " WHERE w.evidence_type = ? AND w.subject = ?", (evidence_type, subject))
+    return [tuple(w) for w in workloads], [c[0] for c in certs]
+
+
 def rows_of(reg: RegistrarProcess, token: str) -> tuple[list[Any], list[Any]]:
     """The token's workloads (id, state) and every certificate recorded for them."""
-    workloads = reg.sql("SELECT id, state FROM workloads WHERE evidence_type = 'join_token'"
-                        " AND subject = ?", (token_id(reg, token),))
-    certs = reg.sql("SELECT c.serial FROM certs c JOIN workloads w ON w.id = c.workload_id"
-                    " WHERE w.evidence_type = 'join_token' AND w.subject = ?",
-                    (token_id(reg, token),))
-    return [tuple(w) for w in workloads], [c[0] for c in certs]
+    return workload_rows(reg, "join_token", token_id(reg, token))
+
+
+def assert_same_answer(again: dict[str, Any], first: dict[str, Any], spiffe_id: str) -> None:
+    """A retry's answer is the first answer: the same chain, identity, times, bundle."""
+    assert again["cert_chain"] == first["cert_chain"]
+    assert again["spiffe_id"] == first["spiffe_id"] == spiffe_id
+    assert (again["not_after"], again["renew_after"]) == (first["not_after"],
+                                                          first["renew_after"])
+    assert again["trust_bundle"] == first["trust_bundle"]
 
 
 def refused(status: int, body: Any, reason: str = "token_spent") -> None:
@@ -63,11 +77,7 @@ def test_same_token_same_key_gets_the_same_certificate_and_one_workload(
     # The retry's CSR is another CSR (it asks for the URI) for the same key.
     status, again = attest(registrar, token, csr_pem(key, uris=(SPIFFE_WEB,)))
     assert status == 200, again
-    assert again["cert_chain"] == first["cert_chain"]
-    assert again["spiffe_id"] == first["spiffe_id"] == SPIFFE_WEB
-    assert (again["not_after"], again["renew_after"]) == (first["not_after"],
-                                                          first["renew_after"])
-    assert again["trust_bundle"] == first["trust_bundle"]
+    assert_same_answer(again, first, SPIFFE_WEB)
     workloads, certs = rows_of(registrar, token)
     assert len(workloads) == 1 and workloads[0][1] == "active"
     assert certs == [serial_of(first)]

@@ -23,6 +23,7 @@ from tests.fakes.cloud_pki import CloudPki
 from tests.fixtures.registrar import RegistrarProcess
 from tests.registrar import calls
 from tests.registrar.csrs import csr_pem, ec_key, key_pem
+from tests.registrar.test_attest_retry import assert_same_answer, serial_of, workload_rows
 from tests.registrar.test_renew import mtls
 
 SPIFFE_WEB = "spiffe://example.org/ns/prod/sa/web-vm"
@@ -64,19 +65,9 @@ def attest(reg: RegistrarProcess, ev: dict[str, str], csr: str) -> tuple[int, An
                                                  "hostname": "vm-e"})
 
 
-def serial_of(body: dict[str, Any]) -> str:
-    leaf = x509.load_pem_x509_certificate(body["cert_chain"].encode())
-    return format(leaf.serial_number, "x")
-
-
 def rows_of(reg: RegistrarProcess, instance: str) -> tuple[list[Any], list[Any]]:
     """The instance's workloads (id, state) and every certificate recorded for them."""
-    subject = f"aws:{ACCOUNT}:{instance}"
-    workloads = reg.sql("SELECT id, state FROM workloads WHERE evidence_type = 'aws'"
-                        " AND subject = ?", (subject,))
-    certs = reg.sql("SELECT c.serial FROM certs c JOIN workloads w ON w.id = c.workload_id"
-                    " WHERE w.evidence_type = 'aws' AND w.subject = ?", (subject,))
-    return [tuple(w) for w in workloads], [c[0] for c in certs]
+    return workload_rows(reg, "aws", f"aws:{ACCOUNT}:{instance}")
 
 
 def refused(status: int, body: Any) -> None:
@@ -98,11 +89,7 @@ def test_same_document_same_key_gets_the_same_certificate_and_one_workload(
     # The retry's CSR is another CSR (it asks for the URI) for the same key.
     status, again = attest(reg, ev, csr_pem(key, uris=(SPIFFE_WEB,)))
     assert status == 200, again
-    assert again["cert_chain"] == first["cert_chain"]
-    assert again["spiffe_id"] == first["spiffe_id"] == SPIFFE_WEB
-    assert (again["not_after"], again["renew_after"]) == (first["not_after"],
-                                                          first["renew_after"])
-    assert again["trust_bundle"] == first["trust_bundle"]
+    assert_same_answer(again, first, SPIFFE_WEB)
     workloads, certs = rows_of(reg, "i-0a00000000000001")
     assert len(workloads) == 1 and workloads[0][1] == "active"
     assert certs == [serial_of(first)]

@@ -118,6 +118,12 @@ class HostPair:
             host.ip("addr", "add", f"{host.address}/24", "dev", dev)
             host.ip("link", "set", dev, "up")
 
+    def route_each_other(self) -> None:
+        """Each host's default route through the other: an address off the link is
+        routable (capture's probe needs a route to connect through)."""
+        self.vm.ip("route", "add", "default", "via", self.peer.address)
+        self.peer.ip("route", "add", "default", "via", self.vm.address)
+
     def destroy(self) -> None:
         for host in (self.vm, self.peer):
             sh("ip", "netns", "del", host.name, check=False)
