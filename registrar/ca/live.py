@@ -1,11 +1,12 @@
 """What a running registrar signs and serves with, following ``ca/rotation.json``.
 
 Every worker checks the identity (inode, size, mtime) of the rotation file and
-of the server certificate at most once a second, on the next request or TLS
-handshake, and reloads when either changed: the signing authority, the bundle
-and its version, and the TLS context. ``ca rotate`` and ``server-cert reissue``
-therefore need no restart and no signal, and a multi-worker registrar
-converges within a second.
+of the server certificate on every request and TLS handshake (two stat calls),
+and reloads when either changed: the signing authority, the bundle and its
+version, and the TLS context. ``ca rotate`` and ``server-cert reissue``
+therefore need no restart and no signal, and every answer that starts after one
+of them returned is made with its result. A change that does not load yet (a
+torn write) keeps the last good state and is tried again once a second.
 
 The listening socket keeps one context whose SNI callback (OpenSSL calls it on
 every handshake, with or without a server name) moves the connection onto the
@@ -114,7 +115,7 @@ class LiveCa:
         self._config = config
         self._clock = clock
         self._stamp: Stamp = self._identity()
-        self._checked = clock.monotonic()
+        self._checked = clock.monotonic() - CHECK_SECONDS
         self._authority = load_current(config, clock)
         self._contexts: dict[tuple[str, ...], ssl.SSLContext] = {
             (): server_context(config, load(config.state_dir))}
@@ -124,13 +125,16 @@ class LiveCa:
         return stamp(self._config)
 
     def refresh(self) -> None:
+        # Two stat() calls per request (microseconds): an answer that starts after
+        # a `ca rotate` step returned carries that step's bundle. Only a rotation
+        # seen but not loadable yet waits CHECK_SECONDS before it is tried again.
+        stamp = self._identity()
+        if stamp == self._stamp:
+            return
         now = self._clock.monotonic()
         if now - self._checked < CHECK_SECONDS:
             return
         self._checked = now
-        stamp = self._identity()
-        if stamp == self._stamp:
-            return
         try:
             rotation = load(self._config.state_dir)
             authority = load_current(self._config, self._clock)
@@ -142,6 +146,7 @@ class LiveCa:
             log.warning("CA rotation seen but not loadable yet; keeping the current CA",
                         extra={"error": str(exc)})
             return
+        self._checked = now - CHECK_SECONDS  # loaded: the next change is read at once
         self._stamp, self._authority, self._contexts = stamp, authority, contexts
         log.info("CA reloaded: signing with %s, bundle version %d (%d roots)",
                  authority.version, authority.bundle_version, len(authority.roots))
