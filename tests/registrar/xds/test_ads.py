@@ -286,9 +286,17 @@ def test_registrar_down_keeps_config_and_restart_resyncs(mesh: Mesh) -> None:
     # stale, the frontend's first call after the resync found no endpoint and was
     # reset, until orders' next report; tests/registrar/test_catalog.py pins the rule).
     time.sleep(max(0.0, killed + 4.0 - time.monotonic()))
-    mesh.reg.start()
-    took = wait_for(lambda: "outbound|7070||ledger.shop.mesh" in _outbound_chains(
-        mesh.frontend), 15)
+    served_before = mesh.reg.log_text().count("xds serving")
+    mesh.reg.start()  # returns once HTTPS answers; the xDS process starts beside it
+    wait_for(lambda: mesh.reg.log_text().count("xds serving") > served_before, 30)
+    # Envoy's reconnect backoff is capped at 5 s (agent/sidecar/ads.py).
+    try:
+        took = wait_for(lambda: "outbound|7070||ledger.shop.mesh" in _outbound_chains(
+            mesh.frontend), 15)
+    except AssertionError as exc:
+        envoy_log = mesh.frontend.log.read_text(errors="replace")
+        raise AssertionError(f"{exc}\n-- registrar log (tail):\n{mesh.reg.log_text()[-4000:]}"
+                             f"\n-- frontend Envoy log (tail):\n{envoy_log[-4000:]}") from None
     print(f"registrar restart -> frontend resynced in {took:.1f} s")
     assert mesh.call() == (0, "200")
     assert _restart_markers(mesh.frontend)[0] == pid
