@@ -115,14 +115,16 @@ async def _serve(config: RegistrarConfig, *, reuse_port: bool) -> None:
                     "%d files (raise LimitNOFILE)", limits.max_connections, total, files)
     gate = ConnectionGate(total=total, per_address=limits.max_connections_per_address,
                           clock=clock)
+    log_budget = LogBudget(clock)
     listener = await listen(runner, host=config.host, port=config.port,
                             ssl_context=live.listening, reuse_port=reuse_port,
                             gate=gate, request_timeout=limits.request_timeout,
-                            log_budget=LogBudget(clock))
+                            log_budget=log_budget)
     istio_ca = None
     if config.istio_ca is not None:
         from registrar.istio_ca.wiring import serve
-        istio_ca = await serve(runner.app, config.istio_ca, live, reuse_port=reuse_port)
+        istio_ca = await serve(runner.app, config.istio_ca, live, reuse_port=reuse_port,
+                               gate=gate, log_budget=log_budget)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -158,11 +158,13 @@ class AnswerGuard(asyncio.Transport):
         self._real.write_eof()
 
 
-class _Guarded(asyncio.Protocol):
-    """Hands aiohttp's handler an ``AnswerGuard`` instead of the real transport,
-    if the gate lets the connection in at all."""
+class Guarded(asyncio.Protocol):
+    """Lets a connection in only if the worker's gate admits it (and counts it out
+    when it goes). With a ``timeout`` (the HTTPS API) the inner protocol gets an
+    ``AnswerGuard`` instead of the real transport; without one (the Istio CA port's
+    HTTP/2, whose streams have their own lifetimes) it gets the transport."""
 
-    def __init__(self, inner: asyncio.Protocol, gate: ConnectionGate, timeout: float,
+    def __init__(self, inner: asyncio.Protocol, gate: ConnectionGate, timeout: float | None,
                  log_budget: LogBudget | None) -> None:
         self._inner = inner
         self._gate = gate
@@ -178,23 +180,26 @@ class _Guarded(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         self._address = address
+        if self._timeout is None:
+            self._inner.connection_made(transport)
+            return
         # uvloop's TLS transport has the Transport methods without the base class.
         self._guard = AnswerGuard(cast(asyncio.Transport, transport), self._timeout,
                                   self._log_budget)
         self._inner.connection_made(self._guard)
 
     def data_received(self, data: bytes) -> None:
-        if self._guard is not None:
+        if self._address is not None:
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._guard is not None else None
+        return self._inner.eof_received() if self._address is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._guard is None:
+        if self._address is None:
             return
-        self._guard.stop_timer()
-        assert self._address is not None
+        if self._guard is not None:
+            self._guard.stop_timer()
         self._gate.release(self._address)
         self._inner.connection_lost(exc)
 
@@ -239,7 +244,7 @@ async def listen(runner: web.AppRunner, *, host: str, port: int, ssl_context: ss
     loop = asyncio.get_running_loop()
     # TLS is ours, not the loop's, so a refused handshake sends its alert (tls.py).
     return await loop.create_server(
-        lambda: RefusingTls(loop, _Guarded(handlers(), gate, request_timeout, log_budget),
+        lambda: RefusingTls(loop, Guarded(handlers(), gate, request_timeout, log_budget),
                             ssl_context, handshake_timeout=HANDSHAKE_SECONDS,
                             log_budget=log_budget),
         host, port, reuse_port=reuse_port, backlog=1024)

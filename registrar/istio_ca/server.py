@@ -15,9 +15,11 @@ how the caller proved it, the serial and the expiry; never the token.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from grpclib.const import Cardinality, Handler
@@ -25,7 +27,11 @@ from grpclib.server import Server, Stream
 
 from meshcore.clock import Clock
 from meshcore.istio_wire import istio_ca_pb2 as pb
+from registrar.api.connections import ConnectionGate
+from registrar.api.logbudget import LogBudget
+from registrar.api.protocol import HANDSHAKE_SECONDS, Guarded
 from registrar.api.ratelimit import TokenBucket
+from registrar.api.tls import RefusingTls
 from registrar.ca.authority import AuthoritySource
 from registrar.config import Rate
 from registrar.istio_ca.callers import Callers
@@ -81,11 +87,36 @@ class IstioCaService:
         await stream.send_message(Response(cert_chain=signed.cert_chain))
 
 
+class _GatedServer(Server):
+    """grpclib's server with each connection's protocol wrapped: TLS terminated by
+    ``RefusingTls`` (the handshake bounded by ``HANDSHAKE_SECONDS``, a refused one
+    gets its alert and a line) around the worker's connection gate, as the HTTPS
+    API's connections are. Without it a flood of silent connections on this port
+    could hold the worker's files, and the API shares them."""
+
+    def __init__(self, service: IstioCaService,
+                 wrap: Callable[[asyncio.Protocol], asyncio.BaseProtocol]) -> None:
+        super().__init__([service])
+        self._wrap = wrap
+
+    def _protocol_factory(self) -> Any:
+        # grpclib's factory (one Handler per connection, tracked for close()) is
+        # pinned in constraints.txt; tests/registrar/istio_ca/test_ca_connections.py
+        # fails if a connection stops going through the gate or the handshake bound.
+        return self._wrap(super()._protocol_factory())
+
+
 async def start(service: IstioCaService, *, host: str, port: int, ssl_context: ssl.SSLContext,
-                reuse_port: bool) -> Server:
-    server = Server([service])
-    options: dict[str, Any] = {"ssl": ssl_context, "reuse_port": reuse_port or None,
-                               "backlog": 1024}
-    await server.start(host, port, **options)
+                reuse_port: bool, gate: ConnectionGate,
+                log_budget: LogBudget | None = None) -> Server:
+    loop = asyncio.get_running_loop()
+
+    def wrap(h2: asyncio.Protocol) -> asyncio.BaseProtocol:
+        return RefusingTls(loop, Guarded(h2, gate, None, log_budget), ssl_context,
+                           handshake_timeout=HANDSHAKE_SECONDS, log_budget=log_budget)
+
+    server = _GatedServer(service, wrap)
+    # No ssl= here: TLS is each connection's own protocol (wrap).
+    await server.start(host, port, reuse_port=reuse_port or None, backlog=1024)
     log.info("istio_ca serving grpcs://%s:%d", host, port)
     return server

@@ -7,6 +7,8 @@ from aiohttp import web
 from grpclib.server import Server
 
 from meshcore.clock import Clock
+from registrar.api.connections import ConnectionGate
+from registrar.api.logbudget import LogBudget
 from registrar.api.service import Service
 from registrar.ca.authority import AuthoritySource
 from registrar.ca.live import LiveCa
@@ -30,6 +32,9 @@ def attach(app: web.Application, config: RegistrarConfig, *, service: Service,
 
 
 async def serve(app: web.Application, config: IstioCaConfig, live: LiveCa, *,
-                reuse_port: bool) -> Server:
+                reuse_port: bool, gate: ConnectionGate, log_budget: LogBudget) -> Server:
+    """Listen beside the API: the same worker's connection gate (its caps count
+    both ports' connections) and log budget."""
     return await start(app[SERVICE], host=config.host, port=config.port,
-                       ssl_context=live.listening_context(("h2",)), reuse_port=reuse_port)
+                       ssl_context=live.listening_context(("h2",)), reuse_port=reuse_port,
+                       gate=gate, log_budget=log_budget)
