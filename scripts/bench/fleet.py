@@ -52,8 +52,11 @@ UNLIMITED = {"per_second": 1e6, "burst": 1_000_000}
 
 
 def oidc_config(port: int) -> dict[str, Any]:
-    """Attestation and the ``oidc:`` section unlimited, the issuer on ``port``."""
-    return {"limits": {"rate": {"attest": dict(UNLIMITED)}},
+    """Attestation and the ``oidc:`` section unlimited, the issuer on ``port``; the
+    per-address connection cap (128 per worker, counting the HTTPS API's and the
+    Istio CA port's) raised for the same reason as the rate buckets."""
+    return {"limits": {"rate": {"attest": dict(UNLIMITED)},
+                       "max_connections_per_address": 10_000},
             "oidc": {"issuer": f"https://127.0.0.1:{port}", "rate": dict(UNLIMITED),
                      "per_workload": dict(UNLIMITED)}}
 
