@@ -48,7 +48,7 @@ def add_parsers(sub: Any) -> None:
     ssub = server.add_subparsers(dest="action", required=True)
     reissue = ssub.add_parser("reissue", help="a new server certificate (both key "
                               "identifiers) from the signing CA; a running registrar "
-                              "picks it up within a second")
+                              "serves it from its next handshake")
     reissue.add_argument("--config", required=True, type=Path)
     reissue.add_argument("--server-name", action="append", default=[],
                          help="DNS name or IP (repeatable; default: the current names)")

@@ -221,7 +221,7 @@ def test_a_server_certificate_from_an_older_init_is_named_at_start(
     assert "Missing Authority Key Identifier" in refused.value.message
 
     # The fix without the openssl workaround: reissue only the server certificate;
-    # the running registrar serves it within a second, and strict clients accept it.
+    # the running registrar serves it from its next handshake; strict clients accept it.
     out = reg.cli("server-cert", "reissue")
     assert "server certificate reissued for 127.0.0.1, localhost" in out.stdout, out
     reissued = x509.load_pem_x509_certificates((state / "server-cert.pem").read_bytes())
