@@ -26,6 +26,10 @@ from agent.sidecar.tls import sds_ref
 from meshcore.netaddr import is_ip_literal
 
 XDS_CLUSTER = "xds"
+# The ADS stream's reconnect backoff: within a second or two of the registrar coming
+# back, capped at 5 s for an outage. Envoy's default (0.5 s doubling to 30 s, jittered)
+# took ~8.5 s after a short outage, and up to 30 s after a long one.
+ADS_RETRY_POLICY = {"retry_back_off": {"base_interval": "0.5s", "max_interval": "5s"}}
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 _H2 = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -110,12 +114,7 @@ def render_ads_bootstrap(mesh: MeshSettings, server: XdsServer, paths: EnvoyPath
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
                 "grpc_services": [{"envoy_grpc": {
-                    "cluster_name": XDS_CLUSTER,
-                    # Reconnect within a second or two of the registrar coming back
-                    # (Envoy's default backoff took ~8.5 s), capped for an outage.
-                    "retry_policy": {"retry_back_off": {"base_interval": "0.5s",
-                                                        "max_interval": "5s"}},
-                }}],
+                    "cluster_name": XDS_CLUSTER, "retry_policy": ADS_RETRY_POLICY}}],
             },
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},

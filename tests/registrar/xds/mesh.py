@@ -22,6 +22,7 @@ import httpx
 import yaml
 from cryptography.hazmat.primitives import serialization
 
+from agent.sidecar.ads import ADS_RETRY_POLICY
 from agent.sidecar.sds import Generation, ProxyIdentity, SdsMirror
 from agent.sidecar.settings import EnvoyPaths
 from tests.fixtures.registrar import RegistrarProcess
@@ -47,7 +48,9 @@ def ads_bootstrap(node_id: str, sds_dir: Path, registrar_ip: str, port: int) -> 
         "dynamic_resources": {
             "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
                            "set_node_on_first_message_only": True,
-                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
+                           # The agent's reconnect backoff (agent/sidecar/ads.py).
+                           "grpc_services": [{"envoy_grpc": {
+                               "cluster_name": "xds", "retry_policy": ADS_RETRY_POLICY}}]},
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
