@@ -22,6 +22,7 @@ from typing import Any
 from agent.istio.address import Address
 from agent.istio.node import PROMETHEUS_PORT, STATUS_PORT, IstioNode
 from agent.istio.sds_server import CERT_NAME, ROOT_NAME
+from agent.sidecar.ads import ADS_RETRY_POLICY
 from agent.sidecar.config import SidecarConfig
 
 XDS_CLUSTER = "xds-grpc"
@@ -130,7 +131,9 @@ def render_ads_bootstrap(sidecar: SidecarConfig, node: IstioNode, *, istiod: Add
             "ads_config": {
                 "api_type": "GRPC", "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}]},
+                # Back on istiod within 5 s of its return, as with the registrar.
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER,
+                                                  "retry_policy": ADS_RETRY_POLICY}}]},
             "cds_config": _ads(),
             "lds_config": _ads(),
         },
