@@ -73,16 +73,29 @@ def tls_to(reg: RegistrarProcess, port: int, source: str, alpn: str | None,
     return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
 
 
+# HTTP/2's client preface and an empty SETTINGS frame.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
 @contextmanager
 def held(reg: RegistrarProcess, *, ca: int = 0, api: int = 0,
          source: str) -> Iterator[list[ssl.SSLSocket]]:
-    """Open connections (handshake done) held idle: ``ca`` on the CA port with
-    ALPN h2, ``api`` on the HTTPS API's port."""
+    """Connections held open, each shown admitted by an answer (the gate counts a
+    connection once its handshake is done, before any byte is answered): ``ca`` on
+    the CA port (HTTP/2 preface -> the server's SETTINGS), ``api`` on the HTTPS
+    API's port (a kept-alive /healthz)."""
     with ExitStack() as stack:
-        out = [stack.enter_context(tls_to(reg, ca_port(reg), source, "h2"))
-               for _ in range(ca)]
-        out += [stack.enter_context(tls_to(reg, reg.port, source, None)) for _ in range(api)]
-        time.sleep(0.3)  # the server has taken them in (the gate counts at accept)
+        out = []
+        for _ in range(ca):
+            s = stack.enter_context(tls_to(reg, ca_port(reg), source, "h2"))
+            s.sendall(H2_PREFACE)
+            assert s.recv(4096), "no HTTP/2 SETTINGS from the CA port"
+            out.append(s)
+        for _ in range(api):
+            s = stack.enter_context(tls_to(reg, reg.port, source, None))
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
+            out.append(s)
         yield out
 
 
@@ -146,7 +159,7 @@ def test_a_foreign_client_certificate_gets_its_alert_and_a_log_line(
     # of the handshake is done; the refusal arrives on the first read.
     with tls_to(reg, ca_port(reg), "127.0.0.9", "h2", cert, key) as s, \
             pytest.raises(ssl.SSLError) as refused:
-        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        s.sendall(H2_PREFACE)
         s.recv(4096)
     assert refused.value.reason == "TLSV1_ALERT_UNKNOWN_CA", refused.value
     line = "TLS handshake from 127.0.0.9 refused: client certificate unknown_ca (alert sent)"
