@@ -18,6 +18,9 @@ from meshcore.clock import Clock
 log = logging.getLogger("registrar.http")
 
 LOG_EVERY = 60.0
+# A peer that opens TCP and never finishes the TLS handshake is dropped after this,
+# on every port the registrar listens on (the HTTPS API, the Istio CA, xDS).
+HANDSHAKE_SECONDS = 10.0
 # Files a worker needs besides its connections: the database, logs, the listener,
 # TLS files on reload, the handshakes in flight.
 RESERVED_FILES = 256

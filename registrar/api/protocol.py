@@ -31,15 +31,13 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from registrar.api.connections import ConnectionGate
+from registrar.api.connections import HANDSHAKE_SECONDS, ConnectionGate
 from registrar.api.logbudget import LogBudget
 from registrar.api.tls import RefusingTls
 from registrar.rejections import Rejected
 
 log = logging.getLogger("registrar.http")
 
-# A peer that opens TCP and never finishes the TLS handshake is dropped after this.
-HANDSHAKE_SECONDS = 10.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # aiohttp logs a failed parse with the exception, whose text can quote the request.

@@ -27,9 +27,9 @@ from grpclib.server import Server, Stream
 
 from meshcore.clock import Clock
 from meshcore.istio_wire import istio_ca_pb2 as pb
-from registrar.api.connections import ConnectionGate
+from registrar.api.connections import HANDSHAKE_SECONDS, ConnectionGate
 from registrar.api.logbudget import LogBudget
-from registrar.api.protocol import HANDSHAKE_SECONDS, Guarded
+from registrar.api.protocol import Guarded
 from registrar.api.ratelimit import TokenBucket
 from registrar.api.tls import RefusingTls
 from registrar.ca.authority import AuthoritySource

@@ -26,6 +26,7 @@ from cryptography import x509
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 
+from registrar.api.connections import HANDSHAKE_SECONDS
 from registrar.xds.hub import Hub
 from registrar.xds.resources import DEFAULT_SDS_DIR, NodeFiles
 from registrar.xds.session import Session
@@ -149,6 +150,9 @@ def rotating_credentials(initial: ServerPems,
 async def start(hub: Hub, status: XdsStatus, authorize: Authorizer, address: str,
                 credentials: grpc.ServerCredentials) -> grpc.aio.Server:
     server = grpc.aio.server(options=[
+        # A TLS handshake must finish within 10 s, as on the HTTPS API (gRPC's
+        # default is 120 s): a connection that never completes one is closed.
+        ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_SECONDS * 1000)),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_concurrent_streams", 16),

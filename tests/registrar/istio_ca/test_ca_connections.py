@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from registrar.api.protocol import HANDSHAKE_SECONDS
+from registrar.api.connections import HANDSHAKE_SECONDS
 from tests.fixtures.registrar import RegistrarProcess, free_port
 from tests.registrar import calls
 from tests.registrar.csrs import csr_pem, ec_key
