@@ -1,6 +1,6 @@
 """The xDS port bounds the TLS handshake as the registrar's other ports do: a
 connection that never completes one is closed after ``HANDSHAKE_SECONDS`` (gRPC's
-own default is 120 s), and Envoys keep connecting."""
+own default is 120 s). Envoys completing theirs are test_ads.py's."""
 
 from __future__ import annotations
 
