@@ -106,7 +106,7 @@ def refused_on_ca_port(reg: RegistrarProcess, source: str) -> bool:
     except (ConnectionError, ssl.SSLError, OSError):
         return True
     with s:
-        return closed_by_server(s, within=3.0)
+        return closed_by_server(s, within=10.0)  # generous: a loaded CI machine
 
 
 def test_the_ca_port_caps_connections_per_address_and_shares_the_workers_caps(
