@@ -115,7 +115,7 @@ class LiveCa:
         self._config = config
         self._clock = clock
         self._stamp: Stamp = self._identity()
-        self._checked = clock.monotonic() - CHECK_SECONDS
+        self._retry_at = float("-inf")  # after a change that did not load: not before
         self._authority = load_current(config, clock)
         self._contexts: dict[tuple[str, ...], ssl.SSLContext] = {
             (): server_context(config, load(config.state_dir))}
@@ -132,9 +132,8 @@ class LiveCa:
         if stamp == self._stamp:
             return
         now = self._clock.monotonic()
-        if now - self._checked < CHECK_SECONDS:
+        if now < self._retry_at:
             return
-        self._checked = now
         try:
             rotation = load(self._config.state_dir)
             authority = load_current(self._config, self._clock)
@@ -145,8 +144,8 @@ class LiveCa:
             # old state and look again on the next check.
             log.warning("CA rotation seen but not loadable yet; keeping the current CA",
                         extra={"error": str(exc)})
+            self._retry_at = now + CHECK_SECONDS
             return
-        self._checked = now - CHECK_SECONDS  # loaded: the next change is read at once
         self._stamp, self._authority, self._contexts = stamp, authority, contexts
         log.info("CA reloaded: signing with %s, bundle version %d (%d roots)",
                  authority.version, authority.bundle_version, len(authority.roots))

@@ -14,6 +14,7 @@ from contextlib import ExitStack, contextmanager, suppress
 
 import pytest
 
+from registrar.api.connections import HANDSHAKE_SECONDS
 from tests.fixtures.registrar import RegistrarProcess
 from tests.registrar import calls
 from tests.registrar.csrs import csr_pem, ec_key
@@ -38,6 +39,22 @@ def closed_by_server(s: ssl.SSLSocket, within: float) -> bool:
     except (ConnectionError, ssl.SSLError, OSError):
         return True
     return True
+
+
+def silence_cut_after(port: int, source: str) -> float:
+    """Seconds until the server closes a TCP connection to 127.0.0.1:``port`` on which
+    nothing is sent (no TLS handshake ever starts); fails if it sends anything or
+    keeps it open past ``HANDSHAKE_SECONDS`` + 10 s."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                  source_address=(source, 0)) as silent:
+        started = time.monotonic()
+        silent.settimeout(HANDSHAKE_SECONDS + 10)
+        try:
+            data = silent.recv(4096)
+        except ConnectionError:
+            data = b""
+        assert data == b"", data
+        return time.monotonic() - started
 
 
 def refused(reg: RegistrarProcess, source: str) -> bool:

@@ -4,8 +4,6 @@ own default is 120 s). Envoys completing theirs are test_ads.py's."""
 
 from __future__ import annotations
 
-import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 
 from registrar.api.connections import HANDSHAKE_SECONDS
 from tests.fixtures.registrar import RegistrarProcess, free_port
+from tests.registrar.test_connections import silence_cut_after
 from tests.registrar.xds.mesh import wait_for
 
 
@@ -30,23 +29,9 @@ def xds(tmp_path: Path) -> Iterator[tuple[RegistrarProcess, int]]:
         reg.kill()
 
 
-def _closed_after(port: int, source: str) -> float:
-    """Seconds until the server closes a TCP connection on which nothing is sent."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10,
-                                  source_address=(source, 0)) as silent:
-        started = time.monotonic()
-        silent.settimeout(HANDSHAKE_SECONDS + 10)
-        try:
-            data = silent.recv(4096)
-        except ConnectionError:
-            data = b""
-        assert data == b"", data
-        return time.monotonic() - started
-
-
 def test_a_connection_that_never_starts_tls_is_closed_after_the_handshake_bound(
         xds: tuple[RegistrarProcess, int]) -> None:
     reg, port = xds
-    took = _closed_after(port, "127.0.0.5")
+    took = silence_cut_after(port, "127.0.0.5")
     assert HANDSHAKE_SECONDS - 1 <= took <= HANDSHAKE_SECONDS + 5, took
     assert reg.running()
