@@ -8,6 +8,7 @@ the SPIFFE ID, subject and remote address, never evidence, tokens or keys.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 from cryptography import x509
 
 from registrar.api.wire import AttestRequest, parse_attest, parse_renew, timestamp
-from registrar.attestation.base import Repeatable, SingleUse, Verified, Verifier
+from registrar.attestation.base import Repeatable, SingleUse, SpentInRecord, Verified, Verifier
 from registrar.ca.authority import (
     Authority,
     AuthoritySource,
@@ -31,7 +32,7 @@ from registrar.config import Group, RegistrarConfig
 from registrar.rejections import Rejected
 from registrar.store.challenges import ChallengeStore
 from registrar.store.inventory import CertOwner, Inventory
-from registrar.store.tokens import Receipt
+from registrar.store.tokens import NotSpent, Receipt
 
 log = logging.getLogger("registrar.decisions")
 
@@ -156,22 +157,30 @@ class Service:
         csr.require_identity(group.spiffe_id)
         authority = self.authority()
         issued = authority.issue(csr.public_key, group.spiffe_id, group.cert_ttl)
-        # Spending the evidence and recording the certificate are one transaction: if
+        # Spending the evidence and recording the certificate are one atomic write: if
         # the record fails (a full disk, a broken database) the spend rolls back with
         # it and the same token works on the retry the 500 asks for. Signing is before
         # it, so a signing failure never reaches the spend.
-        with self._inventory.atomically():
-            if verified.evidence_type in self._single_use:
-                assert isinstance(verifier, SingleUse)
-                _run_now(verifier.commit(verified, Receipt(
-                    key_sha256=csr.key_sha256(), serial=issued.serial_hex,
-                    chain_pem=issued.chain_pem)))
-            workload = self._inventory.record_attestation(
-                evidence_type=verified.evidence_type, subject=verified.subject,
-                spiffe_id=group.spiffe_id, group=group.name, hostname=hostname or "",
-                addresses=addresses or [], serial=issued.serial_hex,
-                not_after=issued.not_after.timestamp(), ca_version=authority.version,
-                bundle_version=authority.bundle_version)
+        receipt = Receipt(key_sha256=csr.key_sha256(), serial=issued.serial_hex,
+                          chain_pem=issued.chain_pem)
+        record = functools.partial(
+            self._inventory.record_attestation,
+            evidence_type=verified.evidence_type, subject=verified.subject,
+            spiffe_id=group.spiffe_id, group=group.name, hostname=hostname or "",
+            addresses=addresses or [], serial=issued.serial_hex,
+            not_after=issued.not_after.timestamp(), ca_version=authority.version,
+            bundle_version=authority.bundle_version)
+        if isinstance(verifier, SpentInRecord):
+            try:
+                workload = record(spend=verifier.spend(verified, receipt))
+            except NotSpent:
+                raise verifier.refusal(verified) from None
+        else:
+            with self._inventory.atomically():
+                if verified.evidence_type in self._single_use:
+                    assert isinstance(verifier, SingleUse)
+                    _run_now(verifier.commit(verified, receipt))
+                workload = record()
         if verified.addresses and self._on_attested is not None:
             self._on_attested(workload.id, verified.addresses)
         return Decision(self._credentials(issued, group.spiffe_id, group, authority),

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from registrar.store.tokens import Answered, Receipt
+from registrar.rejections import Rejected
+from registrar.store.tokens import Answered, Receipt, Spend
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,21 @@ class SingleUse(Protocol):
     """
 
     async def commit(self, verified: Verified, receipt: Receipt) -> None: ...
+
+
+@runtime_checkable
+class SpentInRecord(Protocol):
+    """Optional, instead of ``SingleUse``: single-use evidence whose use is one
+    conditional row update (join tokens). ``spend`` returns that update unrun, and
+    the inventory makes it part of the write that records the certificate it pays
+    for (``Inventory.record_attestation``: one statement on PostgreSQL, one
+    transaction on SQLite), so of N parallel uses exactly one is recorded and a
+    failed record spends nothing. When the update matched no row, ``refusal`` says
+    why (used up, revoked or expired since ``verify``)."""
+
+    def spend(self, verified: Verified, receipt: Receipt) -> Spend: ...
+
+    def refusal(self, verified: Verified) -> Rejected: ...
 
 
 @runtime_checkable

@@ -1,8 +1,9 @@
 """The join-token verifier: evidence ``{type: join_token, token}``.
 
-``verify`` checks the token without spending it; ``commit`` spends it with the
-atomic update in ``TokenStore.spend``. The API layer calls ``commit`` only once
-the CSR has passed every check, so a bad CSR never burns a token. ``answered``
+``verify`` checks the token without spending it; ``spend`` hands the atomic
+update of ``TokenStore.spend_statement`` to the write that records the
+certificate (``SpentInRecord``), which the API layer makes only once the CSR has
+passed every check, so a bad CSR never burns a token. ``answered``
 gives a lost answer again: the same token with the same key gets the certificate
 its spend paid for (``TokenStore.answered``).
 """
@@ -15,7 +16,7 @@ from typing import Any
 from meshcore.secret import Secret
 from registrar.attestation.base import Verified
 from registrar.rejections import Rejected
-from registrar.store.tokens import Answered, Receipt, TokenStore
+from registrar.store.tokens import Answered, Receipt, Spend, TokenStore
 
 
 class JoinTokenVerifier:
@@ -34,8 +35,11 @@ class JoinTokenVerifier:
         return Verified(evidence_type=self.evidence_type, subject=row.id,
                         claims={"token_id": row.id}, group=row.group)
 
-    async def commit(self, verified: Verified, receipt: Receipt) -> None:
-        self._tokens.spend(verified.subject, receipt)
+    def spend(self, verified: Verified, receipt: Receipt) -> Spend:
+        return self._tokens.spend_statement(verified.subject, receipt)
+
+    def refusal(self, verified: Verified) -> Rejected:
+        return self._tokens.refusal(verified.subject)
 
     def answered(self, evidence: Mapping[str, Any], key_sha256: str) -> Answered | None:
         raw = evidence.get("token")

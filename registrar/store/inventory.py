@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from meshcore.clock import Clock
-from registrar.store.connection import Connection, in_transaction, transaction
-from registrar.store.tokens import Answered, Receipt
+from registrar.store.connection import Connection, in_transaction, kind_of, transaction
+from registrar.store.tokens import Answered, NotSpent, Receipt, Spend
 
 STATES = ("active", "evicted", "revoked")
 Standing = Literal["current", "pending", "superseded"]
@@ -58,6 +58,27 @@ class CertOwner:
 _COLUMNS = ("w.id, w.subject, w.evidence_type, w.spiffe_id, w.group_name, w.hostname, "
             "w.addresses, w.first_seen, w.last_seen, w.state")
 
+_RETURNED = _COLUMNS.replace("w.", "")
+_WORKLOAD_INSERT = ("INSERT INTO workloads (subject, evidence_type, spiffe_id, group_name,"
+                    " hostname, addresses, first_seen, last_seen, current_serial,"
+                    " bundle_version) ")
+_WORKLOAD_VALUES = "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_WORKLOAD_FROM_PAID = "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM paid"
+_WORKLOAD_UPSERT = (
+    " ON CONFLICT (evidence_type, subject) DO UPDATE SET spiffe_id = excluded.spiffe_id,"
+    " group_name = excluded.group_name, hostname = excluded.hostname,"
+    " addresses = excluded.addresses, last_seen = excluded.last_seen,"
+    " state = CASE WHEN workloads.state = 'revoked' THEN 'revoked' ELSE 'active' END,"
+    " current_serial = excluded.current_serial, pending_serial = NULL,"
+    f" bundle_version = excluded.bundle_version RETURNING {_RETURNED}")
+_CERT_INSERT = ("INSERT INTO certs (serial, workload_id, spiffe_id, issued_at, not_after,"
+                " ca_version) ")
+_RENEWAL = ("UPDATE workloads SET last_seen = ?, hostname = COALESCE(?, hostname),"
+            " addresses = COALESCE(?, addresses),"
+            " current_serial = CASE WHEN pending_serial = ? THEN pending_serial"
+            " ELSE current_serial END, pending_serial = ?, bundle_version = ?"
+            " WHERE id = ? AND ? IN (current_serial, pending_serial)")
+
 
 def _workload(row: Sequence[object]) -> Workload:
     values = list(row)
@@ -82,34 +103,47 @@ class Inventory:
     def record_attestation(self, *, evidence_type: str, subject: str, spiffe_id: str,
                            group: str, hostname: str, addresses: Sequence[str],
                            serial: str, not_after: float, ca_version: str = "",
-                           bundle_version: int = 0) -> Workload:
-        """Upsert the workload and record its new certificate, in one transaction:
-        the caller's if it holds one (``atomically``, around a token's spend: that
-        unit is all or nothing already, and a savepoint would add two statements, two
-        round trips on PostgreSQL), else its own.
+                           bundle_version: int = 0, spend: Spend | None = None) -> Workload:
+        """Upsert the workload and record its new certificate, all or nothing.
+
+        ``spend``: the single use this record pays with (a join token's), made in the
+        same unit; ``NotSpent`` (nothing written) when it matched no row. On
+        PostgreSQL, outside a caller's transaction, the spend, the upsert and the
+        certificate are one statement (data-modifying ``WITH`` clauses): one round
+        trip instead of six with BEGIN and COMMIT, and atomic by itself. Otherwise
+        they run in the caller's transaction (``atomically``, around an EC2 first
+        use: a savepoint would add two statements) or in one of their own.
 
         A revoked workload is not revived by re-attesting: that is the operator's call.
         """
         now = self._clock.now().timestamp()
+        values = (subject, evidence_type, spiffe_id, group, hostname,
+                  json.dumps(list(addresses)), now, now, serial, bundle_version)
+        cert = (serial, spiffe_id, now, not_after, ca_version)
         conn = self._conn
+        if kind_of(conn) == "postgres" and not in_transaction(conn):
+            params: tuple[object, ...]
+            if spend is None:
+                head, params, source = "", values, _WORKLOAD_VALUES
+            else:
+                head, params = f"paid AS ({spend.sql} RETURNING 1), ", spend.params + values
+                source = _WORKLOAD_FROM_PAID
+            # module constants and the spend's own constant SQL; values are parameters
+            sql = (f"WITH {head}w AS ({_WORKLOAD_INSERT}{source}{_WORKLOAD_UPSERT}),"  # noqa: S608
+                   f" c AS ({_CERT_INSERT}SELECT ?, w.id, ?, ?, ?, ? FROM w)"
+                   f" SELECT {_RETURNED} FROM w")
+            row = conn.execute(sql, params + cert).fetchone()
+            if row is None:
+                raise NotSpent(subject)
+            return _workload(row)
         with nullcontext() if in_transaction(conn) else transaction(conn):
-            row = conn.execute(
-                "INSERT INTO workloads (subject, evidence_type, spiffe_id, group_name, hostname,"  # noqa: S608
-                " addresses, first_seen, last_seen, current_serial, bundle_version)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (evidence_type, subject) DO UPDATE SET spiffe_id = excluded.spiffe_id,"
-                " group_name = excluded.group_name, hostname = excluded.hostname,"
-                " addresses = excluded.addresses, last_seen = excluded.last_seen,"
-                " state = CASE WHEN workloads.state = 'revoked' THEN 'revoked' ELSE 'active' END,"
-                " current_serial = excluded.current_serial, pending_serial = NULL,"
-                " bundle_version = excluded.bundle_version "
-                f"RETURNING {_COLUMNS.replace('w.', '')}",
-                (subject, evidence_type, spiffe_id, group, hostname, json.dumps(list(addresses)),
-                 now, now, serial, bundle_version)).fetchone()
+            if spend is not None and conn.execute(spend.sql, spend.params).rowcount != 1:
+                raise NotSpent(subject)
+            row = conn.execute(f"{_WORKLOAD_INSERT}{_WORKLOAD_VALUES}{_WORKLOAD_UPSERT}",
+                               values).fetchone()
             workload = _workload(row)
-            conn.execute("INSERT INTO certs (serial, workload_id, spiffe_id, issued_at, not_after,"
-                         " ca_version) VALUES (?, ?, ?, ?, ?, ?)",
-                         (serial, workload.id, spiffe_id, now, not_after, ca_version))
+            conn.execute(f"{_CERT_INSERT}VALUES (?, ?, ?, ?, ?, ?)",
+                         (serial, workload.id, *cert[1:]))
         return workload
 
     def claim_first_use(self, evidence_type: str, subject: str,
@@ -172,20 +206,22 @@ class Inventory:
         renewal racing a promotion either sees the old state or loses (False, nothing
         recorded: the caller refuses it as superseded)."""
         now = self._clock.now().timestamp()
-        with transaction(self._conn) as conn:
-            cursor = conn.execute(
-                "UPDATE workloads SET last_seen = ?, hostname = COALESCE(?, hostname),"
-                " addresses = COALESCE(?, addresses),"
-                " current_serial = CASE WHEN pending_serial = ? THEN pending_serial"
-                " ELSE current_serial END, pending_serial = ?, bundle_version = ?"
-                " WHERE id = ? AND ? IN (current_serial, pending_serial)",
-                (now, hostname, None if addresses is None else json.dumps(list(addresses)),
-                 presented, serial, bundle_version, workload_id, presented))
-            if cursor.rowcount != 1:
+        params = (now, hostname, None if addresses is None else json.dumps(list(addresses)),
+                  presented, serial, bundle_version, workload_id, presented)
+        cert = (serial, spiffe_id, now, not_after, ca_version)
+        conn = self._conn
+        if kind_of(conn) == "postgres" and not in_transaction(conn):
+            # one statement, one round trip: the certificate is inserted only for the
+            # row the update matched
+            cursor = conn.execute(f"WITH u AS ({_RENEWAL} RETURNING id)"  # noqa: S608
+                                  f" {_CERT_INSERT}SELECT ?, u.id, ?, ?, ?, ? FROM u",
+                                  params + cert)
+            return cursor.rowcount == 1
+        with transaction(conn):
+            if conn.execute(_RENEWAL, params).rowcount != 1:
                 return False
-            conn.execute("INSERT INTO certs (serial, workload_id, spiffe_id, issued_at, not_after,"
-                         " ca_version) VALUES (?, ?, ?, ?, ?, ?)",
-                         (serial, workload_id, spiffe_id, now, not_after, ca_version))
+            conn.execute(f"{_CERT_INSERT}VALUES (?, ?, ?, ?, ?, ?)",
+                         (serial, workload_id, *cert[1:]))
         return True
 
     def set_state(self, workload_id: int, state: str) -> bool:

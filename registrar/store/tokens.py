@@ -3,7 +3,10 @@
 Spending is one ``UPDATE ... WHERE used_at IS NULL AND revoked_at IS NULL AND
 expires_at > now`` and a rowcount check, so of N parallel uses exactly one wins
 (the race SPIRE once shipped). Checking (``check``) never spends, so a request
-with a bad CSR can be refused before the token is burned.
+with a bad CSR can be refused before the token is burned. A bootstrap does not
+run that update on its own: it hands it (``spend_statement``) to
+``Inventory.record_attestation``, which makes it part of the write that records
+the workload and its certificate (on PostgreSQL, the same statement).
 
 The spend records what it paid for (``Receipt``): the SHA-256 of the key's
 SubjectPublicKeyInfo and the certificate issued for it. ``answered`` finds that
@@ -60,6 +63,25 @@ class Receipt:
     key_sha256: str  # hex SHA-256 of the certified key's SubjectPublicKeyInfo (DER)
     serial: str  # hex, as the inventory records it
     chain_pem: str  # leaf then intermediates, as answered
+
+
+@dataclass(frozen=True)
+class Spend:
+    """A single use as one unrun statement: an ``UPDATE`` without ``RETURNING`` that
+    matches exactly one row while the evidence is unused and none once it is used
+    up, revoked or expired. ``TokenStore.spend`` runs it alone;
+    ``Inventory.record_attestation`` runs it inside the record it pays for."""
+
+    sql: str
+    params: tuple[object, ...]
+
+
+class NotSpent(Exception):
+    """The ``Spend`` a record was to pay with matched no row: nothing was written."""
+
+
+_SPEND = ("UPDATE tokens SET used_at = ?, spent_key = ?, spent_serial = ?, spent_chain = ?"
+          " WHERE id = ? AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?")
 
 
 @dataclass(frozen=True)
@@ -123,22 +145,27 @@ class TokenStore:
                            logged=f"token_id={row.id}")
         return row
 
-    def spend(self, token_id: str, receipt: Receipt | None = None) -> None:
-        """Spend atomically; the loser of a race gets the reason the row now has.
-        ``receipt``: what the spend pays for, so a lost answer can be given again."""
+    def spend_statement(self, token_id: str, receipt: Receipt | None = None) -> Spend:
+        """The spend of ``token_id``, unrun. ``receipt``: what the spend pays for, so a
+        lost answer can be given again."""
         now = self._clock.now().timestamp()
         key, serial, chain = ((None, None, None) if receipt is None else
                               (receipt.key_sha256, receipt.serial, receipt.chain_pem))
-        cursor = self._conn.execute(
-            "UPDATE tokens SET used_at = ?, spent_key = ?, spent_serial = ?, spent_chain = ?"
-            " WHERE id = ? AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?",
-            (now, key, serial, chain, token_id, now))
-        if cursor.rowcount == 1:
-            return
+        return Spend(_SPEND, (now, key, serial, chain, token_id, now))
+
+    def refusal(self, token_id: str) -> Rejected:
+        """Why ``token_id`` can no longer be spent, for a spend that matched no row
+        (the loser of a race gets the reason the row now has)."""
         row = self._row("id", token_id)
-        state = "spent" if row is None else row.state(now)
-        raise Rejected(_REASON_BY_STATE.get(state, "token_spent"),
-                       f"join token {token_id} is {state}", logged=f"token_id={token_id}")
+        state = "spent" if row is None else row.state(self._clock.now().timestamp())
+        return Rejected(_REASON_BY_STATE.get(state, "token_spent"),
+                        f"join token {token_id} is {state}", logged=f"token_id={token_id}")
+
+    def spend(self, token_id: str, receipt: Receipt | None = None) -> None:
+        """Spend atomically, on its own; ``Rejected`` if it cannot be spent now."""
+        spend = self.spend_statement(token_id, receipt)
+        if self._conn.execute(spend.sql, spend.params).rowcount != 1:
+            raise self.refusal(token_id)
 
     def answered(self, token: Secret, key_sha256: str) -> Answered | None:
         """The certificate a spent ``token`` paid for, if it was issued for the key

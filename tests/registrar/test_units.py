@@ -1,4 +1,5 @@
-"""Pure parts, table-driven: CSR policy, token buckets, token and challenge stores."""
+"""Pure parts, table-driven: CSR policy, token buckets, token and challenge stores, and
+the inventory's single-statement writes on both stores."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from registrar.config import Rate
 from registrar.rejections import Rejected
 from registrar.store.challenges import ChallengeStore
 from registrar.store.db import connect
-from registrar.store.tokens import TokenStore
+from registrar.store.inventory import Inventory
+from registrar.store.tokens import NotSpent, Receipt, TokenStore
 from tests.fakes.clock import FakeClock
 from tests.registrar.csrs import bad_signature_pem, csr_pem, ec_key
 
@@ -83,6 +85,67 @@ def test_token_store_states_and_single_spend(store_db: Any, tmp_path: Path) -> N
     if isinstance(store_db, sqlite3.Connection):
         raw += (tmp_path / "registrar.db").read_bytes()
     assert token.reveal().encode() not in raw and other.reveal().encode() not in raw
+
+
+def _counts(conn: Any) -> tuple[int, int, int]:
+    row = conn.execute("SELECT (SELECT COUNT(*) FROM workloads), (SELECT COUNT(*) FROM certs),"
+                       " (SELECT COUNT(*) FROM tokens WHERE used_at IS NOT NULL)").fetchone()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def test_a_record_paid_by_a_spend_is_all_or_nothing(store_db: Any) -> None:
+    """The spend, the workload and its certificate are one write (on PostgreSQL one
+    statement): a spend that matches no row records nothing."""
+    clock = FakeClock()
+    tokens, inventory = TokenStore(store_db, clock=clock), Inventory(store_db, clock)
+    _, token = tokens.create("g", ttl=60)
+    token_id = tokens.check(token).id
+
+    def record(serial: str) -> Any:
+        receipt = Receipt(key_sha256="ab" * 32, serial=serial, chain_pem="PEM")
+        return inventory.record_attestation(
+            evidence_type="join_token", subject=token_id, spiffe_id=ID, group="g",
+            hostname="vm", addresses=["10.0.0.9"], serial=serial, not_after=2e9,
+            spend=tokens.spend_statement(token_id, receipt))
+
+    workload = record("0a")
+    assert (workload.subject, workload.hostname, workload.addresses) == (
+        token_id, "vm", ("10.0.0.9",))
+    assert _counts(store_db) == (1, 1, 1)
+    with pytest.raises(NotSpent):
+        record("0b")  # spent already: no second certificate, no changed workload
+    assert _counts(store_db) == (1, 1, 1)
+    assert tokens.refusal(token_id).reason == "token_spent"
+    _, late = tokens.create("g", ttl=60)
+    late_id = tokens.check(late).id
+    clock.advance(61)
+    with pytest.raises(NotSpent):
+        inventory.record_attestation(
+            evidence_type="join_token", subject=late_id, spiffe_id=ID, group="g",
+            hostname="vm", addresses=[], serial="0c", not_after=2e9,
+            spend=tokens.spend_statement(late_id))
+    assert _counts(store_db) == (1, 1, 1)
+    assert tokens.refusal(late_id).reason == "token_expired"
+
+
+def test_a_renewal_by_a_retired_certificate_records_nothing(store_db: Any) -> None:
+    inventory = Inventory(store_db, FakeClock())
+    w = inventory.record_attestation(evidence_type="join_token", subject="t1", spiffe_id=ID,
+                                     group="g", hostname="vm", addresses=[], serial="01",
+                                     not_after=2e9)
+
+    def renew(presented: str, serial: str) -> bool:
+        return inventory.record_renewal(w.id, presented=presented, hostname=None,
+                                        addresses=None, serial=serial, spiffe_id=ID,
+                                        not_after=2e9)
+
+    assert renew("01", "02")  # current renews: 02 pending
+    assert renew("02", "03")  # pending renews: 02 promoted, 03 pending, 01 retired
+    assert not renew("01", "04")
+    assert _counts(store_db)[:2] == (1, 3)
+    owner = inventory.owner("03")
+    assert owner is not None and owner.standing == "pending"
+    assert inventory.owner("04") is None
 
 
 def test_challenge_is_single_use_and_expires(store_db: Any) -> None:
