@@ -3,7 +3,7 @@ TLS connection with its own join token and pre-generated P-256 CSR, beside a
 reference measured in the same run on the same cores.
 
     .venv/bin/python scripts/bench/registrar_bootstrap.py [--store sqlite|postgres]
-        [--replicas 1] [--workers 2] [--total 3000] [--concurrency 200]
+        [--replicas 1] [--workers N] [--total 3000] [--concurrency 200]
         [--client go|python] [--reference sqlite,tls,spire | none]
 
 Only the registrar's start-up depends on ``--store`` and ``--replicas``
@@ -18,8 +18,14 @@ database, and starts ``--replicas`` ``serve`` processes on it, each on its own
 port, sharing one state directory (the CA) as replicas share a read-only copy.
 Its server CPU counts the PostgreSQL processes too (printed apart as well). The
 reference ``sqlite`` (the default beside any other deployment) is one SQLite
-replica with the same workers, measured in the same run: the issue's target is
-PostgreSQL within 25 % of it.
+replica with as many workers as all the replicas together, measured in the same
+run: the issue's target is PostgreSQL within 25 % of it.
+
+``--workers`` is per replica; by default the machine's cores divided among the
+replicas (at least 1 each), as the sizing rule in docs/registrar.md says for
+replicas sharing one host: one worker process per core in all. So two replicas
+on 2 cores run one worker each, beside one SQLite registrar with two; more
+worker processes than cores only add context switches on the shared cores.
 
 Clients: ``go`` is scripts/bench/attest_load (built and cached by
 scripts/bench/peers.py), the same client for the registrar, the TLS floor and
@@ -194,7 +200,8 @@ def start_registrars(base: Path, *, store: str, replicas: int, workers: int,
         rows = json.loads(first.cli("workloads", "list", "--json").stdout)
         return f"inventory: {len(rows)} workloads recorded"
 
-    return Target(name=f"mesh-registrar {store} x{replicas} ({workers} workers each)",
+    each = f"{workers} worker{'s' if workers != 1 else ''}" + (" each" if replicas > 1 else "")
+    return Target(name=f"mesh-registrar {store} x{replicas} ({each})",
                   urls=[reg.url for reg in group], ca_file=first.ca_file,
                   tokens_file=tokens_file, server_pids=pids, stop=stop, after=inventory,
                   parts=parts if database is not None else {})
@@ -496,7 +503,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--replicas", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=2, help="worker processes per replica")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes per replica (default: cores / replicas, "
+                             "at least 1)")
     parser.add_argument("--total", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--client", choices=("go", "python"), default="go")
@@ -528,6 +537,8 @@ def main() -> int:
         finally:
             target.stop()
 
+    if args.workers is None:
+        args.workers = max(1, (os.cpu_count() or 1) // args.replicas)
     try:
         ours = measure(start_registrars(base / "registrar", store=args.store,
                                         replicas=args.replicas, workers=args.workers,
@@ -537,9 +548,10 @@ def main() -> int:
         return 2
     results = [ours]
     if "sqlite" in references:
+        same_workers = args.workers * args.replicas  # as many processes in all
         target = start_registrars(base / "sqlite", store="sqlite", replicas=1,
-                                  workers=args.workers, total=args.total)
-        target.name = f"{SQLITE_NAME} x1 ({args.workers} workers)"
+                                  workers=same_workers, total=args.total)
+        target.name = f"{SQLITE_NAME} x1 ({same_workers} workers)"
         results.append(measure(target))
     if "tls" in references:
         results.append(measure(start_tls_floor(base / "floor", workers=args.workers,
