@@ -82,8 +82,11 @@ def _first_line(exc: Exception) -> str:
 
 def _run(conn: psycopg.Connection[Any], sql: str, params: Sequence[Any] | None) -> Rows:
     cur = conn.execute(_pg_sql(sql), params or None)
-    rows = cur.fetchall() if cur.description is not None else []
-    return Rows(rows, cur.rowcount)
+    # The result's status, not ``cur.description``: that builds a Column object per
+    # column on every call (16 per bootstrap, ~10 % of psycopg's CPU in a profile).
+    result = cur.pgresult
+    returned = result is not None and result.status == pq.ExecStatus.TUPLES_OK
+    return Rows(cur.fetchall() if returned else [], cur.rowcount)
 
 
 class PgConnection:
