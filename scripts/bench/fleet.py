@@ -40,6 +40,7 @@ from registrar_bootstrap import client_proc, make_csr, request_bytes  # noqa: E4
 from meshcore.clock import SystemClock  # noqa: E402
 from registrar.ca.authority import load_authority  # noqa: E402
 from registrar.config import build_config  # noqa: E402
+from registrar.store.connection import open_store  # noqa: E402
 from registrar.store.db import connect  # noqa: E402
 from registrar.store.inventory import Inventory  # noqa: E402
 from registrar.store.tokens import TokenStore  # noqa: E402
@@ -129,7 +130,7 @@ def issue(config_path: Path, count: int, out: Path, *,
     run): for benchmarks of what comes after attestation."""
     config = build_config(config_path)
     authority = load_authority(config.ca)
-    inventory = Inventory(connect(config.database), SystemClock())
+    inventory = Inventory(open_store(config), SystemClock())  # the configured store
     group = config.groups["bench"]
     pairs = []
     for i in range(count):
@@ -145,16 +146,16 @@ def issue(config_path: Path, count: int, out: Path, *,
 
 
 class ServerCpu:
-    """User + system CPU seconds of a server process and all its children."""
+    """User + system CPU seconds of server processes and all their children."""
 
-    def __init__(self, pid: int | None) -> None:
-        if pid is None:  # psutil.Process(None) would be this process
+    def __init__(self, *pids: int | None) -> None:
+        if not pids or None in pids:  # psutil.Process(None) would be this process
             raise RuntimeError("the server is not running")
-        self._server = psutil.Process(pid)
+        self._servers = [psutil.Process(pid) for pid in pids]
 
     def __call__(self) -> float:
-        return sum(sum(p.cpu_times()[:2])
-                   for p in [self._server, *self._server.children(recursive=True)])
+        return sum(sum(p.cpu_times()[:2]) for server in self._servers
+                   for p in [server, *server.children(recursive=True)])
 
 
 def tally() -> dict[str, Any]:
