@@ -175,12 +175,13 @@ class Service:
                 workload = record(spend=verifier.spend(verified, receipt))
             except NotSpent:
                 raise verifier.refusal(verified) from None
-        else:
+        elif verified.evidence_type in self._single_use:
+            assert isinstance(verifier, SingleUse)
             with self._inventory.atomically():
-                if verified.evidence_type in self._single_use:
-                    assert isinstance(verifier, SingleUse)
-                    _run_now(verifier.commit(verified, receipt))
+                _run_now(verifier.commit(verified, receipt))
                 workload = record()
+        else:  # nothing to spend (GCE, Azure: their replay checks ran in verify)
+            workload = record()
         if verified.addresses and self._on_attested is not None:
             self._on_attested(workload.id, verified.addresses)
         return Decision(self._credentials(issued, group.spiffe_id, group, authority),

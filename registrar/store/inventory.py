@@ -94,9 +94,10 @@ class Inventory:
     @contextmanager
     def atomically(self) -> Iterator[None]:
         """One transaction on the inventory's connection around the caller's writes
-        (a join token's spend and the attestation it pays for): all or nothing.
+        (an EC2 first use's claim and the attestation it pays for): all or nothing.
         Deferred, so a single-use claim made on another connection first (the AWS
-        ledger) never waits on a lock this holds."""
+        ledger) never waits on a lock this holds. A join token's spend needs none:
+        it is part of ``record_attestation``'s own write."""
         with transaction(self._conn, immediate=False):
             yield
 

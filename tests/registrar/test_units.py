@@ -128,6 +128,26 @@ def test_a_record_paid_by_a_spend_is_all_or_nothing(store_db: Any) -> None:
     assert tokens.refusal(late_id).reason == "token_expired"
 
 
+def test_attesting_again_updates_the_one_workload_and_keeps_a_revocation(
+        store_db: Any) -> None:
+    """Evidence with nothing to spend (GCE, Azure): the upsert and the certificate in
+    one write, on PostgreSQL one statement; a second attestation of the subject."""
+    inventory = Inventory(store_db, FakeClock())
+
+    def attest(serial: str, hostname: str) -> Any:
+        return inventory.record_attestation(
+            evidence_type="gce", subject="gce:p:1", spiffe_id=ID, group="g",
+            hostname=hostname, addresses=[], serial=serial, not_after=2e9)
+
+    first = attest("a1", "vm-a")
+    again = attest("a2", "vm-b")
+    assert (again.id, again.hostname, again.state) == (first.id, "vm-b", "active")
+    assert _counts(store_db)[:2] == (1, 2)
+    assert inventory.set_state(first.id, "revoked")
+    assert attest("a3", "vm-c").state == "revoked"  # the operator's call stands
+    assert _counts(store_db)[:2] == (1, 3)
+
+
 def test_a_renewal_by_a_retired_certificate_records_nothing(store_db: Any) -> None:
     inventory = Inventory(store_db, FakeClock())
     w = inventory.record_attestation(evidence_type="join_token", subject="t1", spiffe_id=ID,
