@@ -18,8 +18,8 @@ database, and starts ``--replicas`` ``serve`` processes on it, each on its own
 port, sharing one state directory (the CA) as replicas share a read-only copy.
 Its server CPU counts the PostgreSQL processes too (printed apart as well). The
 reference ``sqlite`` (the default beside any other deployment) is one SQLite
-replica with as many workers as all the replicas together, measured in the same
-run: the issue's target is PostgreSQL within 25 % of it.
+replica with as many workers as all the replicas together (so is ``tls``),
+measured in the same run: the issue's target is PostgreSQL within 25 % of it.
 
 ``--workers`` is per replica; by default the machine's cores divided among the
 replicas (at least 1 each), as the sizing rule in docs/registrar.md says for
@@ -547,14 +547,14 @@ def main() -> int:
         print(f"registrar_bootstrap: {exc}")
         return 2
     results = [ours]
+    same_workers = args.workers * args.replicas  # references: as many processes in all
     if "sqlite" in references:
-        same_workers = args.workers * args.replicas  # as many processes in all
         target = start_registrars(base / "sqlite", store="sqlite", replicas=1,
                                   workers=same_workers, total=args.total)
         target.name = f"{SQLITE_NAME} x1 ({same_workers} workers)"
         results.append(measure(target))
     if "tls" in references:
-        results.append(measure(start_tls_floor(base / "floor", workers=args.workers,
+        results.append(measure(start_tls_floor(base / "floor", workers=same_workers,
                                                total=args.total)))
     if "spire" in references:
         results.append(measure(start_spire(base / "spire")))
