@@ -523,6 +523,14 @@ def main() -> int:
         parser.error("--reference sqlite is the SQLite x1 deployment itself")
 
     base = Path(tempfile.mkdtemp(prefix="registrar-bench-"))
+    try:
+        return run_all(args, references, base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # the CAs' private keys and join tokens
+
+
+def run_all(args: argparse.Namespace, references: list[str], base: Path) -> int:
+    """Measure the deployment, then each reference, in ``base``; print the table."""
 
     def measure(target: Target) -> Result:
         try:
