@@ -80,6 +80,13 @@ _RENEWAL = ("UPDATE workloads SET last_seen = ?, hostname = COALESCE(?, hostname
             " WHERE id = ? AND ? IN (current_serial, pending_serial)")
 
 
+def _one_statement(conn: Connection) -> bool:
+    """Whether a write's parts go as one statement (data-modifying ``WITH`` clauses,
+    atomic by itself, one round trip): on PostgreSQL outside a caller's transaction.
+    SQLite has no such clauses; its parts run in one transaction."""
+    return kind_of(conn) == "postgres" and not in_transaction(conn)
+
+
 def _workload(row: Sequence[object]) -> Workload:
     values = list(row)
     values[6] = tuple(json.loads(str(values[6])))
@@ -122,7 +129,7 @@ class Inventory:
                   json.dumps(list(addresses)), now, now, serial, bundle_version)
         cert = (serial, spiffe_id, now, not_after, ca_version)
         conn = self._conn
-        if kind_of(conn) == "postgres" and not in_transaction(conn):
+        if _one_statement(conn):
             params: tuple[object, ...]
             if spend is None:
                 head, params, source = "", values, _WORKLOAD_VALUES
@@ -211,7 +218,7 @@ class Inventory:
                   presented, serial, bundle_version, workload_id, presented)
         cert = (serial, spiffe_id, now, not_after, ca_version)
         conn = self._conn
-        if kind_of(conn) == "postgres" and not in_transaction(conn):
+        if _one_statement(conn):
             # one statement, one round trip: the certificate is inserted only for the
             # row the update matched
             cursor = conn.execute(f"WITH u AS ({_RENEWAL} RETURNING id)"  # noqa: S608

@@ -69,8 +69,8 @@ class Receipt:
 class Spend:
     """A single use as one unrun statement: an ``UPDATE`` without ``RETURNING`` that
     matches exactly one row while the evidence is unused and none once it is used
-    up, revoked or expired. ``TokenStore.spend`` runs it alone;
-    ``Inventory.record_attestation`` runs it inside the record it pays for."""
+    up, revoked or expired. ``Inventory.record_attestation`` runs it inside the
+    record it pays for."""
 
     sql: str
     params: tuple[object, ...]
@@ -160,12 +160,6 @@ class TokenStore:
         state = "spent" if row is None else row.state(self._clock.now().timestamp())
         return Rejected(_REASON_BY_STATE.get(state, "token_spent"),
                         f"join token {token_id} is {state}", logged=f"token_id={token_id}")
-
-    def spend(self, token_id: str, receipt: Receipt | None = None) -> None:
-        """Spend atomically, on its own; ``Rejected`` if it cannot be spent now."""
-        spend = self.spend_statement(token_id, receipt)
-        if self._conn.execute(spend.sql, spend.params).rowcount != 1:
-            raise self.refusal(token_id)
 
     def answered(self, token: Secret, key_sha256: str) -> Answered | None:
         """The certificate a spent ``token`` paid for, if it was issued for the key

@@ -68,10 +68,10 @@ def test_token_store_states_and_single_spend(store_db: Any, tmp_path: Path) -> N
     _, token = store.create("g", ttl=60)
     assert token.reveal() not in repr(token) and len(token.reveal()) >= 43
     row = store.check(token)
-    store.spend(row.id)
-    with pytest.raises(Rejected) as spent:
-        store.spend(row.id)
-    assert spent.value.reason == "token_spent"
+    first, second = store.spend_statement(row.id), store.spend_statement(row.id)
+    assert store_db.execute(first.sql, first.params).rowcount == 1
+    assert store_db.execute(second.sql, second.params).rowcount == 0  # spent once only
+    assert store.refusal(row.id).reason == "token_spent"
     _, other = store.create("g", ttl=60)
     clock.advance(61)
     with pytest.raises(Rejected) as expired:
