@@ -10,6 +10,7 @@ READY <= 0.5 s, RSS <= 35 MiB, idle CPU <= 0.1 % of a core.
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
@@ -90,4 +91,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # `kill` and `timeout` send SIGTERM: unwind as for Ctrl-C, so the cleanups run
+    # (servers, namespaces, temporary directories holding CA keys and tokens).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(main())

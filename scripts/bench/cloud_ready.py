@@ -12,6 +12,7 @@ Prints the median and worst seconds from process start to ``/ready`` = 200.
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
@@ -76,4 +77,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # `kill` and `timeout` send SIGTERM: unwind as for Ctrl-C, so the cleanups run
+    # (servers, namespaces, temporary directories holding CA keys and tokens).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     main()

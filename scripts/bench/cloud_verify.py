@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import signal
 import sys
 import tempfile
 import time
@@ -76,4 +77,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # `kill` and `timeout` send SIGTERM: unwind as for Ctrl-C, so the cleanups run
+    # (servers, namespaces, temporary directories holding CA keys and tokens).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     main()

@@ -579,4 +579,7 @@ def run_all(args: argparse.Namespace, references: list[str], base: Path) -> int:
 
 
 if __name__ == "__main__":
+    # `kill` and `timeout` send SIGTERM: unwind as for Ctrl-C, so the cleanups run
+    # (servers, namespaces, temporary directories holding CA keys and tokens).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(main())

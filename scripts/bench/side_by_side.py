@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import ssl
 import statistics
 import subprocess
@@ -582,4 +583,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # `kill` and `timeout` send SIGTERM: unwind as for Ctrl-C, so the cleanups run
+    # (servers, namespaces, temporary directories holding CA keys and tokens).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(main())

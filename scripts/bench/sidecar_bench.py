@@ -272,6 +272,9 @@ def main(concurrency: int, buffer_limit: int) -> None:
 
 
 if __name__ == "__main__":
+    # `kill` and `timeout` send SIGTERM: unwind as for Ctrl-C, so the cleanups run
+    # (servers, namespaces, temporary directories holding CA keys and tokens).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     parser = argparse.ArgumentParser()
     parser.add_argument("--agent", nargs=2, metavar=("STATE_DIR", "SPEC_JSON"))
     defaults = SidecarConfig(enabled=True)

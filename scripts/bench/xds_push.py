@@ -22,6 +22,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -187,4 +188,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # `kill` and `timeout` send SIGTERM: unwind as for Ctrl-C, so the cleanups run
+    # (servers, namespaces, temporary directories holding CA keys and tokens).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(main())
