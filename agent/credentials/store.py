@@ -20,13 +20,11 @@ import logging
 import os
 import re
 import shutil
+import ssl
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-
-from agent.credentials.model import Credentials, load_pem_certs
-from agent.identity.keys import PrivateKey, key_pem, load_key, matches
+from agent.credentials.der import Cert, load_pem_certs
+from agent.credentials.model import Credentials
 from meshcore.durable import fsync_dir, remove_stale_temps, replace_symlink, write_atomic
 
 log = logging.getLogger(__name__)
@@ -102,42 +100,33 @@ class CredentialStore:
     def load(self, name: str) -> Credentials:
         directory = self.root / name
         try:
-            key = load_key((directory / "key.pem").read_bytes())
+            key = (directory / "key.pem").read_bytes()
             chain = load_pem_certs((directory / "cert-chain.pem").read_bytes())
             bundle = load_pem_certs((directory / "bundle.pem").read_bytes())
-            for cert in (*chain, *bundle):
-                _parse_all(cert)
-        except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            # TypeError: an encrypted key; UnsupportedAlgorithm: a key type we never write.
+        except (OSError, ValueError) as exc:
             raise StoreError(f"generation {directory} is unreadable: {exc}",
                              (self.current_link, directory)) from exc
-        if not chain or not matches(key, chain[0]):
-            raise StoreError(f"generation {directory}: key does not match its certificate",
-                             (self.current_link, directory))
-        if not bundle:
-            raise StoreError(f"generation {directory}: empty trust bundle",
-                             (self.current_link, directory))
+        problem = check_files(directory)
+        if problem is not None:
+            raise StoreError(f"generation {directory}: {problem}", (self.current_link, directory))
         return Credentials(name, directory, key, tuple(chain), tuple(bundle))
 
     @staticmethod
-    def parse_bundle(bundle_pem: bytes) -> list[x509.Certificate]:
+    def parse_bundle(bundle_pem: bytes) -> list[Cert]:
         """The bundle's certificates; StoreError when it holds none or does not parse."""
         try:
-            bundle = load_pem_certs(bundle_pem)
+            return load_pem_certs(bundle_pem)
         except ValueError as exc:
             raise StoreError(f"unreadable trust bundle: {exc}") from exc
-        if not bundle:
-            raise StoreError("refusing to store an empty trust bundle")
-        return bundle
 
-    def commit(self, key: PrivateKey, chain_pem: bytes, bundle_pem: bytes) -> Credentials:
-        """Write a new generation and make it current. Refuses a mismatched pair."""
-        chain = load_pem_certs(chain_pem)
-        bundle = load_pem_certs(bundle_pem)
-        if not chain or not matches(key, chain[0]):
-            raise StoreError("refusing to store a certificate that does not match the key")
-        if not bundle:
-            raise StoreError("refusing to store an empty trust bundle")
+    def commit(self, key_pem: bytes, chain_pem: bytes, bundle_pem: bytes) -> Credentials:
+        """Write a new generation and make it current. Refuses a mismatched pair
+        (checked on the files written, before they become a generation)."""
+        try:
+            chain = load_pem_certs(chain_pem)
+        except ValueError as exc:
+            raise StoreError(f"refusing to store an unreadable certificate chain: {exc}") from exc
+        bundle = self.parse_bundle(bundle_pem)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         existing = self._generations()
         number = int(existing[-1][1:]) + 1 if existing else 1
@@ -147,9 +136,13 @@ class CredentialStore:
             shutil.rmtree(partial)
         try:
             partial.mkdir(mode=0o700)
-            write_atomic(partial / "key.pem", key_pem(key), mode=0o600)
+            write_atomic(partial / "key.pem", key_pem, mode=0o600)
             write_atomic(partial / "cert-chain.pem", _pem(chain), mode=0o644)
             write_atomic(partial / "bundle.pem", _pem(bundle), mode=0o644)
+            problem = check_files(partial)
+            if problem is not None:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise StoreError(f"refusing to store it: {problem}")
             os.chmod(partial, 0o700)
             os.rename(partial, self.root / name)
             fsync_dir(self.root)
@@ -174,16 +167,39 @@ class CredentialStore:
                     shutil.rmtree(self.root / name)
 
 
-def _parse_all(cert: x509.Certificate) -> None:
-    """Read every field the agent uses now: cryptography parses some only when
-    first read, and a malformed extension found later (the SPIFFE ID at start-up)
-    would end the agent with exit 1 instead of quarantining the generation
-    (found by tests/fuzz, agent_state)."""
-    _ = (cert.subject, cert.issuer, cert.serial_number, cert.extensions, cert.public_key(),
-         cert.not_valid_before_utc, cert.not_valid_after_utc)
+def _no_password() -> bytes:
+    raise ValueError("the key is encrypted (the agent never writes one)")
 
 
-def _pem(certs: list[x509.Certificate]) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding
+def pair_matches(chain: Path, key: Path,
+                 context: ssl.SSLContext | None = None) -> str | None:
+    """None when OpenSSL (the standard library's ``ssl``) loads ``chain`` and
+    ``key`` as a TLS identity, which parses every certificate of the chain and
+    checks that the key is the one the first certifies; else what is wrong."""
+    context = context or ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_cert_chain(chain, key, password=_no_password)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            return "key does not match its certificate"
+        return f"OpenSSL cannot load the key and chain ({exc.reason or exc})"
+    except ValueError as exc:
+        return str(exc)
+    return None
 
-    return b"".join(c.public_bytes(Encoding.PEM) for c in certs)
+
+def check_files(directory: Path) -> str | None:
+    """What is wrong with a generation's files as Envoy's TLS would load them, or None."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    problem = pair_matches(directory / "cert-chain.pem", directory / "key.pem", context)
+    if problem is not None:
+        return problem
+    try:
+        context.load_verify_locations(directory / "bundle.pem")
+    except ssl.SSLError as exc:
+        return f"OpenSSL cannot load the trust bundle ({exc.reason or exc})"
+    return None
+
+
+def _pem(certs: list[Cert]) -> bytes:
+    return b"".join(c.pem() for c in certs)

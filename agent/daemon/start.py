@@ -4,8 +4,8 @@ Envoy started before the daemon's own modules are loaded.
 On a restart with the sidecar on, Envoy can start on the last run's bootstrap at
 once (``DataPlane.start_envoy_early``). Its start takes about 100 ms of its own
 CPU and nothing from us until it is ready, so it is spawned before the modules
-that only the daemon needs (the identity manager, the registrar client,
-cryptography) are imported: loading them, and then the stored credentials,
+that only the daemon needs (the identity manager, the registrar client, the
+credential store) are imported: loading them, and then the stored credentials,
 overlaps Envoy's start instead of preceding it. What READY waits for does not
 change: the Envoy that ends up running is ready on the bootstrap ``configure``
 installs, and capture is applied and probed after that.

@@ -21,9 +21,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cryptography import x509
-
-from agent.identity.keys import PrivateKey, generate_key, key_pem, load_key, matches
+from agent.credentials.store import pair_matches
+from agent.identity.keygen import KeygenError, key_and_csr
 from agent.state.quarantine import Quarantine
 from meshcore.durable import write_atomic
 
@@ -37,13 +36,27 @@ class AttestKey:
         self.path = state_dir / FILE_NAME
         self._key_type = key_type
         self._quarantine = quarantine
-        self._key: PrivateKey | None = None
+        self._key: bytes | None = None  # PEM (PKCS#8)
 
-    def get(self) -> PrivateKey:
-        """The attestation's key: the one already in use, else the kept one, else new."""
+    async def csr(self, hostname: str) -> tuple[bytes, bytes]:
+        """The attestation's key (the one already in use, else the kept one, else a
+        new one) and a CSR for it."""
         if self._key is None:
-            self._key = self._kept() or self._new()
-        return self._key
+            kept = self._kept()
+            if kept is not None:
+                try:
+                    self._key, csr = await key_and_csr(self._key_type, hostname, kept)
+                except KeygenError as exc:
+                    if exc.reason != "not_a_key":
+                        raise
+                    self._quarantine.move([self.path], f"{self.path} is not a private key")
+                else:
+                    log.info("attesting with the key kept from an earlier try", extra={
+                        "path": str(self.path)})
+                    return self._key, csr
+            if self._key is None:
+                return await self._new(hostname)
+        return await key_and_csr(self._key_type, hostname, self._key)
 
     def discard(self) -> None:
         """The certificate for the key is stored (or no attestation is under way)."""
@@ -54,43 +67,31 @@ class AttestKey:
             log.warning("cannot remove the kept attestation key", extra={
                 "path": str(self.path), "error": exc.strerror or str(exc)})
 
-    def forget_if_certified(self, cert: x509.Certificate) -> None:
-        """At start, with stored credentials: a kept key that ``cert`` already
-        certifies is a leftover of an agent stopped between storing the certificate
-        and removing the file; it must not become the next attestation's key."""
-        if not self.path.exists():
-            return
-        try:
-            kept = load_key(self.path.read_bytes())
-        except (OSError, ValueError, TypeError):
-            return  # get() deals with it if an attestation ever needs it
-        if matches(kept, cert):
+    def forget_if_certified(self, chain: Path) -> None:
+        """At start, with stored credentials: a kept key that the certificate in
+        ``chain`` already certifies is a leftover of an agent stopped between
+        storing the certificate and removing the file; it must not become the
+        next attestation's key."""
+        if self.path.exists() and pair_matches(chain, self.path) is None:
             self.discard()
 
-    def _kept(self) -> PrivateKey | None:
+    def _kept(self) -> bytes | None:
         try:
-            pem = self.path.read_bytes()
+            return self.path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             log.warning("cannot read the kept attestation key; making a new one", extra={
                 "path": str(self.path), "error": exc.strerror or str(exc)})
             return None
-        try:
-            key = load_key(pem)
-        except (ValueError, TypeError):
-            self._quarantine.move([self.path], f"{self.path} is not a private key")
-            return None
-        log.info("attesting with the key kept from an earlier try", extra={
-            "path": str(self.path)})
-        return key
 
-    def _new(self) -> PrivateKey:
-        key = generate_key(self._key_type)
+    async def _new(self, hostname: str) -> tuple[bytes, bytes]:
+        key, csr = await key_and_csr(self._key_type, hostname)
+        self._key = key
         try:
-            write_atomic(self.path, key_pem(key), mode=0o600)
+            write_atomic(self.path, key, mode=0o600)
         except OSError as exc:
             log.warning("cannot keep the attestation key on disk; retries in this run still "
                         "use it, a restart before the certificate is stored would not", extra={
                             "path": str(self.path), "error": exc.strerror or str(exc)})
-        return key
+        return key, csr

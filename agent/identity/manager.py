@@ -22,7 +22,7 @@ from agent.credentials import Credentials, CredentialStore
 from agent.identity.attest_key import AttestKey
 from agent.identity.host import HostInfo
 from agent.identity.issuer import IssuerClient
-from agent.identity.keys import PrivateKey, build_csr, generate_key
+from agent.identity.keygen import KeygenError, key_and_csr
 from agent.identity.stored import load_stored
 from agent.istio.attestor import IstioTokenAttestor, recovery_hint
 from agent.registrar_client import Issued, RegistrarError
@@ -106,7 +106,7 @@ class IdentityManager:
         self._health.update(attestor=self._state.attestor, rotations=self._state.rotations)
         creds = stored.creds
         if creds is not None:
-            self._attest_key.forget_if_certified(creds.leaf)
+            self._attest_key.forget_if_certified(creds.chain_path)
         now = self._clock.now()
         if creds is not None and now < creds.not_before and now < creds.not_after:
             # Not yet valid by our clock: it was issued by the registrar's, so ours is
@@ -169,7 +169,7 @@ class IdentityManager:
             await hook(creds)
         return creds
 
-    async def _store_first(self, key: PrivateKey, issued: Issued) -> Credentials | None:
+    async def _store_first(self, key: bytes, issued: Issued) -> Credentials | None:
         """Store what the first attestation got, retrying a full or failing disk
         (ENOSPC, EIO, ...) with backoff while the certificate lasts.
 
@@ -199,14 +199,14 @@ class IdentityManager:
                     "error": error, "attempt": failures, "retry_in_seconds": round(wait, 2)})
                 await self._clock.sleep(wait)
 
-    async def _attest_once(self, attestor: Attestor) -> tuple[PrivateKey, Issued]:
-        challenge = await self.client.challenge() if attestor.needs_challenge else None
-        evidence = await attestor.evidence(challenge)
+    async def _attest_once(self, attestor: Attestor) -> tuple[bytes, Issued]:
         # The same key on every try: a retry whose answer was lost gets the certificate
         # the spent token already paid for only when it asks for the same key.
-        key = self._attest_key.get()
         hostname, addresses = self._host()
-        issued = await self.client.attest(evidence, build_csr(key, hostname), challenge=challenge,
+        key, csr = await self._attest_key.csr(hostname)
+        challenge = await self.client.challenge() if attestor.needs_challenge else None
+        evidence = await attestor.evidence(challenge)
+        issued = await self.client.attest(evidence, csr, challenge=challenge,
                                           hostname=hostname, addresses=addresses)
         return key, issued
 
@@ -288,8 +288,14 @@ class IdentityManager:
         try:
             async for attempt in self._policy(deadline=deadline):
                 with attempt:
-                    key = generate_key(self.tuning.key_type)
-                    issued = await self._renew_once(key, creds, hostname, addresses)
+                    key, csr = await key_and_csr(self.tuning.key_type, hostname)
+                    issued = await self._renew_once(csr, creds, hostname, addresses)
+        except KeygenError as exc:
+            # Retried like a passing fault until the certificate expired.
+            self._failed(exc)
+            self._health.update(phase="expired")
+            raise CannotContinue(f"the certificate expired while no new key could be made: "
+                                 f"{exc}") from None
         except RegistrarError as exc:
             self._failed(exc)
             if exc.reason == ANCHOR_UNREADABLE:
@@ -325,7 +331,7 @@ class IdentityManager:
         offered = self.store.parse_bundle(bundle_pem)
         if set(offered) == set(creds.bundle):
             return False
-        new = self.store.commit(creds.key, creds.chain_path.read_bytes(), bundle_pem)
+        new = self.store.commit(creds.key_pem, creds.chain_path.read_bytes(), bundle_pem)
         self._health.update(credentials=new)
         log.info("trust bundle updated", extra={"generation": new.generation,
                                                 "roots": len(new.bundle)})
@@ -347,11 +353,11 @@ class IdentityManager:
         await self._clock.sleep(wait)
         self._renew_now = True
 
-    async def _renew_once(self, key: PrivateKey, creds: Credentials, hostname: str,
+    async def _renew_once(self, csr: bytes, creds: Credentials, hostname: str,
                           addresses: list[str]) -> Issued:
         try:
             return await self.client.renew(
-                build_csr(key, hostname), chain_file=creds.chain_path,
+                csr, chain_file=creds.chain_path,
                 key_file=creds.key_path, hostname=hostname, addresses=addresses)
         except RegistrarError as exc:
             if exc.reason != ANCHOR_UNREADABLE:
@@ -425,6 +431,8 @@ class IdentityManager:
         reason = exc.reason if isinstance(exc, RegistrarError) else type(exc).__name__
         if isinstance(exc, AttestError):
             reason = "attest_error"
+        elif isinstance(exc, KeygenError):
+            reason = exc.reason
         self._health.failed(reason, str(exc)[:300])
 
     def _hint(self) -> dt.datetime | None:
@@ -435,7 +443,7 @@ class IdentityManager:
         except ValueError:
             return None
 
-    def _install(self, key: PrivateKey, issued: Issued, *, renewal: bool) -> Credentials:
+    def _install(self, key: bytes, issued: Issued, *, renewal: bool) -> Credentials:
         self._observe_clock()
         return self._record(self.store.commit(key, issued.chain_pem, issued.bundle_pem),
                             issued, renewal=renewal)

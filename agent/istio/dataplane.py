@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from agent.credentials import Credentials
-from agent.identity.keys import key_pem
 from agent.istio.bootstrap import render_ads_bootstrap
 from agent.istio.capture import capture_from_cluster_env  # noqa: F401  (re-exported)
 from agent.istio.node import IstioNode, build_node, local_ip_toward
@@ -52,12 +51,10 @@ class IstioDataPlane:
         await self.sds.start()
 
     def publish(self, creds: Credentials) -> None:
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        chain = b"".join(c.public_bytes(Encoding.PEM) for c in creds.chain)
-        bundle = b"".join(c.public_bytes(Encoding.PEM) for c in creds.bundle)
+        chain = b"".join(c.pem() for c in creds.chain)
+        bundle = b"".join(c.pem() for c in creds.bundle)
         self.sds.update(SecretSet(version=creds.generation, chain_pem=chain,
-                                  key_pem=key_pem(creds.key), bundle_pem=bundle))
+                                  key_pem=creds.key_pem, bundle_pem=bundle))
 
     async def stop(self) -> None:
         await self.sds.stop()

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from agent.attest.base import AttestError
+from agent.identity.keygen import KeygenError
 from agent.registrar_client.errors import RegistrarError
 from meshcore.clock import Clock, Rng
 
@@ -25,7 +26,9 @@ def retryable(exc: BaseException) -> bool:
         return exc.action == "retry"
     if isinstance(exc, AttestError):
         return exc.retryable
-    return False
+    # A key helper that could not run (no memory for a fork): try again; a kept key
+    # that is not a key never reaches here (AttestKey makes a new one).
+    return isinstance(exc, KeygenError)
 
 
 def backoff(attempt: int, *, min_backoff: float, max_backoff: float, rng: Rng) -> float:

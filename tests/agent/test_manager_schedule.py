@@ -17,7 +17,6 @@ from agent.attest.base import Attestor
 from agent.attest.token import TokenAttestor
 from agent.credentials import Credentials, CredentialStore
 from agent.identity.attest_key import FILE_NAME as ATTEST_KEY_FILE
-from agent.identity.keys import key_pem
 from agent.identity.manager import CannotContinue, IdentityManager, Tuning
 from agent.registrar_client import RegistrarClient
 from agent.rotation.schedule import renewal_time
@@ -131,7 +130,7 @@ def test_a_start_with_stored_credentials_removes_the_key_they_certify(
     first = asyncio.run(make_manager(reg, tmp_path, clock, FixedRng(0.5), Health()).start())
     leftover = tmp_path / ATTEST_KEY_FILE
     assert not leftover.exists()  # removed once the certificate was stored
-    leftover.write_bytes(key_pem(first.key))
+    leftover.write_bytes(first.key_pem)
     leftover.chmod(0o600)
     again = asyncio.run(make_manager(reg, tmp_path, clock, FixedRng(0.5), Health()).start())
     assert again.leaf.serial_number == first.leaf.serial_number  # stored, not attested

@@ -116,3 +116,17 @@ def test_agent_start_up_loads_neither_psutil_nor_prometheus_nor_the_sidecar() ->
              "'agent.attest.metadata', 'agent.istio.ca_client') or "
              "(m.startswith('agent.sidecar.') and m != 'agent.sidecar.config'))))")
     assert _printed(probe) == []
+
+
+def test_the_daemon_loads_no_cryptography() -> None:
+    """cryptography keeps about 10 MiB resident: the daemon reads its certificates
+    with its own DER reader and the standard library's ssl, and makes keys and
+    CSRs in a helper process (tests/integration/test_rotation.py checks the
+    running daemon's memory map after six renewals)."""
+    probe = ("import agent.cli, agent.daemon.app, agent.identity.manager, "
+             "agent.identity.attest_key, agent.credentials.store, agent.status.server\n"
+             "import json, sys\n"
+             "print(json.dumps(sorted(m for m in sys.modules "
+             "if m.split('.')[0] == 'cryptography')))")
+    assert _printed(probe) == []
+

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from agent.attest.base import Evidence
 from agent.credentials import Credentials, CredentialStore
-from agent.identity.keys import build_csr, generate_key
+from agent.identity.keys import build_csr, generate_key, key_pem
 from agent.registrar_client.client import RegistrarClient
 from agent.registrar_client.wire import Issued
 from meshcore.secret import Secret
@@ -33,4 +33,4 @@ class RegistrarIdentity:
             issued = await self.client.renew(csr, chain_file=current.chain_path,
                                              key_file=current.key_path,
                                              hostname=self.hostname, addresses=[])
-        return self.store.commit(key, issued.chain_pem, issued.bundle_pem), issued
+        return self.store.commit(key_pem(key), issued.chain_pem, issued.bundle_pem), issued
