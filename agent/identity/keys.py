@@ -1,12 +1,20 @@
 """Key generation and CSRs. The key is made here, on the VM, and never leaves it:
-only the CSR (public key + self-signature) is sent to the registrar."""
+only the CSR (public key + self-signature) is sent to the registrar.
+
+The CSR is encoded here rather than with cryptography's x509 builder: it is one
+fixed shape, and not importing ``cryptography.x509`` halves the start of the key
+helper process (``keygen_child``), which a first boot waits for."""
 
 from __future__ import annotations
 
-from cryptography import x509
+import base64
+from typing import TYPE_CHECKING
+
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -23,10 +31,37 @@ def generate_key(key_type: str) -> PrivateKey:
 
 
 def build_csr(key: PrivateKey, hostname: str) -> bytes:
-    """A CSR for ``key``. It asks for no identity: the registrar decides that."""
-    builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64] or "mesh-agent")]))
-    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    """A PKCS#10 CSR (RFC 2986) for ``key``, PEM. It asks for no identity (the
+    registrar decides that): the subject is ``CN=<hostname>`` and it has no
+    attributes."""
+    common_name = _der(0x0C, (hostname[:64] or "mesh-agent").encode())  # UTF8String
+    subject = _der(0x30, _der(0x31, _der(0x30, _OID_COMMON_NAME + common_name)))
+    public_key = key.public_key().public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    # version 0, subject, subjectPKInfo, attributes [0] (an empty SET)
+    info = _der(0x30, b"\x02\x01\x00" + subject + public_key + b"\xa0\x00")
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        algorithm, signature = _ECDSA_WITH_SHA256, key.sign(info, ec.ECDSA(hashes.SHA256()))
+    else:
+        algorithm = _SHA256_WITH_RSA
+        signature = key.sign(info, padding.PKCS1v15(), hashes.SHA256())
+    der = _der(0x30, info + algorithm + _der(0x03, b"\x00" + signature))
+    body = base64.encodebytes(der).replace(b"\n", b"")
+    lines = b"".join(body[i:i + 64] + b"\n" for i in range(0, len(body), 64))
+    return b"-----BEGIN CERTIFICATE REQUEST-----\n" + lines + b"-----END CERTIFICATE REQUEST-----\n"
+
+
+_OID_COMMON_NAME = bytes.fromhex("0603550403")  # 2.5.4.3
+_ECDSA_WITH_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")  # 1.2.840.10045.4.3.2
+_SHA256_WITH_RSA = bytes.fromhex("300d06092a864886f70d01010b0500")  # 1.2.840.113549.1.1.11, NULL
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    """One DER element: ``tag``, the definite length in its shortest form, ``body``."""
+    if len(body) < 0x80:
+        return bytes((tag, len(body))) + body
+    size = len(body).to_bytes((len(body).bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(size))) + size + body
 
 
 def key_pem(key: PrivateKey) -> bytes:
