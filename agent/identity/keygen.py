@@ -56,13 +56,18 @@ async def key_and_csr(key_type: str, hostname: str,
         child.kill()
         await child.wait()
         raise KeygenError("keygen_failed", f"the key helper took over {TIMEOUT:.0f} s") from None
+    except asyncio.CancelledError:  # the agent is stopping: leave no helper behind
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
+        raise
     try:
         answer = json.loads(out)
-    except ValueError:
+        if "error" in answer:
+            raise KeygenError(str(answer.get("reason", "keygen_failed")), str(answer["error"]))
+        return answer["key_pem"].encode(), answer["csr_pem"].encode()
+    except (ValueError, TypeError, KeyError, AttributeError):
         # Its stderr holds a traceback at worst: the key it made is only ever on stdout.
         tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
         raise KeygenError("keygen_failed", f"the key helper exited {child.returncode}: "
                           f"{tail[0][:300]}") from None
-    if "error" in answer:
-        raise KeygenError(str(answer.get("reason", "keygen_failed")), str(answer["error"]))
-    return answer["key_pem"].encode(), answer["csr_pem"].encode()
