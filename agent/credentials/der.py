@@ -16,11 +16,12 @@ cryptography (``agent.identity.keygen``).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import datetime as dt
 import re
 from dataclasses import dataclass, field
+
+from agent.identity.pem import pem_block
 
 # Universal tags, and the context tags used in a TBSCertificate and a GeneralName.
 _BOOLEAN, _INTEGER, _BIT_STRING, _OCTET_STRING, _OID = 0x01, 0x02, 0x03, 0x04, 0x06
@@ -114,9 +115,7 @@ class Cert:
         return ids[0] if len(ids) == 1 else None
 
     def pem(self) -> bytes:
-        body = base64.encodebytes(self.der).replace(b"\n", b"")
-        lines = b"\n".join(body[i:i + 64] for i in range(0, len(body), 64))
-        return b"-----BEGIN CERTIFICATE-----\n" + lines + b"\n-----END CERTIFICATE-----\n"
+        return pem_block("CERTIFICATE", self.der)
 
 
 def parse_cert(der: bytes) -> Cert:

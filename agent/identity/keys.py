@@ -7,11 +7,12 @@ helper process (``keygen_child``), which a first boot waits for."""
 
 from __future__ import annotations
 
-import base64
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from agent.identity.pem import pem_block
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -46,9 +47,7 @@ def build_csr(key: PrivateKey, hostname: str) -> bytes:
         algorithm = _SHA256_WITH_RSA
         signature = key.sign(info, padding.PKCS1v15(), hashes.SHA256())
     der = _der(0x30, info + algorithm + _der(0x03, b"\x00" + signature))
-    body = base64.encodebytes(der).replace(b"\n", b"")
-    lines = b"".join(body[i:i + 64] + b"\n" for i in range(0, len(body), 64))
-    return b"-----BEGIN CERTIFICATE REQUEST-----\n" + lines + b"-----END CERTIFICATE REQUEST-----\n"
+    return pem_block("CERTIFICATE REQUEST", der)
 
 
 _OID_COMMON_NAME = bytes.fromhex("0603550403")  # 2.5.4.3

@@ -28,6 +28,7 @@ def test_the_csr_is_the_one_cryptography_would_build(key_type: str, hostname: st
     assert mine.signature_algorithm_oid == reference.signature_algorithm_oid
     if key_type.startswith("rsa"):  # PKCS#1 v1.5 signatures are deterministic
         assert pem == reference.public_bytes(serialization.Encoding.PEM)
+    assert pem == mine.public_bytes(serialization.Encoding.PEM)  # the armour, byte for byte
     checked = check_csr(pem.decode())
     assert checked.public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
