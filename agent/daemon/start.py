@@ -10,7 +10,13 @@ overlaps Envoy's start instead of preceding it. What READY waits for does not
 change: the Envoy that ends up running is ready on the bootstrap ``configure``
 installs, and capture is applied and probed after that.
 
-This module imports only what that needs: the config, logging and the data plane.
+A first boot (no stored credentials) needs a key before anything else can
+happen, and the key helper process spends most of its time importing
+cryptography: it is started first (``keygen.prestart``), so that start overlaps
+the daemon's own, and the attestation hands it its request.
+
+This module imports only what that needs: the config, logging, the data plane and
+the key helper's launcher.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from agent.config import ConfigError, load_config
 from agent.config.model import AgentConfig
 from agent.daemon import logs
 from agent.daemon.dataplane import DataPlane, DataPlaneConfigError
+from agent.identity import keygen
 from agent.state.layout import StateDirError, prepare_state_dir
 from agent.status.health import Health
 from meshcore.clock import SystemClock
@@ -53,17 +60,28 @@ async def start_envoy_first(config: AgentConfig, dataplane: DataPlane) -> bool:
     return started
 
 
+def first_boot(config: AgentConfig) -> bool:
+    """No stored credentials to start on (the credential store's ``current`` link,
+    agent/credentials/store.py): the agent attests, and needs a key first."""
+    return not (config.state_dir / "credentials" / "current").exists()
+
+
 async def _run(config_path: Path, config: AgentConfig) -> int:
     clock = SystemClock()
     health = Health()
     dataplane = DataPlane(config, health, clock)
-    await start_envoy_first(config, dataplane)
-    # Loaded while Envoy starts.
-    from agent.daemon.app import Daemon, log_warnings
+    try:
+        if first_boot(config) and await keygen.prestart():
+            log.debug("key helper started ahead of the first attestation")
+        await start_envoy_first(config, dataplane)
+        # Loaded while Envoy starts (and the key helper imports cryptography).
+        from agent.daemon.app import Daemon, log_warnings
 
-    log.debug("daemon modules loaded")
-    log_warnings(config)
-    return await Daemon(config_path, config, clock=clock, early=(dataplane, health)).run()
+        log.debug("daemon modules loaded")
+        log_warnings(config)
+        return await Daemon(config_path, config, clock=clock, early=(dataplane, health)).run()
+    finally:
+        await keygen.discard_spare()  # none is left waiting once the agent ends
 
 
 def run_daemon(config_path: Path) -> int:

@@ -93,13 +93,14 @@ def test_agent_entry_point_starts_envoy_before_cryptography_loads() -> None:
     Envoy early on a restart) before the daemon's modules are imported: neither
     may load cryptography or the credential modules, or Envoy's start would wait
     for them again. An Istio config section loads its root certificates' parser
-    only when there is one."""
+    only when there is one. The one identity module allowed is the key helper's
+    launcher (standard library only), which a first boot starts first."""
     probe = ("import agent.cli, agent.daemon.start, agent.sidecar.service, "
              "agent.sidecar.settings, agent.sidecar.supervisor\nimport json, sys\n"
              "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == "
              "'cryptography' or m.startswith(('agent.credentials', 'agent.identity', "
              "'agent.istio.vm', 'agent.daemon.app')))))")
-    assert _printed(probe) == []
+    assert _printed(probe) == ["agent.identity", "agent.identity.keygen"]
 
 
 def test_agent_start_up_loads_neither_psutil_nor_prometheus_nor_the_sidecar() -> None:

@@ -42,13 +42,19 @@ def test_first_boot_with_a_token_then_restart_reuses_stored_credentials(
     verify_chain(creds.directory, expected)
     assert stat.S_IMODE(creds.key_path.stat().st_mode) == 0o600
     assert stat.S_IMODE((agent.state_dir / "state.json").stat().st_mode) == 0o600
+    # With nothing stored, the key helper starts before the daemon's modules load.
+    ahead = "key helper started ahead of the first attestation"
+    log = agent.log_text()
+    assert ahead in log and log.index(ahead) < log.index("daemon modules loaded"), log
     assert agent.stop() == 0
 
-    # Restart with no token: the stored cert is still valid and is used at once.
+    # Restart with no token: the stored cert is still valid and is used at once
+    # (and no key helper is started for nothing).
     agent.start()
     agent.wait_ready()
     assert agent.status()["serial"] == first_serial
     assert agent.stop() == 0
+    assert agent.log_text().count(ahead) == 1
 
 
 def test_restart_without_token_renews_over_mtls(registrar_factory: Any,
