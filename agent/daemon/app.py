@@ -241,6 +241,8 @@ class Daemon:
         except DataPlaneDown as exc:
             # Ends the TaskGroup like any CannotContinue: capture removed, exit 69.
             raise CannotContinue(f"data plane not up: {exc}", EX_UNAVAILABLE) from exc
+        except DataPlaneConfigError as exc:  # Envoy refused the first bootstrap: exit 78
+            raise CannotContinue(f"cannot start the sidecar: {exc}", EX_CONFIG) from exc
         self._up.set()
         self.notifier.ready(self._summary())
         creds = self.health.current.credentials

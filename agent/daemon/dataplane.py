@@ -171,7 +171,8 @@ class DataPlane:
                 self.istio.publish(creds)
             else:
                 self.sidecar.publish(creds.directory)
-            await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh), xds)
+            await self.sidecar.configure(mesh_settings(state.spiffe_id or "", state.mesh), xds,
+                                         check_beside_start=True)
         except (EnvoyNotFound, ConfigRejected) as exc:
             raise DataPlaneConfigError(str(exc)) from exc
         self._configured = True
@@ -297,8 +298,13 @@ class DataPlane:
 
     async def _bring_up(self, exempting: asyncio.Future[list[Exempt]] | None) -> None:
         if self.sidecar is not None:
+            from agent.sidecar.install import ConfigRejected
             from agent.sidecar.supervisor import SidecarNotReady
 
+            try:
+                await self.sidecar.checked()  # a first bootstrap, validated beside the start
+            except ConfigRejected as exc:
+                raise DataPlaneConfigError(str(exc)) from exc
             try:
                 await self.sidecar.supervisor.wait_ready(self.sidecar.config.ready_timeout)
             except SidecarNotReady as exc:
@@ -356,6 +362,8 @@ class DataPlane:
             await self.dns_proxy.stop()
         if self.sidecar is not None:
             await self.sidecar.supervisor.shutdown()
+        if self.sidecar is not None:
+            await self.sidecar.cancel_check()
         if self.istio is not None:
             await self.istio.stop()
 
@@ -363,6 +371,8 @@ class DataPlane:
         """Whatever ended the agent (also a failure before Envoy ran): the SDS
         server stops while its event loop still runs (grpcio cannot stop it
         from a closed loop and prints a traceback at exit)."""
+        if self.sidecar is not None:
+            await self.sidecar.cancel_check()
         if self.istio is not None:
             await self.istio.stop()
 

@@ -16,6 +16,8 @@ Order in the daemon::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import Any
 from agent.proxy.user import ProxyIdentity, resolve_proxy_user
 from agent.sidecar.ads import XdsServer, render_ads_bootstrap
 from agent.sidecar.config import SidecarConfig
-from agent.sidecar.install import install_bootstrap
+from agent.sidecar.install import install_bootstrap, install_first_bootstrap
 from agent.sidecar.process import Runner, SubprocessRunner
 from agent.sidecar.render import render_bootstrap
 from agent.sidecar.sds import Chown, Generation, SdsMirror, os_chown
@@ -56,6 +58,7 @@ class Sidecar:
         self._on_status = on_status
         self._mirror: SdsMirror | None = None
         self._supervisor: EnvoySupervisor | None = None
+        self._first_check: asyncio.Task[None] | None = None
 
     @property
     def proxy(self) -> ProxyIdentity:
@@ -89,13 +92,18 @@ class Sidecar:
         self._logger.info("certificate generation %s handed to envoy", generation.name)
         return generation.name
 
-    async def configure(self, mesh: MeshSettings, xds: XdsServer | None = None) -> bool:
+    async def configure(self, mesh: MeshSettings, xds: XdsServer | None = None, *,
+                        check_beside_start: bool = False) -> bool:
         """Render, validate and install the bootstrap for ``mesh`` (Istio mode's
         renderer when one was given; the ADS bootstrap when ``xds`` is given);
         restart a running Envoy when the file changed (e.g. new mesh settings after
         a renewal). In xds mode the bootstrap depends only on the identity and the
         registrar's address, so mesh changes arrive as ADS pushes and never restart
-        Envoy. Raises ConfigRejected/EnvoyNotFound with the old file kept live."""
+        Envoy. Raises ConfigRejected/EnvoyNotFound with the old file kept live.
+
+        ``check_beside_start`` (start-up): a very first bootstrap is made live at
+        once and validated while Envoy starts; ``checked()`` then raises what
+        validating it before would have raised."""
         if self._render is not None:
             document = self._render(mesh)
         elif xds is not None:
@@ -103,6 +111,12 @@ class Sidecar:
                                             admin_port=self.config.admin_port)
         else:
             document = render_bootstrap(self.config, mesh, self.paths)
+        if check_beside_start and self._first_check is None:
+            self._first_check = await install_first_bootstrap(
+                self.config, document, self.paths,
+                runner=self._runner, user=self.proxy, chown=self._chown)
+            if self._first_check is not None:
+                return True
         changed = await install_bootstrap(
             self.config, document, self.paths,
             runner=self._runner, user=self.proxy, chown=self._chown)
@@ -111,3 +125,18 @@ class Sidecar:
             # bootstrap): restart() replaces it once it exists.
             await self._supervisor.restart()
         return changed
+
+    async def checked(self) -> None:
+        """The first bootstrap's validation (``configure(check_beside_start=True)``):
+        returns once Envoy accepted it; raises ConfigRejected (the file removed)."""
+        if self._first_check is not None:
+            await self._first_check
+
+    async def cancel_check(self) -> None:
+        """Stopping: end a validation still running (and its Envoy process)."""
+        check, self._first_check = self._first_check, None
+        if check is not None and not check.done():
+            check.cancel()
+        if check is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await check

@@ -226,3 +226,35 @@ def test_capture_that_cannot_be_verified_exits_69_and_leaves_the_baseline(
     assert "Traceback" not in log
     assert nat_rules(hosts.vm.name) == baseline
     assert (vm.credentials / "current").exists(), "the identity obtained is kept"
+
+
+def test_a_first_bootstrap_envoy_cannot_use_exits_78_and_is_not_kept(
+        hosts: HostPair, registrar_factory: Callable[..., RegistrarProcess], envoy_path: Path,
+        tmp_path: Path) -> None:
+    """A first boot validates its bootstrap beside Envoy's start, not before it; a
+    rejection must still end the start with 78 and Envoy's reason. Here the state
+    directory sits in a 0700 directory the proxy user cannot enter (a real
+    misconfiguration), so Envoy, run as that user, cannot read its own files."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    reg = registrar_factory(trust_domain=TD, host=hosts.peer.address, port=free_port(),
+                            prefix=["ip", "netns", "exec", hosts.peer.name],
+                            groups={"vm": ("shop", "vm-app", 3600)})
+    extra = dataplane(envoy_path, app_port=9090, allowed=PEER_ID, backend="iptables-nft")
+    extra["capture"] = {"enabled": False}
+    vm = AgentProcess(private / "vm", reg, token=reg.create_token("vm"), netns=hosts.vm.name,
+                      extra=extra)
+    vm.start()
+    try:
+        code = vm.wait_exit(60)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        vm.kill()
+    log = vm.log_text()
+    assert code == 78, log[-3000:]
+    assert "cannot start the sidecar: envoy rejected the rendered bootstrap" in log, log[-3000:]
+    assert " ready " not in log and "Traceback" not in log, log[-3000:]
+    envoy_dir = vm.state_dir / "envoy"
+    assert not (envoy_dir / "bootstrap.yaml").exists(), "a rejected first bootstrap stays"
+    assert not (envoy_dir / "bootstrap.unchecked").exists()
