@@ -7,12 +7,19 @@ come from a tiny launcher (interpreter up; the CLI module imported); the rest
 are the agent's own log lines (log level debug), stamped as they arrive on its
 stderr. READY is the agent's ``ready`` log line, written as it notifies systemd.
 
+``--first-boot`` times first boots instead: before each start the state directory
+is emptied and a new join token written, so every start attests (a key from the
+helper, one registrar round trip) and renders Envoy's first bootstrap. Its floor is
+Envoy alone plus one attestation's round trip on the same registrar (issue 15: a
+first boot's READY <= 3x that).
+
 ``--tree DIR`` (repeatable) A/Bs checkouts in the same run: each restart cycles
 through the trees in turn, so the load hits every tree alike (for example the tree
 before a change, exported with ``git archive BASE | tar -x -C /tmp/base``). The
 state directory is shared, so the trees must agree on its format.
 
-    .venv/bin/python scripts/bench/restart_timeline.py [--restarts 7] [--tree DIR ...]
+    .venv/bin/python scripts/bench/restart_timeline.py [--restarts 7] [--first-boot]
+        [--tree DIR ...]
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from scripts.bench.agent_mesh import PEER_ID, dataplane, envoy_floor  # noqa: E402
 from scripts.bench.installed import compile_bytecode  # noqa: E402
+from scripts.bench.registrar_bootstrap import make_csr, request_bytes  # noqa: E402
 from tests.fixtures.agent import AgentProcess  # noqa: E402
 from tests.fixtures.registrar import RegistrarProcess, free_port  # noqa: E402
 from tests.sidecar.netns import HostPair  # noqa: E402
@@ -50,9 +58,11 @@ sys.exit(agent.cli.main(sys.argv[1:]))
 # (step, pattern on a log line): the first line matching is the step's time.
 STEPS = [
     ("config loaded, logging up", re.compile(r" agent\.daemon\.app: starting ")),
+    ("key helper started (first boot)", re.compile(r"key helper started ahead")),
     ("daemon modules loaded", re.compile(r"daemon modules loaded")),
     ("Envoy spawned", re.compile(r"envoy started \(pid")),
     ("stored credentials loaded", re.compile(r"using stored credentials")),
+    ("attested (first boot)", re.compile(r"certificate issued")),
     ("settings asked, bootstrap rendered", re.compile(r"sidecar mode: ")),
     ("certificate handed to Envoy", re.compile(r"handed to envoy")),
     ("Envoy ready", re.compile(r"envoy ready \(pid")),
@@ -62,6 +72,22 @@ STEPS = [
     ("capture installed", re.compile(r"traffic capture installed")),
     ("READY", re.compile(r" agent\.daemon\.app: ready")),
 ]
+
+
+def attest_round_trip(reg: RegistrarProcess, ns: str, work: Path) -> float:
+    """One join-token attestation (a new token, a fresh CSR), as curl sends it from the
+    VM's namespace on a new TLS connection: curl's total time, in seconds."""
+    body = work / "attest.json"
+    body.write_bytes(request_bytes(reg.host, reg.create_token("vm"), make_csr(0))
+                     .split(b"\r\n\r\n", 1)[1])
+    out = subprocess.run(["ip", "netns", "exec", ns, "curl", "-s", "-o", "/dev/null",
+                          "-w", "%{http_code} %{time_total}", "--cacert", str(reg.ca_file),
+                          "-H", "Content-Type: application/json", "--data-binary", f"@{body}",
+                          f"{reg.url}/v1/attest"], capture_output=True, text=True, check=True)
+    code, total = out.stdout.split()
+    if code != "200":
+        raise SystemExit(f"attestation round trip answered {code}")
+    return float(total)
 
 
 def restart_once(agent: AgentProcess, tree: Path, timeout: float = 120.0
@@ -111,6 +137,9 @@ def main() -> int:
     parser.add_argument("--restarts", type=int, default=7)
     parser.add_argument("--tree", action="append", type=Path,
                         help="a checkout to run the agent from (default: this one)")
+    parser.add_argument("--first-boot", action="store_true",
+                        help="empty the state directory and write a new token before each "
+                             "start: time first boots")
     parser.add_argument("--show-log", action="store_true",
                         help="print the last restart's log lines with their times")
     args = parser.parse_args()
@@ -152,18 +181,31 @@ def main() -> int:
         floor: list[float] = []
         loads: list[float] = []
         last: list[tuple[float, str]] = []
+        round_trips: list[float] = []
         for _ in range(args.restarts):
             for tree in trees:
+                if args.first_boot:
+                    for entry in agent.state_dir.iterdir():
+                        subprocess.run(["rm", "-rf", str(entry)], check=True)
+                    agent.write_token(reg.create_token("vm"))
+                    round_trips.append(attest_round_trip(reg, pair.vm.name, base))
                 steps, last = restart_once(agent, tree)
                 results[tree].append(steps)
                 loads.append(os.getloadavg()[0])
             floor.append(envoy_floor(pair.vm.name, envoy, bootstrap))
         fl = statistics.median(floor) * 1000
-        print(f"restart timeline, median of {args.restarts} per tree; load average "
+        kind = "first-boot" if args.first_boot else "restart"
+        print(f"{kind} timeline, median of {args.restarts} per tree; load average "
               f"{min(loads):.1f}-{max(loads):.1f}; ms from the process's start")
         print(f"Envoy alone on the same bootstrap, start -> /ready (same run): median "
               f"{fl:.0f} ms (min {min(floor) * 1000:.0f}, max {max(floor) * 1000:.0f}); "
               f"2.5x = {2.5 * fl:.0f} ms")
+        if args.first_boot:
+            rt = statistics.median(round_trips) * 1000
+            fl += rt
+            print(f"one attestation's round trip on this registrar (new TLS connection, "
+                  f"same run): median {rt:.0f} ms; floor = Envoy alone + it = {fl:.0f} ms; "
+                  f"3x = {3 * fl:.0f} ms")
         names = ["interpreter", "cli-imported", *(s for s, _ in STEPS)]
         header = f"{'step':40s}" + "".join(f"{t.name[:18]:>20s}" for t in trees)
         print(header)
@@ -177,7 +219,8 @@ def main() -> int:
             ready = [r["READY"] * 1000 for r in results[tree]]
             print(f"{tree}: READY median {statistics.median(ready):.0f} ms "
                   f"(min {min(ready):.0f}, max {max(ready):.0f}) = "
-                  f"{statistics.median(ready) / fl:.2f}x Envoy alone")
+                  f"{statistics.median(ready) / fl:.2f}x "
+                  + ("Envoy alone + one round trip" if args.first_boot else "Envoy alone"))
         if args.show_log:
             for at, text in last:
                 print(f"{at * 1000:8.1f} ms  {text[:160]}")
