@@ -57,6 +57,26 @@ def nat_rules(ns: str) -> str:
                      if not line.startswith("#"))
 
 
+def vm_registrar(hosts: HostPair, registrar_factory: Callable[..., RegistrarProcess]
+                 ) -> RegistrarProcess:
+    """A registrar in the peer's namespace that knows the VM's group."""
+    return registrar_factory(trust_domain=TD, host=hosts.peer.address, port=free_port(),
+                             prefix=["ip", "netns", "exec", hosts.peer.name],
+                             groups={"vm": ("shop", "vm-app", 3600)})
+
+
+def run_to_exit(agent: AgentProcess, timeout: float) -> tuple[int | None, str]:
+    """Start ``agent`` and wait for it to end by itself: (exit code or None, its log)."""
+    agent.start()
+    try:
+        code: int | None = agent.wait_exit(timeout)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        agent.kill()
+    return code, agent.log_text()
+
+
 @pytest.fixture
 def mesh(hosts: HostPair, registrar_factory: Callable[..., RegistrarProcess], envoy_path: Path,
          state_dirs: Callable[[str], Path]) -> Iterator[tuple[AgentProcess, AgentProcess, Any]]:
@@ -203,9 +223,7 @@ def test_capture_that_cannot_be_verified_exits_69_and_leaves_the_baseline(
     """``capture.external_proxy: true`` with no proxy on 15001/15006: the probe
     fails, capture is rolled back, and the agent ends with 69 (the host cannot do
     it now; systemd restarts) — not 1 with a traceback, which means a bug."""
-    reg = registrar_factory(trust_domain=TD, host=hosts.peer.address, port=free_port(),
-                            prefix=["ip", "netns", "exec", hosts.peer.name],
-                            groups={"vm": ("shop", "vm-app", 3600)})
+    reg = vm_registrar(hosts, registrar_factory)
     vm = AgentProcess(state_dirs("vm"), reg, token=reg.create_token("vm"), netns=hosts.vm.name,
                       extra={"proxy": {"uid": 1337, "gid": 1337},
                              "sidecar": {"enabled": False},
@@ -213,14 +231,7 @@ def test_capture_that_cannot_be_verified_exits_69_and_leaves_the_baseline(
                                          "backend": "iptables-nft", "inbound_ports": [9090]}})
     hosts.vm.ip("route", "add", "default", "via", hosts.peer.address)  # else no probe
     baseline = nat_rules(hosts.vm.name)
-    vm.start()
-    try:
-        code = vm.wait_exit(90)
-    except subprocess.TimeoutExpired:
-        code = None
-    finally:
-        vm.kill()
-    log = vm.log_text()
+    code, log = run_to_exit(vm, 90)
     assert code == 69, log[-3000:]
     assert "data plane not up: capture not installed" in log, log[-2000:]
     assert "Traceback" not in log
@@ -237,21 +248,12 @@ def test_a_first_bootstrap_envoy_cannot_use_exits_78_and_is_not_kept(
     misconfiguration), so Envoy, run as that user, cannot read its own files."""
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
-    reg = registrar_factory(trust_domain=TD, host=hosts.peer.address, port=free_port(),
-                            prefix=["ip", "netns", "exec", hosts.peer.name],
-                            groups={"vm": ("shop", "vm-app", 3600)})
+    reg = vm_registrar(hosts, registrar_factory)
     extra = dataplane(envoy_path, app_port=9090, allowed=PEER_ID, backend="iptables-nft")
     extra["capture"] = {"enabled": False}
     vm = AgentProcess(private / "vm", reg, token=reg.create_token("vm"), netns=hosts.vm.name,
                       extra=extra)
-    vm.start()
-    try:
-        code = vm.wait_exit(60)
-    except subprocess.TimeoutExpired:
-        code = None
-    finally:
-        vm.kill()
-    log = vm.log_text()
+    code, log = run_to_exit(vm, 60)
     assert code == 78, log[-3000:]
     assert "cannot start the sidecar: envoy rejected the rendered bootstrap" in log, log[-3000:]
     assert " ready " not in log and "Traceback" not in log, log[-3000:]
