@@ -362,8 +362,6 @@ class DataPlane:
             await self.dns_proxy.stop()
         if self.sidecar is not None:
             await self.sidecar.supervisor.shutdown()
-        if self.sidecar is not None:
-            await self.sidecar.cancel_check()
         if self.istio is not None:
             await self.istio.stop()
 

@@ -63,7 +63,10 @@ async def start_envoy_first(config: AgentConfig, dataplane: DataPlane) -> bool:
 def first_boot(config: AgentConfig) -> bool:
     """No stored credentials to start on (the credential store's ``current`` link,
     agent/credentials/store.py): the agent attests, and needs a key first."""
-    return not (config.state_dir / "credentials" / "current").exists()
+    try:
+        return not (config.state_dir / "credentials" / "current").exists()
+    except OSError:  # a state directory we cannot read: the daemon says why, later
+        return False
 
 
 async def _run(config_path: Path, config: AgentConfig) -> int:
