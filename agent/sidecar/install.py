@@ -75,6 +75,20 @@ async def _collect(process: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
     return out, err
 
 
+def _stage(paths: EnvoyPaths, data: bytes, user: ProxyIdentity | None, chown: Chown) -> Path:
+    """``data`` written next to the live bootstrap, owned and readable by the proxy
+    user before it is validated or gets the live name."""
+    candidate = paths.bootstrap.with_name("bootstrap.candidate.yaml")
+    write_atomic(candidate, data, mode=0o640)
+    if user is not None:
+        try:
+            chown(candidate, os.geteuid(), user.gid)
+        except BaseException:
+            candidate.unlink(missing_ok=True)
+            raise
+    return candidate
+
+
 def _unchecked(paths: EnvoyPaths) -> Path:
     """Present while the live bootstrap was made live before Envoy validated it."""
     return paths.bootstrap.with_name("bootstrap.unchecked")
@@ -90,24 +104,19 @@ async def install_first_bootstrap(
     live = paths.bootstrap
     if live.exists():
         return None
-    # Owned and readable by the proxy user before it has the live name, and marked
-    # unchecked first: an agent killed before the check ends validates it next time.
+    # Marked unchecked first: an agent killed before the check ends validates it
+    # next time.
     unchecked = _unchecked(paths)
     write_atomic(unchecked, b"", mode=0o600)
-    candidate = live.with_name("bootstrap.candidate.yaml")
-    write_atomic(candidate, to_yaml(document).encode(), mode=0o640)
-    if user is not None:
-        chown(candidate, os.geteuid(), user.gid)
+    candidate = _stage(paths, to_yaml(document).encode(), user, chown)
     os.replace(candidate, live)
     fsync_dir(live.parent)
 
     async def check() -> None:
         ok, output = await validate_bootstrap(config, live, runner=runner, user=user)
-        if not ok:
-            with contextlib.suppress(FileNotFoundError):
-                live.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            unchecked.unlink()
+        if not ok:  # the file before the marker: a crash between never leaves it trusted
+            live.unlink(missing_ok=True)
+        unchecked.unlink(missing_ok=True)
         if not ok:
             raise ConfigRejected(live, live, output, first=True)
 
@@ -130,18 +139,14 @@ async def install_bootstrap(
     with contextlib.suppress(FileNotFoundError):
         if live.read_bytes() == data and not unchecked.exists():
             return False
-    candidate = live.with_name("bootstrap.candidate.yaml")
-    write_atomic(candidate, data, mode=0o640)
+    candidate = _stage(paths, data, user, chown)
     try:
-        if user is not None:
-            chown(candidate, os.geteuid(), user.gid)
         ok, output = await validate_bootstrap(config, candidate, runner=runner, user=user)
         if not ok:
             raise ConfigRejected(candidate, live, output)
         os.replace(candidate, live)
         fsync_dir(live.parent)
-        with contextlib.suppress(FileNotFoundError):
-            unchecked.unlink()
+        unchecked.unlink(missing_ok=True)
     finally:
         with contextlib.suppress(FileNotFoundError):
             candidate.unlink()

@@ -50,6 +50,14 @@ def dataplane(envoy: str, app_port: int, allowed: str, backend: str,
             "log_level": "warning"}
 
 
+def as_first_boot(agent: AgentProcess, reg: RegistrarProcess, group: str) -> None:
+    """Make the next start of a stopped ``agent`` a first boot: its state directory
+    emptied (as root: Envoy's files belong to the proxy user) and a new join token."""
+    for entry in agent.state_dir.iterdir():
+        subprocess.run(["rm", "-rf", str(entry)], check=True)
+    agent.write_token(reg.create_token(group))
+
+
 def time_to_ready(agent: AgentProcess) -> float:
     started = time.monotonic()
     agent.start()

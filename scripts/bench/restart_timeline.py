@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from scripts.bench.agent_mesh import PEER_ID, dataplane, envoy_floor  # noqa: E402
+from scripts.bench.agent_mesh import PEER_ID, as_first_boot, dataplane, envoy_floor  # noqa: E402
 from scripts.bench.installed import compile_bytecode  # noqa: E402
 from scripts.bench.registrar_bootstrap import make_csr, request_bytes  # noqa: E402
 from tests.fixtures.agent import AgentProcess  # noqa: E402
@@ -185,9 +185,7 @@ def main() -> int:
         for _ in range(args.restarts):
             for tree in trees:
                 if args.first_boot:
-                    for entry in agent.state_dir.iterdir():
-                        subprocess.run(["rm", "-rf", str(entry)], check=True)
-                    agent.write_token(reg.create_token("vm"))
+                    as_first_boot(agent, reg, "vm")
                     round_trips.append(attest_round_trip(reg, pair.vm.name, base))
                 steps, last = restart_once(agent, tree)
                 results[tree].append(steps)

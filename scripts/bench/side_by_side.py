@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO))
 import psutil  # noqa: E402
 
 from scripts.bench import peers  # noqa: E402
-from scripts.bench.agent_mesh import dataplane, envoy_floor  # noqa: E402
+from scripts.bench.agent_mesh import as_first_boot, dataplane, envoy_floor  # noqa: E402
 from scripts.bench.installed import compile_bytecode  # noqa: E402
 from tests.fixtures.agent import AgentProcess  # noqa: E402
 from tests.fixtures.registrar import RegistrarProcess, free_port  # noqa: E402
@@ -290,9 +290,7 @@ def mesh_agent_dataplane(base: Path, runs: int) -> dict[str, object]:
         for run in range(runs):
             if run:
                 vm.stop(30)
-                for entry in vm.state_dir.iterdir():
-                    subprocess.run(["rm", "-rf", str(entry)], check=True)
-                vm.write_token(reg.create_token("vm"))
+                as_first_boot(vm, reg, "vm")
             ready = logged_ready(vm)
             vm.start()
             firsts.append(wait_for(ready, vm.proc, "mesh-agent+envoy first boot"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,12 +41,7 @@ def test_a_stopping_agent_leaves_no_helper_behind(monkeypatch: pytest.MonkeyPatc
 
     async def cancelled() -> None:
         task = asyncio.create_task(key_and_csr("ecdsa-p256", "vm"))
-        for _ in range(100):  # up to 10 s for the helper to start on a loaded machine
-            await asyncio.sleep(0.1)
-            if _running(marker):
-                break
-        else:
-            pytest.fail("the helper never started")
+        await _until(lambda: _running(marker), "the helper never started")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -74,9 +70,9 @@ def _real_child(marker: str) -> str:
     return f"{keygen._CHILD}  # {marker}"
 
 
-async def _until(check: object, what: str) -> None:
+async def _until(check: Callable[[], bool], what: str) -> None:
     for _ in range(100):  # up to 10 s on a loaded machine
-        if check():  # type: ignore[operator]
+        if check():
             return
         await asyncio.sleep(0.1)
     pytest.fail(what)
